@@ -1,0 +1,5 @@
+import sys
+
+from bsym.cli import main
+
+sys.exit(main())

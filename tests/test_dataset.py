@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from bsym.data import CohortError
+from bsym.data.dataset import WindowDataset
+from bsym.data.preprocess import RobustScaler, SignalCleaning, resample_tr
+
+
+def test_windows_cover_each_scan_with_both_modalities(toy_store):
+    ds = WindowDataset(toy_store, window=20, labels=["age", "sex"])
+    assert len(ds) == 6 * 3
+    item = ds[4]
+    assert item["bold"].shape == (8, 20) and item["bold"].dtype == torch.float32
+    assert item["sc"].shape == (8, 8)
+    scan, start = ds.index[4]
+    np.testing.assert_array_equal(item["bold"].numpy(), toy_store.window(scan, start, 20))
+    np.testing.assert_allclose(item["sc"].numpy(), np.log1p(toy_store.sc(item["subject"])))
+    assert set(item["labels"]) == {"age", "sex"}
+
+
+def test_stride_and_max_windows(toy_store):
+    assert len(WindowDataset(toy_store, window=20, stride=10)) == 6 * 5
+    ds = WindowDataset(toy_store, window=20, stride=1, max_windows=3)
+    starts = [s for scan, s in ds.index if scan == toy_store.scans[0]]
+    assert starts == [0, 20, 40]
+
+
+def test_dataloader_batches(toy_store):
+    ds = WindowDataset(toy_store, window=30, labels=["age", "sex"])
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert batch["bold"].shape == (4, 8, 30)
+    assert batch["sc"].shape == (4, 8, 8)
+    assert batch["labels"]["age"].shape == (4,)
+    assert len(batch["labels"]["sex"]) == 4
+
+
+def test_scaler_is_fitted_on_training_scans_only(toy_store):
+    scans = toy_store.scans
+    train = WindowDataset(toy_store, window=20, scans=scans[:3])
+    test = WindowDataset(toy_store, window=20, scans=scans[3:])
+    scaler = train.fit_scaler(RobustScaler())
+    assert scaler.n_scans_ == 3
+    stacked = np.concatenate([toy_store.bold(s) for s in scans[:3]], axis=1)
+    np.testing.assert_allclose(scaler.center_, np.median(stacked, axis=1), rtol=1e-5)
+    iqr = np.percentile(stacked, 75, axis=1) - np.percentile(stacked, 25, axis=1)
+    np.testing.assert_allclose(scaler.scale_, iqr, rtol=1e-5)
+    test.scaler = scaler
+    raw = toy_store.window(test.index[0][0], 0, 20)
+    np.testing.assert_allclose(test[0]["bold"].numpy(),
+                               (raw - scaler.center_[:, None]) / scaler.scale_[:, None], rtol=1e-5)
+    restored = RobustScaler.from_state_dict(scaler.state_dict())
+    np.testing.assert_array_equal(restored.transform(raw), scaler.transform(raw))
+
+
+def test_scaler_refuses_unfitted_use_and_flat_rois():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        RobustScaler().transform(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="zero inter-quantile range"):
+        RobustScaler().fit([np.vstack([np.random.rand(10), np.ones(10)])])
+
+
+def test_mixed_tr_needs_a_target_tr(toy_store_factory):
+    cohort = toy_store_factory(trs=(0.72, 2.0), n_timepoints=200)
+    with pytest.raises(CohortError, match="different TRs") as info:
+        WindowDataset(cohort, window=20)
+    assert "target_tr" in str(info.value)
+    ds = WindowDataset(cohort, window=20, target_tr=2.0)
+    assert ds.tr == 2.0
+    fast = [scan for scan, tr in zip(cohort.scans, cohort.subjects["tr"]) if tr == 0.72][0]
+    assert ds.series(fast).shape == (8, int(np.ceil(200 * 0.72 / 2.0)))
+
+
+def test_resampling_keeps_slow_signals_and_removes_aliasing():
+    tr, target = 0.5, 2.0
+    t = np.arange(400) * tr
+    slow = np.sin(2 * np.pi * 0.05 * t)
+    fast = np.sin(2 * np.pi * 0.6 * t)  # above the 0.25 Hz Nyquist of TR 2 s
+    out = resample_tr(np.vstack([slow, fast]), tr, target)
+    t2 = np.arange(out.shape[1]) * target
+    inner = slice(5, -5)
+    np.testing.assert_allclose(out[0, inner], np.sin(2 * np.pi * 0.05 * t2)[inner], atol=0.05)
+    assert np.abs(out[1, inner]).max() < 0.05
+
+
+def test_series_shorter_than_the_window_is_refused(toy_store):
+    with pytest.raises(CohortError, match="shorter than the 80-point window") as info:
+        WindowDataset(toy_store, window=80)
+    assert "sub-00" in str(info.value) and "bold/000000.npy" in str(info.value)
+
+
+def test_missing_label_is_refused(toy_store):
+    with pytest.raises(CohortError, match="no label column 'iq'"):
+        WindowDataset(toy_store, window=20, labels=["iq"])
+
+
+def test_cleaning_band_pass_and_confound_regression(toy_store_factory):
+    cohort = toy_store_factory(confounds=True, n_timepoints=120)
+    scan = cohort.scans[0]
+    band = WindowDataset(cohort, window=20,
+                         cleaning=SignalCleaning(detrend=True, high_pass=0.01, low_pass=0.1))
+    series = band.series(scan)
+    spectrum = np.abs(np.fft.rfft(series, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(series.shape[1], d=2.0)
+    assert spectrum[:, freqs > 0.15].sum() < 0.05 * spectrum.sum()
+    regress = WindowDataset(cohort, window=20, cleaning=SignalCleaning(confounds=True))
+    residual = regress.series(scan)
+    confounds = np.asarray(cohort.confounds(scan))
+    assert np.abs(residual @ (confounds - confounds.mean(0))).max() < 1e-2
+    with pytest.raises(ValueError, match="Nyquist"):
+        WindowDataset(cohort, window=20, cleaning=SignalCleaning(low_pass=0.3))[0]
+
+
+def test_unknown_scan_is_refused(toy_store):
+    with pytest.raises(CohortError, match="unknown scan"):
+        WindowDataset(toy_store, window=20, scans=["nope"])

@@ -1,0 +1,166 @@
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from bsym.data import CohortError, CohortWriter, open_cohort
+
+
+def test_round_trip_keeps_arrays_labels_and_rois(toy_store):
+    cohort = toy_store
+    assert cohort.manifest["n_subjects"] == 6
+    assert cohort.n_rois == 8
+    assert set(cohort.labels) >= {"age", "sex", "condition"}
+    assert list(cohort.rois["network"][:3]) == ["net0", "net1", "net2"]
+    first = cohort.scans[0]
+    bold = cohort.bold(first)
+    assert bold.shape == (8, 60) and bold.dtype == np.float32
+    sc = cohort.sc("sub-00")
+    np.testing.assert_array_equal(sc, sc.T)
+    assert cohort.subjects["age"].dtype.kind == "f"
+
+
+def test_reads_are_lazy_memory_maps(toy_store):
+    bold = toy_store.bold(toy_store.scans[0])
+    assert isinstance(bold, np.memmap)
+    assert not bold.flags.writeable
+    window = toy_store.window(toy_store.scans[0], 10, 20)
+    np.testing.assert_array_equal(window, bold[:, 10:30])
+    with pytest.raises(CohortError, match="exceeds the 60 time points"):
+        toy_store.window(toy_store.scans[0], 50, 20)
+
+
+def test_manifest_lists_sha256_of_every_array(toy_store):
+    arrays = toy_store.manifest["arrays"]
+    assert len(arrays) == 6 + 6  # six scans, six SC matrices
+    for rel, meta in arrays.items():
+        digest = hashlib.sha256((toy_store.path / rel).read_bytes()).hexdigest()
+        assert digest == meta["sha256"]
+    assert len(toy_store.manifest_hash) == 64
+
+
+def test_writing_is_deterministic_apart_from_the_timestamp(tmp_path):
+    from conftest import write_toy_store
+
+    a = write_toy_store(tmp_path / "a")
+    b = write_toy_store(tmp_path / "b")
+    assert a.manifest["arrays"] == b.manifest["arrays"]
+    assert a.manifest["tables"] == b.manifest["tables"]
+
+
+def test_verify_detects_a_changed_array(toy_store):
+    rel = toy_store.subjects["bold_file"][2]
+    path = toy_store.path / rel
+    data = np.load(path)
+    data[0, 0] += 1.0
+    np.save(path, data)
+    with pytest.raises(CohortError, match="checksum differs") as info:
+        open_cohort(toy_store.path, verify=True)
+    assert "sub-02" in str(info.value) and rel in str(info.value) and "Fix:" in str(info.value)
+
+
+def test_read_detects_a_changed_table(toy_store):
+    with open(toy_store.path / "subjects.parquet", "ab") as fh:
+        fh.write(b"junk")
+    with pytest.raises(CohortError, match="subjects.parquet does not match"):
+        open_cohort(toy_store.path)
+
+
+def test_read_detects_a_missing_array(toy_store):
+    (toy_store.path / toy_store.subjects["sc_file"][1]).unlink()
+    with pytest.raises(CohortError, match="file is missing") as info:
+        open_cohort(toy_store.path)
+    assert "sub-01" in str(info.value)
+
+
+def test_error_inside_the_writer_leaves_nothing(tmp_path):
+    out = tmp_path / "store"
+    with pytest.raises(RuntimeError):
+        with CohortWriter(out, source={"name": "t"}, atlas="a") as writer:
+            writer.add_scan(subject="s1", bold=np.random.rand(4, 20), tr=1.0)
+            raise RuntimeError("boom")
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_array_leaves_nothing_and_names_the_subject(tmp_path):
+    out = tmp_path / "store"
+    bold = np.random.rand(4, 20)
+    bad = bold.copy()
+    bad[2, 5] = np.nan
+    with pytest.raises(CohortError, match="non-finite") as info:
+        with CohortWriter(out, source={"name": "t"}, atlas="a") as writer:
+            writer.add_scan(subject="s1", bold=bold, tr=1.0, origin="raw/s1.npy")
+            writer.add_scan(subject="s2", bold=bad, tr=1.0, origin="raw/s2.npy")
+    assert "raw/s2.npy" in str(info.value) and "subject s2" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_write_never_reads_as_a_store(tmp_path):
+    out = tmp_path / "store"
+    script = textwrap.dedent(f"""
+        import os, signal, numpy as np
+        from bsym.data import CohortWriter
+        with CohortWriter({str(out)!r}, source={{"name": "t"}}, atlas="a") as w:
+            for i in range(5):
+                w.add_scan(subject=f"s{{i}}", bold=np.random.rand(4, 50), tr=1.0)
+            print("written", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert "written" in proc.stdout
+    assert not out.exists()
+    leftovers = list(tmp_path.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".store.partial-")
+    with pytest.raises(CohortError, match="no manifest.json"):
+        open_cohort(leftovers[0])
+
+
+def test_existing_store_needs_overwrite(tmp_path, toy_store):
+    with pytest.raises(CohortError, match="already exists") as info:
+        CohortWriter(toy_store.path, source={"name": "t"}, atlas="a")
+    assert "--overwrite" in str(info.value)
+    with CohortWriter(toy_store.path, source={"name": "new"}, atlas="a", overwrite=True) as w:
+        w.add_scan(subject="x", bold=np.random.rand(3, 10), tr=1.0)
+    assert open_cohort(toy_store.path).manifest["source"]["name"] == "new"
+    assert [p.name for p in toy_store.path.parent.iterdir()] == ["toy"]
+
+
+def test_newer_format_is_refused(toy_store):
+    manifest = json.loads((toy_store.path / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (toy_store.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CohortError, match="upgrade bsym"):
+        open_cohort(toy_store.path)
+
+
+def test_require_checks_labels_window_and_tr(toy_store):
+    toy_store.require(labels=["age"], window=60, tr=2.0, matrices=["sc"])
+    with pytest.raises(CohortError, match="no label column 'diagnosis'") as info:
+        toy_store.require(labels=["diagnosis"])
+    assert "available: " in str(info.value)
+    with pytest.raises(CohortError, match="shorter than the 100-point window"):
+        toy_store.require(window=100)
+    with pytest.raises(CohortError, match="expected TR 0.72 s, received 2.0 s"):
+        toy_store.require(tr=0.72)
+    with pytest.raises(CohortError, match="no 'lengths' matrices"):
+        toy_store.require(matrices=["lengths"])
+
+
+def test_summary_mentions_counts_and_labels(toy_store):
+    text = toy_store.summary()
+    assert "subjects      6" in text and "label sex" in text and "manifest      sha256" in text
+
+
+def test_store_files_are_listed_in_the_manifest(toy_store):
+    on_disk = {os.path.relpath(os.path.join(root, f), toy_store.path)
+               for root, _, files in os.walk(toy_store.path) for f in files}
+    listed = set(toy_store.manifest["arrays"]) | set(toy_store.manifest["tables"]) | {"manifest.json"}
+    assert on_disk == listed
