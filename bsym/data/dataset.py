@@ -1,0 +1,201 @@
+"""PyTorch dataset of fixed-length windows over a cohort store."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from bsym.data.errors import CohortError
+from bsym.data.preprocess import SignalCleaning, resample_tr, resampled_length
+
+SC_TRANSFORMS = ("log1p", "none")
+
+
+class WindowDataset(Dataset):
+    """Fixed windows of ``window`` time points with both modalities and labels.
+
+    Each item is a dict: ``bold`` (ROIs x window, float32 tensor), ``sc`` (ROIs x
+    ROIs, when the store has SC and ``with_sc``), ``labels`` (name -> value),
+    ``scan``, ``subject`` and ``start`` (first time point, at the target TR).
+
+    Parameters
+    ----------
+    cohort : Cohort
+        An open cohort store.
+    window : int
+        Window length in time points (at ``target_tr``).
+    scans : sequence of str, optional
+        Scans to serve (default all). Pass the training scans for a training set.
+    stride : int, optional
+        Step between window starts (default ``window``: non-overlapping).
+    max_windows : int, optional
+        At most this many windows per scan (evenly spread).
+    labels : sequence of str
+        Label columns to attach; every served scan must have them.
+    target_tr : float, optional
+        Resample every scan to this TR first. Without it all scans must share one TR.
+    cleaning : SignalCleaning, optional
+        nilearn signal cleaning applied per scan before windowing.
+    scaler : RobustScaler, optional
+        A scaler fitted on training scans (see :meth:`fit_scaler`).
+    with_sc : bool
+        Attach the subject's SC matrix.
+    sc_transform : {"log1p", "none"}
+        Transform of streamline counts.
+    cache_scans : int
+        Preprocessed scans kept in memory (only used when cleaning or resampling).
+    """
+
+    def __init__(self, cohort, window, *, scans=None, stride=None, max_windows=None,
+                 labels=(), target_tr=None, cleaning=None, scaler=None, with_sc=True,
+                 sc_transform="log1p", cache_scans=64):
+        self.cohort = cohort
+        self.window = int(window)
+        self.stride = int(stride) if stride else self.window
+        self.max_windows = max_windows
+        self.labels = tuple(labels)
+        self.target_tr = target_tr
+        self.cleaning = cleaning or SignalCleaning()
+        self.scaler = scaler
+        self.with_sc = with_sc and "sc" in cohort.matrices
+        self.sc_transform = sc_transform
+        self.cache_scans = cache_scans
+        if self.window < 1 or self.stride < 1:
+            raise ValueError(f"window and stride must be >= 1, got {window} and {stride}")
+        if sc_transform not in SC_TRANSFORMS:
+            raise ValueError(f"sc_transform must be one of {SC_TRANSFORMS}, got {sc_transform!r}")
+        table = cohort.subjects
+        if scans is not None:
+            scans = [str(s) for s in scans]
+            unknown = sorted(set(scans) - set(table["scan"]))
+            if unknown:
+                raise CohortError(f"unknown scan(s): {', '.join(unknown[:5])}",
+                                  file=cohort.path, fix="pass scan ids of this store")
+            table = table.set_index("scan", drop=False).loc[scans].reset_index(drop=True)
+        self.table = table
+        cohort.require(labels=self.labels)
+        if self.labels:
+            missing = table.loc[table[list(self.labels)].isna().any(axis=1), "scan"].tolist()
+            if missing:
+                raise CohortError(f"labels {list(self.labels)} missing for {len(missing)} scan(s)",
+                                  file=cohort.path / "subjects.parquet", subject=missing[0],
+                                  fix="drop those scans from this task")
+        self._check_tr()
+        self.index = self._build_index()
+        self._cache = OrderedDict()
+
+    # -- construction -------------------------------------------------------------
+    def _check_tr(self):
+        trs = sorted(self.table["tr"].unique())
+        if self.target_tr is None and len(trs) > 1:
+            first_off = self.table.loc[self.table["tr"] != trs[0]].iloc[0]
+            raise CohortError(
+                f"scans have different TRs ({', '.join(f'{t:g}' for t in trs)} s); a model "
+                "must see one sampling rate",
+                file=self.cohort.path / "subjects.parquet", subject=first_off["scan"],
+                fix="set target_tr to resample every scan, or select scans of one TR",
+            )
+        self.tr = float(self.target_tr) if self.target_tr is not None else float(trs[0])
+
+    def _length(self, row):
+        if self.target_tr is None:
+            return int(row["n_timepoints"])
+        return resampled_length(int(row["n_timepoints"]), float(row["tr"]), self.tr)
+
+    def _build_index(self):
+        index = []
+        for row in self.table.itertuples(index=False):
+            row = row._asdict()
+            n = self._length(row)
+            if n < self.window:
+                raise CohortError(
+                    f"{n} time points (at TR {self.tr:g} s) is shorter than the "
+                    f"{self.window}-point window",
+                    file=self.cohort.path / row["bold_file"], subject=row["scan"],
+                    fix="use a shorter window or exclude the short scans",
+                )
+            starts = np.arange(0, n - self.window + 1, self.stride)
+            if self.max_windows is not None and len(starts) > self.max_windows:
+                pick = np.linspace(0, len(starts) - 1, self.max_windows).round().astype(int)
+                starts = starts[pick]
+            index.extend((row["scan"], int(s)) for s in starts)
+        return index
+
+    # -- series access -----------------------------------------------------------
+    @property
+    def _preprocessed(self):
+        return self.cleaning.active or self.target_tr is not None
+
+    def series(self, scan):
+        """One whole scan after cleaning and resampling, before scaling (ROIs x time)."""
+        if not self._preprocessed:
+            return self.cohort.bold(scan)
+        if scan in self._cache:
+            self._cache.move_to_end(scan)
+            return self._cache[scan]
+        row = self.cohort.row(scan)
+        bold = self.cleaning.apply(self.cohort.bold(scan), float(row["tr"]),
+                                   self.cohort.confounds(scan))
+        if self.target_tr is not None:
+            bold = resample_tr(bold, float(row["tr"]), self.tr)
+        self._cache[scan] = bold
+        if len(self._cache) > self.cache_scans:
+            self._cache.popitem(last=False)
+        return bold
+
+    def iter_series(self):
+        """Yield every served scan's preprocessed series (for fitting a scaler)."""
+        for scan in self.table["scan"]:
+            yield np.asarray(self.series(scan))
+
+    def fit_scaler(self, scaler):
+        """Fit ``scaler`` on this dataset's scans, attach it, and return it.
+
+        Call on the training dataset only, then pass the fitted scaler to the
+        validation and test datasets.
+        """
+        self.scaler = scaler.fit(self.iter_series())
+        return self.scaler
+
+    # -- Dataset protocol ----------------------------------------------------------
+    def __len__(self):
+        return len(self.index)
+
+    def _sc(self, subject):
+        sc = np.asarray(self.cohort.sc(subject), dtype=np.float32)
+        if self.sc_transform == "log1p":
+            sc = np.log1p(sc)
+        return torch.from_numpy(np.array(sc))
+
+    def __getitem__(self, i):
+        scan, start = self.index[i]
+        bold = np.array(self.series(scan)[:, start:start + self.window], dtype=np.float32)
+        if self.scaler is not None:
+            bold = self.scaler.transform(bold)
+        row = self.cohort.row(scan)
+        item = {"bold": torch.from_numpy(bold), "scan": scan, "subject": row["subject"],
+                "start": start}
+        if self.with_sc:
+            item["sc"] = self._sc(row["subject"])
+        if self.labels:
+            item["labels"] = {name: _plain(row[name]) for name in self.labels}
+        return item
+
+    def describe(self) -> dict:
+        """Parameters that define the windows (for provenance)."""
+        return {"window": self.window, "stride": self.stride, "max_windows": self.max_windows,
+                "tr": self.tr, "cleaning": self.cleaning.to_dict(),
+                "sc_transform": self.sc_transform, "n_scans": len(self.table),
+                "n_windows": len(self)}
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if pd.isna(value):
+        return None
+    return value
