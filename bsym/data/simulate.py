@@ -134,6 +134,7 @@ class SimulationConfig:
     sex_frequency_hz: float = 0.003             #: "M" minus "F" (+ first, - second network)
     score_latent_sd: float = 0.7                #: noise of the trait the SC pattern follows
     score_sc: float = 0.08                      #: RMS log-weight change per SD
+    score_edge_quantile: float = 0.5            #: pattern only on edges weaker than this quantile
     diagnosis_network: int = -1                 #: network hit by the diagnosis
     diagnosis_sc_loss: float = 0.2              #: within-network log-weight loss (mean severity)
     diagnosis_gain: float = 0.3                 #: relative loss of local gain (mean severity)
@@ -425,7 +426,8 @@ def subject_connectomes(group, subjects, rng, config=None):
     edges = group.edges
     log_w = np.log(np.where(edges, group.weights, 1.0))
     long_range = group.distance / group.distance[edges].max()
-    pattern = strength_neutral_pattern(group.weights, rng)
+    weak = group.weights < np.quantile(group.weights[edges], config.score_edge_quantile)
+    pattern = strength_neutral_pattern(np.where(weak, group.weights, 0.0), rng)
     dx_net = _network_index(config.diagnosis_network, len(group.network_names),
                             "diagnosis_network")
     within = group.network[:, None] == group.network[None]

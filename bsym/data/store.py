@@ -305,7 +305,7 @@ class CohortWriter:
             "preprocessing": self.preprocessing,
             "sc_symmetric": self.sc_symmetric,
             "n_rois": int(self._n_rois),
-            "n_scans": int(len(subjects)),
+            "n_scans": len(subjects),
             "n_subjects": int(subjects["subject"].nunique()),
             "matrices": [k for k, v in self._matrices.items() if v],
             "labels": labels,
@@ -602,13 +602,17 @@ class Cohort:
     def summary(self) -> str:
         """Human-readable description (``bsym data info``)."""
         m, t = self.manifest, self.subjects
+        def counts(column, fmt="{}"):
+            pairs = t[column].value_counts().sort_index().items()
+            return ", ".join(f"{fmt.format(k)} ({v})" for k, v in pairs)
+
         lines = [
             f"cohort store  {self.path}",
             f"source        {m['source'].get('name')}  (atlas {m['atlas']})",
             f"created       {m['created']} by bsym {m['bsym_version']}",
             f"subjects      {m['n_subjects']}  scans {m['n_scans']}  ROIs {m['n_rois']}",
-            f"sites         {', '.join(f'{k} ({v})' for k, v in t['site'].value_counts().sort_index().items())}",
-            f"TR (s)        {', '.join(f'{k:g} ({v})' for k, v in t['tr'].value_counts().sort_index().items())}",
+            f"sites         {counts('site')}",
+            f"TR (s)        {counts('tr', '{:g}')}",
             f"time points   min {int(t['n_timepoints'].min())}  median "
             f"{int(t['n_timepoints'].median())}  max {int(t['n_timepoints'].max())}",
             f"matrices      {', '.join(m['matrices']) or 'none'}",
