@@ -17,8 +17,8 @@ def _pyproject_requirements():
     return {CONDA_NAMES.get(r.name, r.name): r.specifier for r in map(Requirement, lines)}
 
 
-def _conda_requirements():
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+def _conda_requirements(path="environment.yml"):
+    env = yaml.safe_load((ROOT / path).read_text())
     found = {}
     for entry in env["dependencies"]:
         if isinstance(entry, str) and entry not in ("pip",) and not entry.startswith("python "):
@@ -33,3 +33,7 @@ def test_environment_yml_matches_pyproject():
 
 def test_torch_range_admits_the_cpu_wheel():
     assert "2.13.0" in _pyproject_requirements()["pytorch"]
+
+
+def test_workflow_environment_matches_environment_yml():
+    assert _conda_requirements("workflow/envs/bsym.yaml") == _conda_requirements()
