@@ -44,6 +44,11 @@ class BrainModel(nn.Module):
     config : dict
         The full keyword arguments it was constructed with.
     objective : {"self_supervised", "supervised", "none"}
+
+    Models with an EMA target network also define
+    ``after_optimizer_step(step, total_steps)``; the training engine calls it
+    once per optimizer step (``step`` counts completed steps over all stages),
+    before any checkpoint is written.
     """
 
     objective = "self_supervised"

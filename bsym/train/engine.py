@@ -610,6 +610,9 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
         raise ValueError(f"model {getattr(model, 'name', None) or type(model).__name__!r} has "
                          f"objective {objective!r}: pretraining needs a self-supervised model; "
                          "set config.label for supervised training")
+    if objective == "none":
+        raise ValueError(f"model {getattr(model, 'name', None) or type(model).__name__!r} is not "
+                         "trained by gradient descent (objective 'none'): fit it with model.fit")
     device = devices.select_device(config.device, local_rank=env.local_rank)
     dtype = devices.autocast_dtype(device, config.precision)
     devices.seed_everything(derive(config.seed, _SEED_GLOBAL, env.rank, 0),
@@ -748,6 +751,8 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                     schedule.step()
                     step += 1
                     stage_step += 1
+                    if hasattr(model, "after_optimizer_step"):  # EMA targets (JEPA, BYOL)
+                        model.after_optimizer_step(step, total_steps)
                     dt = time.perf_counter() - t0
                     session["steps"] += 1
                     session["seconds"] += dt
