@@ -155,6 +155,12 @@ def build_parser():
     _build_data_parser(sub)
     from bsym.train.cli import add_parser as add_train_parser
     add_train_parser(sub)
+    from bsym.models.cli import add_parser as add_models_parser
+    add_models_parser(sub)
+    from bsym.evaluate.cli import add_parser as add_evaluate_parser
+    add_evaluate_parser(sub)
+    from bsym.report.cli import add_parser as add_report_parser
+    add_report_parser(sub)
     return parser
 
 

@@ -246,6 +246,21 @@ def test_non_finite_loss_stops_before_the_update(dataset, tmp_path):
     assert [s for s, _ in list_checkpoints(tmp_path / "run")][-1] == 2
 
 
+def test_a_callback_can_stop_training_early_with_the_validation_loss(dataset, tmp_path):
+    seen = []
+
+    def early_stop(info):
+        seen.append(info.val_loss)
+        return info.step == 3
+
+    result = train(make_model(), dataset, cfg(steps=8, eval_every=1), tmp_path / "run",
+                   val_dataset=dataset, callbacks=[early_stop])
+    assert result.stopped_early and result.steps == 3 and len(seen) == 3
+    assert all(v is not None and math.isfinite(v) for v in seen)
+    assert [v["loss"] for v in result.val_history] == seen
+    assert load_checkpoint(result.final_path)["finished"]
+
+
 # -- checkpoints and resume ---------------------------------------------------------------
 class Interrupt(Exception):
     pass

@@ -11,6 +11,8 @@ imported: only registered names can be built.
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
 
@@ -40,8 +42,18 @@ class ModelSpec:
 
 
 # Built-in models: name -> module that defines ``SPEC``; imported only when needed.
-_BUILTIN = {}
+_BUILTIN = {"brainsymphony": "bsym.models.brainsymphony",
+            "brainlm": "bsym.models.brainlm",
+            "brainjepa": "bsym.models.brainjepa",
+            "brainmass": "bsym.models.brainmass",
+            "bnt": "bsym.models.bnt",
+            "brainnetcnn": "bsym.models.brainnetcnn",
+            "braingnn": "bsym.models.braingnn",
+            "transformer": "bsym.models.vanilla_transformer",
+            "connectome": "bsym.models.connectome"}
 _REGISTRY = {}
+# Plugins whose entry point failed to load: name -> reason (reported by get_spec).
+_BROKEN = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -61,11 +73,19 @@ def _load_all():
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if entry.name in _REGISTRY:
             continue
-        spec = entry.load()
-        if not isinstance(spec, ModelSpec) or spec.name != entry.name:
-            raise TypeError(f"entry point {entry.name!r} ({entry.value}) must be a ModelSpec "
-                            f"named {entry.name!r}")
-        register(spec)
+        try:
+            spec = entry.load()
+            if not isinstance(spec, ModelSpec) or spec.name != entry.name:
+                raise TypeError(f"it must be a ModelSpec named {entry.name!r}, got "
+                                f"{type(spec).__name__} {getattr(spec, 'name', '')!r}")
+            register(spec)
+        except Exception as err:  # a broken plugin must not hide the other models
+            reason = f"entry point {entry.name} = {entry.value} failed: {err}"
+            if _BROKEN.get(entry.name) != reason:
+                warnings.warn(f"skipping model plugin: {reason}", RuntimeWarning, stacklevel=3)
+            _BROKEN[entry.name] = reason
+        else:
+            _BROKEN.pop(entry.name, None)
 
 
 def available() -> list:
@@ -75,12 +95,35 @@ def available() -> list:
 
 
 def get_spec(name) -> ModelSpec:
-    _load_all()
-    try:
+    """The :class:`ModelSpec` registered as ``name`` (KeyError listing the known ones).
+
+    A built-in name imports only its own module (not every model's dependencies).
+    """
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") \
-            from None
+    if name in _BUILTIN:
+        return register(import_module(_BUILTIN[name]).SPEC)
+    _load_all()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _BROKEN:
+        raise KeyError(f"model plugin {name!r} could not be loaded ({_BROKEN[name]})")
+    raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}")
+
+
+def _check_overrides(spec, kwargs):
+    try:
+        params = inspect.signature(spec.factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY,
+                                                                p.POSITIONAL_OR_KEYWORD)]
+        raise TypeError(f"model {spec.name!r} has no argument(s) {', '.join(unknown)}; "
+                        f"it accepts: {', '.join(accepted)}")
 
 
 def build(name, preset="tiny", **overrides):
@@ -100,6 +143,7 @@ def build(name, preset="tiny", **overrides):
         raise KeyError(f"model {name!r} has no preset {preset!r}; presets: "
                        f"{', '.join(sorted(spec.presets))}")
     kwargs = {**spec.presets[preset], **overrides}
+    _check_overrides(spec, kwargs)
     model = spec.factory(**kwargs)
     model.name, model.preset, model.config = name, preset, kwargs
     return model

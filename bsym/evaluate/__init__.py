@@ -1,0 +1,73 @@
+"""Evaluation: splits, embeddings, linear probe, fine-tuning, network identification,
+attention maps and the long result table.
+
+Names are resolved lazily (PEP 562), so importing ``bsym.evaluate`` or its command line
+(``bsym.evaluate.cli``) imports neither torch nor scikit-learn.
+
+Modules
+-------
+splits
+    Fixed, hashed split files (repeated stratified K-fold, group-aware,
+    leave-one-site-out, inner folds, the pretraining cohort).
+embeddings
+    Frozen-encoder embeddings per scan and subject, cached by checkpoint and data hash.
+probe
+    Linear probe (StandardScaler + LogisticRegression / Ridge, inner-CV regularisation).
+finetune
+    Encoder + linear head trained through :func:`bsym.train.engine.train`.
+netid
+    Unsupervised network identification (k-means, spectral, k-NN) beside FC rows.
+attention
+    Attention per ROI and network, contrasted between conditions (permutation + FDR).
+results
+    The long result table (Parquet, one row per fold) and MLflow logging.
+"""
+
+from importlib import import_module
+
+from bsym.errors import BsymError
+
+
+class EvaluationError(BsymError, ValueError):
+    """An evaluation that cannot run as asked: the message says what was expected and
+    what was received."""
+
+
+_EXPORTS = {
+    "Splits": "bsym.evaluate.splits",
+    "PretrainSplit": "bsym.evaluate.splits",
+    "make_splits": "bsym.evaluate.splits",
+    "load_splits": "bsym.evaluate.splits",
+    "make_pretrain_split": "bsym.evaluate.splits",
+    "load_pretrain_split": "bsym.evaluate.splits",
+    "EmbeddingSet": "bsym.evaluate.embeddings",
+    "compute_embeddings": "bsym.evaluate.embeddings",
+    "embed_checkpoint": "bsym.evaluate.embeddings",
+    "feature_embeddings": "bsym.evaluate.embeddings",
+    "load_embeddings": "bsym.evaluate.embeddings",
+    "ProbeConfig": "bsym.evaluate.probe",
+    "linear_probe": "bsym.evaluate.probe",
+    "probe_fold": "bsym.evaluate.probe",
+    "FineTuneConfig": "bsym.evaluate.finetune",
+    "FineTuneModel": "bsym.evaluate.finetune",
+    "fine_tune": "bsym.evaluate.finetune",
+    "identify_networks": "bsym.evaluate.netid",
+    "network_identification": "bsym.evaluate.netid",
+    "attention_maps": "bsym.evaluate.attention",
+    "contrast_attention": "bsym.evaluate.attention",
+    "ResultTable": "bsym.evaluate.results",
+}
+
+__all__ = ["EvaluationError", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bsym.evaluate' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

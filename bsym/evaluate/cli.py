@@ -1,0 +1,377 @@
+"""``bsym embed | probe | finetune | netid | attention | splits``: evaluation commands.
+
+Importing this module imports neither torch, scikit-learn nor MLflow; they load when a
+command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bsym.errors import UsageError
+
+DEFAULT_RESULTS = "results/results.parquet"
+FEATURE_KINDS = ("fc", "sc", "fc+sc")
+
+
+def _csv(text):
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _ints(text):
+    try:
+        return tuple(int(part) for part in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
+            from None
+
+
+# -- shared options ------------------------------------------------------------------------
+def _add_split_options(parser):
+    g = parser.add_argument_group(
+        "split", "The split file is made on first use and only read afterwards; options given "
+        "for an existing file must match how it was made.")
+    g.add_argument("--splits", required=True, help="split file (JSON), created if absent")
+    g.add_argument("--n-folds", type=int, default=None, help="outer folds (default 5)")
+    g.add_argument("--repeats", type=int, default=None, help="repetitions of K-fold (default 1)")
+    g.add_argument("--inner-folds", type=int, default=None,
+                   help="inner folds for hyper-parameters (default 3)")
+    g.add_argument("--split-protocol", choices=("kfold", "site"), default=None,
+                   help="stratified K-fold (default) or leave-one-site-out")
+    g.add_argument("--group-by", choices=("subject", "family"), default=None,
+                   help="what stays on one side (default subject)")
+    g.add_argument("--seed", type=int, default=None, help="split seed (default 0)")
+    g.add_argument("--pretrain-split", default=None,
+                   help="pretraining-cohort file: probe only its held-out subjects")
+    g.add_argument("--fold", type=_ints, default=None, metavar="I,J,...",
+                   help="run only these fold indices (default all)")
+
+
+def _add_tracking(parser, results=True):
+    g = parser.add_argument_group("output")
+    if results:
+        g.add_argument("--results", default=DEFAULT_RESULTS,
+                       help=f"long result table, Parquet (default {DEFAULT_RESULTS})")
+        g.add_argument("--force", action="store_true",
+                       help="recompute folds already in the result table")
+    g.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default sqlite:///results/mlflow.db)")
+    g.add_argument("--experiment", default="bsym", help="MLflow experiment (default bsym)")
+    g.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_embedding_source(parser):
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--embeddings", help="embeddings file from `bsym embed`")
+    src.add_argument("--features", choices=FEATURE_KINDS,
+                     help="connectome features instead of a model (the classical baseline)")
+
+
+def _tracker(args):
+    from bsym.track import DEFAULT_URI, NullTracker, Tracker
+
+    if args.no_tracking:
+        return NullTracker()
+    return Tracker(args.tracking_uri or DEFAULT_URI, args.experiment)
+
+
+def _splits(args, cohort, label):
+    from bsym.evaluate.splits import load_splits, make_splits
+
+    options = {"n_splits": args.n_folds, "n_repeats": args.repeats,
+               "inner_splits": args.inner_folds, "protocol": args.split_protocol,
+               "group_by": args.group_by, "seed": args.seed, "pretrain": args.pretrain_split}
+    given = {k: v for k, v in options.items() if v is not None}
+    path = Path(args.splits)
+    if path.exists() and not given:
+        return load_splits(path)
+    return make_splits(cohort, path, label=label, **given)
+
+
+def _embeddings(args, cohort):
+    from bsym.evaluate.embeddings import feature_embeddings, load_embeddings
+
+    if args.features:
+        return feature_embeddings(cohort, args.features)
+    return load_embeddings(args.embeddings, cohort=cohort)
+
+
+def _summary(frame, metrics):
+    lines = []
+    for metric in metrics:
+        if metric in frame.columns:
+            values = frame[metric].astype(float).dropna()
+            if len(values):
+                sd = values.std(ddof=1) if len(values) > 1 else 0.0
+                lines.append(f"  {metric:<18} {values.mean():.3f} +/- {sd:.3f} "
+                             f"(n={len(values)} folds)")
+    return "\n".join(lines)
+
+
+# -- commands ------------------------------------------------------------------------------
+def _embed(args):
+    from bsym.data import open_cohort
+    from bsym.evaluate.embeddings import embed_checkpoint
+
+    cohort = open_cohort(args.data)
+    out = embed_checkpoint(args.checkpoint, cohort, args.out, stride=args.stride,
+                           batch_size=args.batch_size, device=args.device, force=args.force,
+                           keep_roi=not args.no_roi, progress=not args.quiet)
+    state = "reused (checkpoint and data unchanged)" if out.meta.get("cached") else "written"
+    views = ", ".join(f"{k} ({v['subject'].shape[1]}-d"
+                      f"{', ROI' if v.get('roi') is not None else ''})"
+                      for k, v in out.views.items())
+    print(f"embeddings of {len(out.scans)} scans, views {views}: {args.out} {state}")
+
+
+def _probe(args):
+    from bsym.data import open_cohort
+    from bsym.evaluate.probe import (
+        CLASSIFICATION_METRICS,
+        REGRESSION_METRICS,
+        ProbeConfig,
+        linear_probe,
+    )
+    from bsym.evaluate.results import ResultTable
+
+    cohort = open_cohort(args.data)
+    cohort.require(labels=[args.task])  # a missing label fails before any work
+    embeddings = _embeddings(args, cohort)
+    splits = _splits(args, cohort, args.task)
+    protocol = args.protocol or ("supervised" if args.features else "linear_probe")
+    views = sorted(embeddings.views) if args.view == "all" else [args.view]
+    tracker = _tracker(args)
+    for view in views:
+        frame = linear_probe(embeddings, cohort, splits, args.task, view=view,
+                             task=args.task_type, config=ProbeConfig(level=args.level),
+                             folds=args.fold, model=args.model, dataset=args.dataset,
+                             protocol=protocol, results=ResultTable(args.results),
+                             tracker=tracker, force=args.force, progress=not args.quiet)
+        print(f"{protocol} {frame['model'].iloc[0]} ({frame['view'].iloc[0]}) on "
+              f"{args.task}, split {splits.sha256[:12]}; rows in {args.results}")
+        print(_summary(frame, CLASSIFICATION_METRICS + REGRESSION_METRICS))
+
+
+def _finetune(args):
+    from bsym.data import open_cohort
+    from bsym.evaluate.finetune import FineTuneConfig, fine_tune
+    from bsym.evaluate.probe import CLASSIFICATION_METRICS, REGRESSION_METRICS
+    from bsym.evaluate.results import ResultTable
+
+    cohort = open_cohort(args.data)
+    cohort.require(labels=[args.task])
+    splits = _splits(args, cohort, args.task)
+    config = FineTuneConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                            eval_every=args.eval_every, patience=args.patience, view=args.view,
+                            freeze_encoder=args.freeze_encoder, device=args.device,
+                            seed=args.train_seed)
+    frame = fine_tune(args.checkpoint, cohort, splits, args.task, config=config,
+                      folds=args.fold, task=args.task_type, model=args.model,
+                      dataset=args.dataset, results=ResultTable(args.results),
+                      tracker=_tracker(args), force=args.force, progress=not args.quiet)
+    print(f"finetune {frame['model'].iloc[0]} on {args.task}, split {splits.sha256[:12]}; rows "
+          f"in {args.results}")
+    print(_summary(frame, CLASSIFICATION_METRICS + REGRESSION_METRICS))
+
+
+def _netid(args):
+    from bsym.data import open_cohort
+    from bsym.evaluate.netid import METRICS, network_identification
+    from bsym.evaluate.results import ResultTable
+
+    cohort = open_cohort(args.data)
+    embeddings = _embeddings(args, cohort)
+    frame = network_identification(embeddings, cohort, view=args.view, seed=args.seed,
+                                   n_neighbors=args.neighbors, model=args.model,
+                                   dataset=args.dataset, results=ResultTable(args.results),
+                                   figure=args.figure, tracker=_tracker(args), force=args.force,
+                                   progress=not args.quiet)
+    shown = frame[["model", "view", *METRICS]].to_string(index=False, float_format="%.3f")
+    print(shown)
+    if args.figure:
+        print(f"confusion matrices: {args.figure}")
+
+
+def _attention(args):
+    from bsym.data import open_cohort
+    from bsym.evaluate.attention import (
+        attention_checkpoint,
+        contrast_attention,
+        plot_network_contrast,
+    )
+
+    cohort = open_cohort(args.data)
+    cohort.require(labels=[args.factor])  # before any model is run
+    maps = attention_checkpoint(args.checkpoint, cohort, maps=args.map or None,
+                                batch_size=args.batch_size, device=args.device,
+                                progress=not args.quiet)
+    paired = {"paired": True, "unpaired": False, "auto": None}[args.design]
+    result = contrast_attention(maps, cohort, factor=args.factor, levels=args.levels,
+                                paired=paired, n_permutations=args.permutations,
+                                alpha=args.alpha, seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result.table.to_parquet(out / "contrast.parquet", index=False)
+    result.table.to_csv(out / "contrast.csv", index=False)
+    for name in sorted(result.table["map"].unique()):
+        plot_network_contrast(result, out / f"network_contrast_{name}.png", map=name)
+    a, b = result.levels
+    print(f"{'paired' if result.paired else 'unpaired'} contrast {b} - {a} of {args.factor} over "
+          f"{len(result.subjects)} subjects; tables and figures in {out}")
+    hits = result.significant()
+    if len(hits):
+        print(hits[["map", "family", "feature", "diff", "t", "q"]].to_string(
+            index=False, float_format="%.3g"))
+    else:
+        print(f"no attention summary survives FDR at q < {args.alpha}")
+
+
+def _make_splits(args):
+    from bsym.data import open_cohort
+    from bsym.evaluate.splits import make_pretrain_split
+
+    if args.subjects_out and args.pretrain_fraction is None:
+        raise UsageError("--subjects-out needs --pretrain-fraction (it lists pretraining "
+                         "subjects)")
+    cohort = open_cohort(args.data)
+    if args.pretrain_fraction is not None:
+        split = make_pretrain_split(cohort, args.splits, fraction=args.pretrain_fraction,
+                                    seed=args.seed or 0, group_by=args.group_by or "subject",
+                                    stratify=args.task)
+        print(f"{split!r}: {args.splits}")
+        if args.subjects_out:
+            split.write_subject_list(args.subjects_out, "pretrain")
+            print(f"pretraining subjects (for `bsym pretrain --subjects-file`): "
+                  f"{args.subjects_out}")
+        return
+    splits = _splits(args, cohort, args.task)
+    print(f"{splits!r}: {args.splits}")
+
+
+# -- parsers -------------------------------------------------------------------------------
+def add_parser(subparsers):
+    """Add ``embed``, ``probe``, ``finetune``, ``netid``, ``attention`` and ``splits``."""
+    p = subparsers.add_parser(
+        "embed", help="embed every scan of a store with a trained checkpoint",
+        description="Embed every window of every scan (the checkpoint's window, "
+        "non-overlapping, scaled with its scaler), average per scan, and save all views "
+        "(and ROI embeddings) to an .npz file. An existing file made from the same "
+        "checkpoint bytes and data manifest is reused; a changed checkpoint is re-embedded.")
+    p.add_argument("--checkpoint", required=True, help="trained weights (final.pt)")
+    p.add_argument("--data", required=True, help="cohort store directory")
+    p.add_argument("--out", required=True, help="embeddings file (.npz)")
+    p.add_argument("--stride", type=int, default=None, help="window step (default: the window)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--no-roi", action="store_true", help="do not keep ROI embeddings")
+    p.add_argument("--force", action="store_true", help="recompute even if the file is current")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_embed)
+
+    p = subparsers.add_parser(
+        "probe", help="linear probe of a label on frozen embeddings, fold by fold",
+        description="StandardScaler + LogisticRegression / Ridge fitted on each outer training "
+        "fold, regularisation chosen on the split file's inner folds; scores appended per fold "
+        "to the long result table and logged to MLflow.")
+    _add_embedding_source(p)
+    p.add_argument("--data", required=True, help="cohort store the embeddings come from")
+    p.add_argument("--task", required=True, help="label column to predict")
+    p.add_argument("--task-type", choices=("classification", "regression"), default=None,
+                   help="default: inferred from the label")
+    p.add_argument("--view", default=None,
+                   help="embedding view of a multi-view model, or 'all' (default: fusion or "
+                   "the only view)")
+    p.add_argument("--level", choices=("subject", "scan"), default="subject",
+                   help="one row per subject (default) or per scan (within-subject labels)")
+    p.add_argument("--protocol", choices=("linear_probe", "supervised"), default=None,
+                   help="row protocol (default linear_probe; supervised with --features)")
+    p.add_argument("--model", default=None, help="model name in the rows (default from the file)")
+    p.add_argument("--dataset", default=None, help="dataset name (default the store's folder)")
+    _add_split_options(p)
+    _add_tracking(p)
+    p.set_defaults(func=_probe)
+
+    p = subparsers.add_parser(
+        "finetune", help="fine-tune a pretrained encoder with a linear head, fold by fold",
+        description="Encoder + linear head trained on each outer training fold through the "
+        "shared training loop, early-stopped on the first inner fold's validation subjects, "
+        "tested once on the outer test fold.")
+    p.add_argument("--checkpoint", required=True, help="pretrained weights (final.pt)")
+    p.add_argument("--data", required=True, help="cohort store directory")
+    p.add_argument("--task", required=True, help="label column to predict")
+    p.add_argument("--task-type", choices=("classification", "regression"), default=None)
+    p.add_argument("--view", default=None, help="embedding view of a multi-view model")
+    p.add_argument("--model", default=None)
+    p.add_argument("--dataset", default=None)
+    opt = p.add_argument_group("optimisation")
+    opt.add_argument("--max-steps", type=int, default=500)
+    opt.add_argument("--batch-size", type=int, default=16)
+    opt.add_argument("--lr", type=float, default=3e-4)
+    opt.add_argument("--weight-decay", type=float, default=0.01)
+    opt.add_argument("--warmup-steps", type=int, default=20)
+    opt.add_argument("--eval-every", type=int, default=25, help="steps between validations")
+    opt.add_argument("--patience", type=int, default=4,
+                     help="validations without improvement before stopping")
+    opt.add_argument("--freeze-encoder", action="store_true", help="train the head only")
+    opt.add_argument("--device", default="auto")
+    opt.add_argument("--train-seed", type=int, default=0)
+    _add_split_options(p)
+    _add_tracking(p)
+    p.set_defaults(func=_finetune)
+
+    p = subparsers.add_parser(
+        "netid", help="unsupervised network identification, beside FC rows",
+        description="ROI embeddings averaged over subjects, clustered (k-means, spectral; "
+        "k = number of atlas networks) and scored by ARI and NMI, plus leave-one-ROI-out k-NN "
+        "network accuracy; the group-mean FC rows are scored the same way beside them.")
+    _add_embedding_source(p)
+    p.add_argument("--data", required=True, help="cohort store directory")
+    p.add_argument("--view", default=None)
+    p.add_argument("--seed", type=int, default=0, help="clustering seed")
+    p.add_argument("--neighbors", type=int, default=5, help="k of the k-NN classifier")
+    p.add_argument("--figure", default=None, help="confusion-matrix figure (.png/.pdf/.svg)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--dataset", default=None)
+    _add_tracking(p)
+    p.set_defaults(func=_netid)
+
+    p = subparsers.add_parser(
+        "attention", help="attention per ROI and network, contrasted between conditions",
+        description="Attention maps of a trained model averaged per scan, summarised per ROI "
+        "and network (incoming / outgoing mass, network x network), contrasted between two "
+        "levels of a factor (paired sign-flip or two-group permutation test, Benjamini-"
+        "Hochberg FDR); writes contrast.parquet/.csv and network heatmaps to --out.")
+    p.add_argument("--checkpoint", required=True, help="trained weights (final.pt)")
+    p.add_argument("--data", required=True, help="cohort store directory")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--factor", default="condition", help="column to contrast (default condition)")
+    p.add_argument("--levels", type=_csv, default=None, metavar="A,B",
+                   help="the two levels, difference B - A (default pre,post when present)")
+    p.add_argument("--design", choices=("auto", "paired", "unpaired"), default="auto",
+                   help="paired when the factor varies within subjects (default auto)")
+    p.add_argument("--map", action="append", default=[],
+                   help="attention map to use (repeatable; default every ROI x ROI map)")
+    p.add_argument("--permutations", type=int, default=10000)
+    p.add_argument("--alpha", type=float, default=0.05, help="FDR level (default 0.05)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_attention)
+
+    p = subparsers.add_parser(
+        "splits", help="write a split file (or the pretraining-cohort file) once",
+        description="Make the split file of a task (outer and inner folds, hashed), or with "
+        "--pretrain-fraction the pretraining cohort: subjects never probed.")
+    p.add_argument("--data", required=True, help="cohort store directory")
+    p.add_argument("--task", default=None, help="label to stratify on")
+    p.add_argument("--pretrain-fraction", type=float, default=None,
+                   help="write the pretraining-cohort file with this share of subjects")
+    p.add_argument("--subjects-out", default=None,
+                   help="with --pretrain-fraction: also write the pretraining subject list")
+    _add_split_options(p)
+    p.set_defaults(func=_make_splits)
+    return p

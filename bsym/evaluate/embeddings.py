@@ -1,0 +1,455 @@
+"""Frozen-encoder embeddings of every scan, saved per scan and pooled per subject.
+
+Each scan is cut into the model's windows (non-overlapping by default), scaled with the
+checkpoint's robust scaler and embedded; a scan's embedding is the mean over its windows
+(the subject vector, and the ROI embeddings where the model has them). A subject's
+embedding is the window-weighted mean over its scans (all windows and sessions).
+
+A saved file (``.npz``) holds every view of a multi-view model and is keyed by the
+checkpoint's SHA-256, the data-manifest hash, the view and the windowing: a changed
+checkpoint or store never reuses it (:func:`embed_checkpoint` recomputes).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bsym import __version__
+from bsym.evaluate import EvaluationError
+from bsym.evaluate.results import config_hash, file_sha256
+
+FORMAT = "bsym-embeddings"
+FORMAT_VERSION = 1
+DEFAULT_VIEW = "default"
+_SEP = "__"
+
+
+class EmbeddingError(EvaluationError):
+    """Embeddings that do not fit the request (another dataset, view or checkpoint)."""
+
+
+@dataclass
+class EmbeddingSet:
+    """Per-scan embeddings of one or more views.
+
+    Attributes
+    ----------
+    scans : DataFrame
+        One row per scan: ``scan``, ``subject``, ``session``, ``site``, ``n_windows``.
+    views : dict
+        View name -> ``{"subject": (n_scans, D) array, "roi": (n_scans, R, D) array or None}``.
+    meta : dict
+        ``manifest_hash``, ``checkpoint_sha256`` (None for plain features), ``model``,
+        ``window``, ``keys`` (view -> cache key), ...
+    """
+
+    scans: pd.DataFrame
+    views: dict
+    meta: dict = field(default_factory=dict)
+
+    def __repr__(self):
+        shapes = {k: v["subject"].shape[1] for k, v in self.views.items()}
+        return (f"EmbeddingSet({len(self.scans)} scans, views {shapes}, model "
+                f"{self.meta.get('model')!r}, manifest {str(self.manifest_hash)[:12]})")
+
+    @property
+    def manifest_hash(self) -> str:
+        return self.meta.get("manifest_hash")
+
+    @property
+    def model(self) -> str:
+        return str(self.meta.get("model") or "unknown")
+
+    def key(self, view=None) -> str:
+        """The cache key of a view (checkpoint, data, view and windowing)."""
+        return self.meta["keys"][self.view_name(view)]
+
+    def view_name(self, view=None) -> str:
+        """Resolve ``view``: None picks the only view, or ``fusion`` when there are several."""
+        if view is None:
+            if len(self.views) == 1:
+                return next(iter(self.views))
+            if "fusion" in self.views:
+                return "fusion"
+            raise EmbeddingError(f"the embeddings have views {sorted(self.views)}; name one "
+                                 "(view=... / --view)")
+        if view not in self.views:
+            raise EmbeddingError(f"no view {view!r} in the embeddings; expected one of "
+                                 f"{sorted(self.views)}")
+        return view
+
+    def check_cohort(self, cohort):
+        """Raise :class:`EmbeddingError` unless these embeddings come from ``cohort``."""
+        if self.manifest_hash != cohort.manifest_hash:
+            raise EmbeddingError(
+                f"embeddings {self.meta.get('path') or ''} were computed on data with manifest "
+                f"{str(self.manifest_hash)[:12]}..., but the store {cohort.path} has manifest "
+                f"{cohort.manifest_hash[:12]}...; expected embeddings of this store "
+                "(re-run `bsym embed` on it)")
+        known = set(cohort.subjects["scan"])
+        unknown = sorted(set(self.scans["scan"]) - known)
+        if unknown:
+            raise EmbeddingError(f"embedded scans not in {cohort.path}: {', '.join(unknown[:3])}")
+        return self
+
+    def scan_features(self, view=None):
+        """``(X, table)``: one row per scan (mean over its windows)."""
+        return self.views[self.view_name(view)]["subject"], self.scans.reset_index(drop=True)
+
+    def subject_features(self, view=None, subjects=None):
+        """``(X, subjects)``: the window-weighted mean over each subject's scans."""
+        x = self.views[self.view_name(view)]["subject"]
+        return _pool(x, self.scans, subjects)
+
+    def roi(self, view=None):
+        """ROI embeddings per scan, (n_scans, R, D); error when the model has none."""
+        name = self.view_name(view)
+        roi = self.views[name].get("roi")
+        if roi is None:
+            raise EmbeddingError(f"view {name!r} of model {self.model!r} has no ROI embeddings; "
+                                 "network identification needs them")
+        return roi
+
+    def subject_roi(self, view=None, subjects=None):
+        """``(R x D per subject, subjects)``: ROI embeddings pooled per subject."""
+        roi = self.roi(view)
+        pooled, subjects = _pool(roi.reshape(len(roi), -1), self.scans, subjects)
+        return pooled.reshape(len(subjects), *roi.shape[1:]), subjects
+
+    # -- files -----------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write an ``.npz`` file atomically (no pickled objects)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {c: np.array(self.scans[c].astype(str).tolist(), dtype=str) for c in
+                  ("scan", "subject", "session", "site")}
+        arrays["n_windows"] = self.scans["n_windows"].to_numpy(dtype=np.int64)
+        for name, view in self.views.items():
+            if _SEP in name:
+                raise EmbeddingError(f"view names may not contain {_SEP!r}: {name!r}")
+            arrays[f"view{_SEP}{name}{_SEP}subject"] = np.asarray(view["subject"], np.float32)
+            if view.get("roi") is not None:
+                arrays[f"view{_SEP}{name}{_SEP}roi"] = np.asarray(view["roi"], np.float32)
+        meta = {k: v for k, v in self.meta.items() if k != "path"}
+        arrays["meta"] = np.array(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                              **meta}, default=str))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        self.meta["path"] = str(path)
+        return path
+
+
+def _pool(x, scans, subjects=None):
+    weights = scans["n_windows"].to_numpy(dtype=float)
+    order = subjects if subjects is not None else sorted(scans["subject"].unique())
+    index = {s: i for i, s in enumerate(order)}
+    rows = scans["subject"].map(index)
+    keep = rows.notna().to_numpy()  # scans of other subjects are left out
+    missing = sorted(set(order) - set(scans["subject"]))
+    if missing:
+        raise EmbeddingError(f"no embeddings for subject(s) {', '.join(map(str, missing[:5]))}; "
+                             "expected every requested subject to have at least one scan")
+    rows = rows[keep].astype(int).to_numpy()
+    x = np.asarray(x, dtype=np.float64)[keep]
+    w = weights[keep]
+    sums = np.zeros((len(order), x.shape[1]))
+    np.add.at(sums, rows, x * w[:, None])
+    totals = np.bincount(rows, weights=w, minlength=len(order))
+    return sums / totals[:, None], list(order)
+
+
+def load_embeddings(path, *, cohort=None) -> EmbeddingSet:
+    """Read an embeddings file; with ``cohort``, check it was computed on that store."""
+    path = Path(path)
+    if not path.is_file():
+        raise EmbeddingError(f"{path}: no such embeddings file (make it with `bsym embed`)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            scans = pd.DataFrame({c: data[c].astype(str) for c in
+                                  ("scan", "subject", "session", "site")})
+            scans["n_windows"] = data["n_windows"].astype(int)
+            views = {}
+            for key in data.files:
+                if not key.startswith(f"view{_SEP}"):
+                    continue
+                _, name, kind = key.split(_SEP)
+                views.setdefault(name, {"subject": None, "roi": None})[kind] = data[key]
+    except (OSError, ValueError, KeyError) as err:
+        raise EmbeddingError(f"{path}: cannot read embeddings ({err}); expected a file written "
+                             "by `bsym embed`") from None
+    if meta.get("format") != FORMAT:
+        raise EmbeddingError(f"{path}: expected format {FORMAT!r}, received {meta.get('format')!r}")
+    meta["path"] = str(path)
+    out = EmbeddingSet(scans=scans, views=views, meta=meta)
+    if cohort is not None:
+        out.check_cohort(cohort)
+    return out
+
+
+# -- computing ---------------------------------------------------------------------------
+def _views(output):
+    from bsym.models.base import Embeddings
+
+    if isinstance(output, Embeddings):
+        return {DEFAULT_VIEW: output}
+    if isinstance(output, dict) and output and all(isinstance(v, Embeddings)
+                                                  for v in output.values()):
+        return dict(output)
+    raise EmbeddingError(f"model.embed must return Embeddings or a dict of them, received "
+                         f"{type(output).__name__}")
+
+
+def compute_embeddings(model, cohort, *, window, stride=None, scaler=None, target_tr=None,
+                       cleaning=None, sc_transform="log1p", scans=None, batch_size=32,
+                       device="cpu", keep_roi=True, progress=True, meta=None) -> EmbeddingSet:
+    """Embed every window of every scan with a frozen model and average per scan.
+
+    Parameters
+    ----------
+    model : BrainModel
+    cohort : Cohort
+    window : int
+        The model's window (time points).
+    stride : int, optional
+        Default ``window`` (non-overlapping windows).
+    scaler : RobustScaler, optional
+        The scaler fitted when the model was trained.
+    target_tr : float, optional
+        Resample scans to this TR first (as in training).
+    cleaning : SignalCleaning, optional
+    sc_transform : {"log1p", "none"}
+    scans : sequence of str, optional
+        Default every scan of the store.
+    batch_size : int
+    device : str
+    keep_roi : bool
+        Keep ROI embeddings (mean over windows) where the model has them.
+    progress : bool
+    meta : dict, optional
+        Extra metadata (model name, checkpoint hash).
+
+    Returns
+    -------
+    EmbeddingSet
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from bsym.data.dataset import WindowDataset
+    from bsym.train.engine import to_device
+
+    dataset = WindowDataset(cohort, window, scans=scans, stride=stride, scaler=scaler,
+                            target_tr=target_tr, cleaning=cleaning, sc_transform=sc_transform)
+    table = dataset.table.reset_index(drop=True)
+    position = {s: i for i, s in enumerate(table["scan"])}
+    n_windows = np.zeros(len(table), dtype=np.int64)
+    sums = {}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress):
+                rows = np.array([position[s] for s in batch["scan"]])
+                batch = to_device({k: v for k, v in batch.items()
+                                   if k not in ("scan", "subject", "start")}, device)
+                views = _views(model.embed(batch))
+                np.add.at(n_windows, rows, 1)
+                for name, emb in views.items():
+                    sub = emb.subject.detach().float().cpu().numpy().astype(np.float64)
+                    if name not in sums:
+                        sums[name] = {"subject": np.zeros((len(table), sub.shape[1]))}
+                        if keep_roi and emb.roi is not None:
+                            sums[name]["roi"] = np.zeros((len(table), *emb.roi.shape[1:]))
+                    np.add.at(sums[name]["subject"], rows, sub)
+                    if "roi" in sums[name]:
+                        if emb.roi is None:
+                            raise EmbeddingError(f"view {name!r} returned ROI embeddings for "
+                                                 "some batches only")
+                        roi = emb.roi.detach().float().cpu().numpy().astype(np.float64)
+                        np.add.at(sums[name]["roi"], rows, roi)
+    finally:
+        model.train(was_training)
+    if (n_windows == 0).any():
+        raise EmbeddingError("some scans gave no window")
+    views = {name: {"subject": (v["subject"] / n_windows[:, None]).astype(np.float32),
+                    "roi": (v["roi"] / n_windows[:, None, None]).astype(np.float32)
+                    if "roi" in v else None}
+             for name, v in sums.items()}
+    scan_table = table[["scan", "subject", "session", "site"]].astype(str).copy()
+    scan_table["n_windows"] = n_windows
+    meta = {"manifest_hash": cohort.manifest_hash, "dataset": cohort.path.name,
+            "model": getattr(model, "name", None) or type(model).__name__,
+            "checkpoint_sha256": None, "window": int(window), "stride": int(dataset.stride), "tr": dataset.tr,
+            "sc_transform": sc_transform, "cleaning": dataset.cleaning.to_dict(),
+            "bsym_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **(meta or {})}
+    meta["keys"] = {name: _cache_key(meta, name) for name in views}
+    return EmbeddingSet(scans=scan_table, views=views, meta=meta)
+
+
+def _cache_key(meta, view) -> str:
+    parts = {k: meta.get(k) for k in ("checkpoint_sha256", "manifest_hash", "window", "stride",
+                                       "tr", "sc_transform", "cleaning", "model", "features")}
+    parts["view"] = view
+    return config_hash(parts)
+
+
+def _checkpoint_settings(ckpt):
+    data = ckpt.get("data") or {}
+    dataset = data.get("dataset") or {}
+    window = data.get("window") or dataset.get("window")
+    if not window:
+        raise EmbeddingError("the checkpoint does not record its window length; expected a "
+                             "checkpoint written by bsym.train")
+    return {"window": int(window), "target_tr": dataset.get("tr"),
+            "cleaning": dataset.get("cleaning") or {},
+            "sc_transform": dataset.get("sc_transform") or "log1p"}
+
+
+def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32, device="cpu",
+                     force=False, keep_roi=True, progress=True) -> EmbeddingSet:
+    """Embeddings of ``cohort`` by a trained checkpoint, cached in ``out``.
+
+    The file at ``out`` is reused only when it was made from a checkpoint with the same
+    SHA-256, from the same data manifest and with the same windowing; otherwise (or with
+    ``force``) the embeddings are recomputed and the file replaced.
+
+    Parameters
+    ----------
+    checkpoint : str or Path
+        ``final.pt`` of a run (the scaler is read from its ``extra["scaler"]``).
+    cohort : Cohort
+    out : str or Path, optional
+        ``.npz`` cache file.
+    stride : int, optional
+        Default: the window (non-overlapping).
+    batch_size, device, keep_roi, progress
+        See :func:`compute_embeddings`.
+    force : bool
+        Recompute even when the cache is current.
+
+    Returns
+    -------
+    EmbeddingSet
+        With ``meta["cached"]`` telling whether the file was reused.
+    """
+    from bsym.data.preprocess import RobustScaler, SignalCleaning
+    from bsym.train.checkpoint import load_checkpoint, load_trained
+
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
+    settings = _checkpoint_settings(ckpt)
+    sha = file_sha256(checkpoint)
+    model_name = ckpt["model"]["name"]
+    expected = {"checkpoint_sha256": sha, "manifest_hash": cohort.manifest_hash,
+                "window": settings["window"], "stride": int(stride or settings["window"]),
+                "tr": None, "sc_transform": settings["sc_transform"],
+                "cleaning": SignalCleaning(**settings["cleaning"]).to_dict(),
+                "model": model_name, "features": None}
+    if out is not None and Path(out).is_file() and not force:
+        try:
+            cached = load_embeddings(out)
+        except EmbeddingError:
+            cached = None
+        if cached is not None and all(cached.meta.get(k) == v for k, v in expected.items()
+                                      if k != "tr"):
+            cached.meta["cached"] = True
+            return cached
+    model, ckpt = load_trained(checkpoint)
+    scaler_state = (ckpt.get("extra") or {}).get("scaler")
+    scaler = RobustScaler.from_state_dict(scaler_state) if scaler_state else None
+    if scaler is None:
+        import warnings
+
+        warnings.warn(f"{checkpoint}: no fitted scaler in the checkpoint; embedding unscaled "
+                      "series", RuntimeWarning, stacklevel=2)
+    identity = ckpt["model"]
+    meta = {"checkpoint_sha256": sha, "checkpoint": str(checkpoint.resolve()),
+            "model": model_name, "preset": identity.get("preset"),
+            "model_config": identity.get("config"), "features": None,
+            "trained_on": (ckpt.get("data") or {}).get("manifest_hash"), "cached": False}
+    out_set = compute_embeddings(
+        model, cohort, window=settings["window"], stride=stride, scaler=scaler,
+        target_tr=settings["target_tr"], cleaning=SignalCleaning(**settings["cleaning"]),
+        sc_transform=settings["sc_transform"], batch_size=batch_size, device=device,
+        keep_roi=keep_roi, progress=progress, meta=meta)
+    if out is not None:
+        out_set.save(out)
+    return out_set
+
+
+def feature_embeddings(cohort, kind="fc", *, scans=None) -> EmbeddingSet:
+    """Connectome features as an :class:`EmbeddingSet` (the classical baseline).
+
+    Parameters
+    ----------
+    cohort : Cohort
+    kind : {"fc", "sc", "fc+sc"}
+        ``fc``: Fisher-z FC upper triangle per scan, ROI "embeddings" = Fisher-z FC rows
+        (diagonal 0); ``sc``: log(1 + SC) upper triangle of the scan's subject, ROI
+        embeddings = log-SC rows; ``fc+sc``: both concatenated.
+    scans : sequence of str, optional
+
+    Returns
+    -------
+    EmbeddingSet
+        One view named ``kind``; ``n_windows`` is 1 per scan.
+    """
+    from bsym.data.features import fc_matrix, fisher_z, log_sc, upper_triangle
+
+    if kind not in ("fc", "sc", "fc+sc"):
+        raise EmbeddingError(f"kind must be 'fc', 'sc' or 'fc+sc', received {kind!r}")
+    table = cohort.subjects
+    if scans is not None:
+        table = table[table["scan"].isin(list(scans))]
+    table = table.reset_index(drop=True)
+    if "sc" in kind:
+        cohort.require(matrices=("sc",))
+    subject_vectors, roi_rows = [], []
+    sc_cache = {}
+    for row in table.itertuples(index=False):
+        parts, rows = [], []
+        if "fc" in kind:
+            z = fisher_z(fc_matrix(np.asarray(cohort.bold(row.scan))))
+            np.fill_diagonal(z, 0.0)
+            parts.append(upper_triangle(z))
+            rows.append(z)
+        if "sc" in kind:
+            if row.subject not in sc_cache:
+                sc_cache[row.subject] = log_sc(np.asarray(cohort.sc(row.subject)))
+            s = sc_cache[row.subject]
+            parts.append(upper_triangle(s))
+            rows.append(s)
+        subject_vectors.append(np.concatenate(parts))
+        roi_rows.append(np.concatenate(rows, axis=1))
+    scan_table = table[["scan", "subject", "session", "site"]].astype(str).copy()
+    scan_table["n_windows"] = 1
+    meta = {"manifest_hash": cohort.manifest_hash, "dataset": cohort.path.name,
+            "model": f"connectome-{kind}", "features": kind, "checkpoint_sha256": None,
+            "window": None, "stride": None, "tr": None, "sc_transform": None, "cleaning": None,
+            "bsym_version": __version__}
+    meta["keys"] = {kind: _cache_key(meta, kind)}
+    views = {kind: {"subject": np.stack(subject_vectors).astype(np.float32),
+                    "roi": np.stack(roi_rows).astype(np.float32)}}
+    return EmbeddingSet(scans=scan_table, views=views, meta=meta)

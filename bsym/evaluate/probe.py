@@ -1,0 +1,385 @@
+"""Linear probe on frozen embeddings, one split fold at a time.
+
+StandardScaler + LogisticRegression (classification) or Ridge (regression) in one
+scikit-learn pipeline, fitted on the outer training fold only; the regularisation
+strength is chosen by :class:`~sklearn.model_selection.GridSearchCV` over the split
+file's *inner* folds (subject-grouped, inside the training fold). The test fold is
+used once, for the scores. Regression targets are z-scored with the training fold's
+mean and SD.
+
+Metrics
+-------
+classification
+    ``accuracy``, ``f1`` (the second sorted class as positive for binary labels, macro
+    otherwise), ``balanced_accuracy``, ``auroc`` (macro one-vs-rest for > 2 classes; NaN
+    when the test fold lacks a class).
+regression
+    ``mse`` on the z-scored target, ``pearson_r``, ``mae`` (label units), ``r2``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from bsym.evaluate import EvaluationError
+from bsym.evaluate.results import config_hash, log_evaluation, provenance
+from bsym.evaluate.splits import infer_task
+
+CLASSIFICATION_METRICS = ("accuracy", "f1", "balanced_accuracy", "auroc")
+REGRESSION_METRICS = ("mse", "pearson_r", "mae", "r2")
+LEVELS = ("subject", "scan")
+
+
+def _default_cs():
+    return tuple(float(c) for c in np.logspace(-4, 3, 8))
+
+
+def _default_alphas():
+    return tuple(float(a) for a in np.logspace(-2, 5, 8))
+
+
+@dataclass
+class ProbeConfig:
+    """Settings of the linear probe.
+
+    Parameters
+    ----------
+    Cs : tuple of float
+        Inverse regularisation strengths tried for LogisticRegression.
+    alphas : tuple of float
+        Ridge penalties tried.
+    max_iter : int
+        LogisticRegression iterations.
+    level : {"subject", "scan"}
+        Probe one row per subject (mean over windows and sessions), or one row per scan
+        (for labels that vary within subjects, e.g. condition).
+    """
+
+    Cs: tuple = field(default_factory=_default_cs)
+    alphas: tuple = field(default_factory=_default_alphas)
+    max_iter: int = 5000
+    level: str = "subject"
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise EvaluationError(f"level must be one of {LEVELS}, received {self.level!r}")
+        self.Cs = tuple(float(c) for c in self.Cs)
+        self.alphas = tuple(float(a) for a in self.alphas)
+        if not self.Cs or not self.alphas or min(self.Cs + self.alphas) <= 0:
+            raise EvaluationError("Cs and alphas must be non-empty and positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- one fold ------------------------------------------------------------------------------
+def _grid(task, config, n_classes, inner):
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if task == "classification":
+        model = LogisticRegression(max_iter=config.max_iter)
+        grid = {"model__C": list(config.Cs)}
+        scoring = "roc_auc" if n_classes == 2 else "roc_auc_ovr"
+    else:
+        model = Ridge()
+        grid = {"model__alpha": list(config.alphas)}
+        scoring = "neg_mean_squared_error"
+    pipe = Pipeline([("scale", StandardScaler()), ("model", model)])
+    return GridSearchCV(pipe, grid, cv=inner, scoring=scoring, refit=True, n_jobs=1,
+                        error_score=np.nan)
+
+
+def classification_scores(y_true, proba, n_classes) -> dict:
+    """Accuracy, F1, balanced accuracy and AUROC from class probabilities.
+
+    Parameters
+    ----------
+    y_true : array of int
+        Class indices in ``range(n_classes)``.
+    proba : array, shape (n, n_classes)
+    n_classes : int
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(proba).argmax(axis=1)
+    labels = list(range(n_classes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = {"accuracy": float(accuracy_score(y_true, y_pred)),
+               "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred))}
+        if n_classes == 2:
+            out["f1"] = float(f1_score(y_true, y_pred, pos_label=1, zero_division=0.0))
+        else:
+            out["f1"] = float(f1_score(y_true, y_pred, labels=labels, average="macro",
+                                       zero_division=0.0))
+    present = np.unique(y_true)
+    if len(present) < n_classes:
+        out["auroc"] = float("nan")
+    elif n_classes == 2:
+        out["auroc"] = float(roc_auc_score(y_true, proba[:, 1]))
+    else:
+        out["auroc"] = float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro",
+                                           labels=labels))
+    return out
+
+
+def regression_scores(y_true, y_pred, mean, sd) -> dict:
+    """MSE on the target z-scored with the training ``mean`` and ``sd``; Pearson r, MAE
+    (label units) and R^2."""
+    from scipy.stats import pearsonr
+    from sklearn.metrics import r2_score
+
+    y_true = np.asarray(y_true, dtype=float)
+    y_pred = np.asarray(y_pred, dtype=float)
+    z_true, z_pred = (y_true - mean) / sd, (y_pred - mean) / sd
+    if np.std(y_pred) > 0 and np.std(y_true) > 0 and len(y_true) > 1:
+        r = float(pearsonr(y_true, y_pred)[0])
+    else:
+        r = float("nan")
+    return {"mse": float(np.mean((z_true - z_pred) ** 2)), "pearson_r": r,
+            "mae": float(np.mean(np.abs(y_true - y_pred))),
+            "r2": float(r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan")}
+
+
+def probe_fold(x, y, train, test, inner, *, task, config=None, n_classes=None) -> dict:
+    """Fit on ``train`` rows (hyper-parameters on the inner folds), score on ``test``.
+
+    Parameters
+    ----------
+    x : array, shape (n, d)
+    y : array, shape (n,)
+        Class indices (classification) or values (regression).
+    train, test : array of int
+        Row indices.
+    inner : list of (array, array)
+        Inner (fit, validation) folds as positions *within* ``train``.
+    task : {"classification", "regression"}
+    config : ProbeConfig, optional
+    n_classes : int, optional
+        Number of classes of the whole label (default: from ``y``).
+
+    Returns
+    -------
+    dict
+        Metric values, ``best_param`` (C or alpha), ``prediction`` (test rows), and for
+        classification ``proba``.
+    """
+    config = config or ProbeConfig()
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y)
+    train, test = np.asarray(train), np.asarray(test)
+    if len(np.intersect1d(train, test)):
+        raise EvaluationError("train and test rows overlap; expected disjoint folds")
+    for fit_rows, val_rows in inner:
+        if np.max(fit_rows, initial=-1) >= len(train) or np.max(val_rows, initial=-1) >= len(train):
+            raise EvaluationError("inner folds must index the training rows only")
+    x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
+    if task == "classification":
+        n_classes = int(n_classes or (int(y.max()) + 1))
+        present = np.unique(y_train)
+        if len(present) < n_classes:
+            raise EvaluationError(f"the training fold holds {len(present)} of the {n_classes} "
+                                  "classes; expected every class in every training fold "
+                                  "(stratify the split on this label)")
+        search = _grid(task, config, n_classes, inner)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            search.fit(x_train, y_train.astype(int))
+        proba = search.predict_proba(x_test)
+        out = classification_scores(y_test.astype(int), proba, n_classes)
+        out.update(best_param=float(search.best_params_["model__C"]),
+                   prediction=proba.argmax(axis=1), proba=proba)
+        return out
+    y_train = y_train.astype(float)
+    mean, sd = float(y_train.mean()), float(y_train.std())
+    if sd == 0:
+        raise EvaluationError("the regression target is constant in the training fold")
+    search = _grid(task, config, None, inner)
+    search.fit(x_train, (y_train - mean) / sd)
+    pred = search.predict(x_test) * sd + mean
+    out = regression_scores(y_test.astype(float), pred, mean, sd)
+    out.update(best_param=float(search.best_params_["model__alpha"]), prediction=pred)
+    return out
+
+
+# -- the probe over a split file -----------------------------------------------------------
+def encode_labels(values, task):
+    """``(y, classes)``: class indices and sorted class names, or floats and None."""
+    values = pd.Series(values)
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(values):
+            raise EvaluationError(f"a regression target must be numeric, received values like "
+                                  f"{values.iloc[0]!r}")
+        return values.astype(float).to_numpy(), None
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        classes = sorted(values.unique().tolist())
+        lookup = {c: i for i, c in enumerate(classes)}
+        return values.map(lookup).to_numpy(dtype=int), [str(c) for c in classes]
+    classes = sorted(values.astype(str).unique().tolist())
+    lookup = {c: i for i, c in enumerate(classes)}
+    return values.astype(str).map(lookup).to_numpy(dtype=int), classes
+
+
+def probe_data(embeddings, cohort, label, subjects, *, view=None, level="subject"):
+    """Rows to probe: ``(x, values, units)`` where ``units`` maps each row to its subject.
+
+    Raises
+    ------
+    EvaluationError
+        The label varies within subjects at ``level="subject"``.
+    """
+    table = cohort.subjects
+    if level == "subject":
+        x, subjects = embeddings.subject_features(view, subjects)
+        per = table[table["subject"].isin(set(subjects))].groupby("subject")[label]
+        varying = per.nunique()
+        if (varying > 1).any():
+            raise EvaluationError(f"label {label!r} varies within subject "
+                                  f"{varying[varying > 1].index[0]} (e.g. a condition); expected "
+                                  "one value per subject at level='subject': use level='scan'")
+        values = per.first().reindex(subjects)
+        return x, values.reset_index(drop=True), np.asarray(subjects)
+    x_scan, scans = embeddings.scan_features(view)
+    keep = scans["subject"].isin(set(subjects)).to_numpy()
+    scans = scans[keep].reset_index(drop=True)
+    labels = table.set_index("scan").loc[scans["scan"], label].reset_index(drop=True)
+    return np.asarray(x_scan)[keep], labels, scans["subject"].to_numpy()
+
+
+def fold_rows(units, fold):
+    """Row indices of a fold's train and test subjects, and the inner folds as positions
+    within the training rows."""
+    position = pd.Series(np.arange(len(units)))
+    unit_series = pd.Series(units)
+    train_set, test_set = set(fold.train), set(fold.test)
+    train = position[unit_series.isin(train_set)].to_numpy()
+    test = position[unit_series.isin(test_set)].to_numpy()
+    missing = sorted((train_set | test_set) - set(units))
+    if missing:
+        raise EvaluationError(f"fold {fold.name}: no embeddings for subject(s) "
+                              f"{', '.join(missing[:5])}; expected embeddings of every subject "
+                              "of the split")
+    train_units = unit_series.iloc[train].reset_index(drop=True)
+    inner = []
+    for fit_subjects, val_subjects in fold.inner:
+        if not set(fit_subjects) | set(val_subjects) <= train_set:
+            raise EvaluationError(f"fold {fold.name}: inner folds reach outside the training "
+                                  "fold; the split file is damaged")
+        inner.append((np.flatnonzero(train_units.isin(set(fit_subjects)).to_numpy()),
+                      np.flatnonzero(train_units.isin(set(val_subjects)).to_numpy())))
+    return train, test, inner
+
+
+def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, config=None,
+                 folds=None, model=None, dataset=None, protocol="linear_probe", results=None,
+                 tracker=None, force=False, shuffle_labels=None, progress=True) -> pd.DataFrame:
+    """Linear probe of ``label`` on every fold of a split file.
+
+    Parameters
+    ----------
+    embeddings : EmbeddingSet
+    cohort : Cohort
+        The store the embeddings and the split were made from (checked by manifest hash).
+    splits : Splits
+    label : str
+        Label column of the subjects table.
+    view : str, optional
+        Embedding view (multi-view models).
+    task : {"classification", "regression"}, optional
+        Default: inferred from the label.
+    config : ProbeConfig, optional
+    folds : sequence of int, optional
+        Fold indices to run (default all).
+    model, dataset : str, optional
+        Names in the result rows (default: the embeddings' model, the store's folder name).
+    protocol : str
+        ``linear_probe`` (frozen encoder) or ``supervised`` (e.g. connectome features).
+    results : ResultTable, optional
+        Rows are appended per fold; folds already there (same data, split and config)
+        are read back instead of recomputed unless ``force``.
+    tracker : Tracker, optional
+        MLflow tracker: one run per evaluation with a nested run per computed fold.
+    force : bool
+    shuffle_labels : int, optional
+        Permute the labels across subjects with this seed (a null check); the task is
+        named ``"{label}~shuffled{seed}"``.
+    progress : bool
+
+    Returns
+    -------
+    DataFrame
+        One row per fold.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or ProbeConfig()
+    cohort.require(labels=[label])
+    embeddings.check_cohort(cohort)
+    splits.check_cohort(cohort)
+    view = embeddings.view_name(view)
+    task = task or infer_task(cohort.subjects[label])
+    x, values, units = probe_data(embeddings, cohort, label, splits.subjects, view=view,
+                                  level=config.level)
+    y, classes = encode_labels(values, task)
+    task_name = label
+    if shuffle_labels is not None:
+        y = _shuffle_by_subject(y, units, int(shuffle_labels))
+        task_name = f"{label}~shuffled{int(shuffle_labels)}"
+    chosen = range(len(splits)) if folds is None else [int(f) for f in folds]
+    model = model or embeddings.model
+    dataset = dataset or cohort.path.name
+    chash = config_hash({"probe": config.to_dict(), "view": view, "task": task,
+                         "embedding_key": embeddings.key(view), "shuffle": shuffle_labels})
+    base = {"model": model, "view": view, "dataset": dataset, "task": task_name,
+            "protocol": protocol, "seed": splits.seed}
+    rows, computed = [], []
+    for index in tqdm(chosen, desc=f"probe {task_name}", unit="fold", disable=not progress):
+        fold = splits[index]
+        key = {**base, "fold": fold.index, "config_hash": chash,
+               "manifest_hash": cohort.manifest_hash, "split_hash": splits.sha256}
+        if results is not None and not force and results.is_done(key):
+            rows.append(results.find(key))
+            continue
+        started = time.perf_counter()
+        train, test, inner = fold_rows(units, fold)
+        scores = probe_fold(x, y, train, test, inner, task=task, config=config,
+                            n_classes=len(classes) if classes else None)
+        row = {**key, "repeat": fold.repeat, "task_type": task, "level": config.level,
+               **{m: scores[m] for m in (CLASSIFICATION_METRICS if task == "classification"
+                                         else REGRESSION_METRICS)},
+               "best_param": scores["best_param"], "n_train": int(len(train)),
+               "n_test": int(len(test)), "runtime_s": time.perf_counter() - started,
+               "embedding_key": embeddings.key(view),
+               "checkpoint_sha256": embeddings.meta.get("checkpoint_sha256"),
+               "test_site": fold.test_site, **provenance()}
+        if results is not None:
+            results.append([row])
+        rows.append(row)
+        computed.append(row)
+    log_evaluation(tracker, computed, run_name=f"{protocol}-{model}-{task_name}",
+                   tags={**base, "bsym.version": provenance()["bsym_version"]},
+                   params={"probe": config.to_dict(), "view": view, "split": splits.request,
+                           "split_hash": splits.sha256},
+                   metrics=CLASSIFICATION_METRICS if task == "classification"
+                   else REGRESSION_METRICS)
+    return pd.DataFrame(rows)
+
+
+def _shuffle_by_subject(y, units, seed):
+    """Permute labels across subjects, keeping each subject's rows together."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"unit": units, "y": y})
+    first = frame.groupby("unit", sort=True)["y"].first()
+    permuted = pd.Series(rng.permutation(first.to_numpy()), index=first.index)
+    if frame.groupby("unit")["y"].nunique().max() > 1:  # within-subject label: permute rows
+        return rng.permutation(np.asarray(y))
+    return frame["unit"].map(permuted).to_numpy()

@@ -1,0 +1,253 @@
+"""The long result table: one row per model x view x dataset x task x protocol x seed x fold.
+
+Rows are appended per fold, atomically (the table is rewritten to a temporary file under
+an exclusive lock and renamed into place), so parallel workflow jobs can share one file.
+A fold already in the table is not recomputed unless forced, or unless its row was made
+from other data, another split or another configuration (then it is stale and replaced).
+Every summary, leaderboard and statistical test reads this table.
+
+Columns
+-------
+model, view, dataset, task, protocol, seed, repeat, fold
+    The key (``view`` names the embedding of a multi-view model; ``"default"`` otherwise).
+metric columns
+    ``accuracy``, ``f1``, ``balanced_accuracy``, ``auroc`` (classification);
+    ``mse`` (on the z-scored target), ``pearson_r``, ``mae``, ``r2`` (regression);
+    other protocols add their own (``ari_kmeans``, ``knn_accuracy``, ...).
+n_train, n_test, runtime_s
+git_sha, config_hash, manifest_hash, split_hash
+    Provenance: code, configuration, data and split of the row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import functools
+import hashlib
+import json
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bsym import __version__
+from bsym.evaluate import EvaluationError
+
+KEY_COLUMNS = ("model", "view", "dataset", "task", "protocol", "seed", "fold")
+#: Provenance that must match for a stored row to count as done.
+PROVENANCE_COLUMNS = ("config_hash", "manifest_hash", "split_hash")
+PROTOCOLS = ("linear_probe", "finetune", "supervised", "network_identification")
+
+
+def config_hash(config) -> str:
+    """SHA-256 of the canonical JSON of a (nested, plain) configuration."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_sha256(path, chunk=1 << 20) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def git_sha() -> str:
+    """``git rev-parse HEAD`` of the bsym source tree, or ``"unknown"``."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    sha = out.stdout.strip()
+    return sha if len(sha) == 40 else "unknown"
+
+
+def provenance() -> dict:
+    """Columns every row carries besides its key and metrics."""
+    return {"git_sha": git_sha(), "bsym_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+@contextlib.contextmanager
+def _locked(path):
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: last writer wins
+        yield
+        return
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _key(row) -> tuple:
+    return tuple(str(row.get(k)) for k in KEY_COLUMNS)
+
+
+class ResultTable:
+    """The long result table in one Parquet file.
+
+    Parameters
+    ----------
+    path : str or Path
+        Parquet file (created on the first append).
+
+    Examples
+    --------
+    >>> table = ResultTable("results/results.parquet")          # doctest: +SKIP
+    >>> table.is_done({"model": "toy", "view": "default", ...})  # doctest: +SKIP
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __repr__(self):
+        return f"ResultTable({str(self.path)!r})"
+
+    def read(self) -> pd.DataFrame:
+        """All rows (an empty frame with the key columns when the file does not exist)."""
+        if not self.path.exists():
+            return pd.DataFrame(columns=list(KEY_COLUMNS))
+        try:
+            return pd.read_parquet(self.path)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types
+            raise EvaluationError(f"{self.path}: cannot read the result table ({err}); expected "
+                                  "a Parquet file written by bsym") from None
+
+    def find(self, key) -> dict | None:
+        """The stored row with this key (a dict of the key columns), or None."""
+        table = self.read()
+        if table.empty:
+            return None
+        wanted = _key(key)
+        for row in table.to_dict("records"):
+            if _key(row) == wanted:
+                return row
+        return None
+
+    def is_done(self, row) -> bool:
+        """Whether a row with ``row``'s key and provenance is already stored."""
+        found = self.find(row)
+        if found is None:
+            return False
+        return all(str(found.get(c)) == str(row.get(c)) for c in PROVENANCE_COLUMNS
+                   if c in row)
+
+    def append(self, rows) -> pd.DataFrame:
+        """Add rows, replacing stored rows with the same key; returns the new table."""
+        rows = [dict(r) for r in rows]
+        if not rows:
+            return self.read()
+        for row in rows:
+            missing = [k for k in KEY_COLUMNS if k not in row]
+            if missing:
+                raise EvaluationError(f"result row lacks key column(s) {missing}; expected "
+                                      f"{list(KEY_COLUMNS)}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self.path):
+            old = self.read()
+            new = pd.DataFrame(rows)
+            if not old.empty:
+                replaced = {_key(r) for r in rows}
+                keep = [_key(r) not in replaced for r in old.to_dict("records")]
+                old = old[keep]
+                table = pd.concat([old, new], ignore_index=True) if len(old) else new
+            else:
+                table = new
+            table = _normalise(table)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
+                                       suffix=".tmp")
+            os.close(fd)
+            try:
+                table.to_parquet(tmp, index=False)
+                os.replace(tmp, self.path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        return table
+
+
+def _normalise(table):
+    for column in table.columns:
+        values = table[column]
+        if values.dtype == object:
+            kinds = {type(v) for v in values if v is not None and not
+                     (isinstance(v, float) and math.isnan(v))}
+            if kinds and kinds <= {int, float, np.integer, np.floating, bool} and \
+                    column not in KEY_COLUMNS:
+                table[column] = pd.to_numeric(values, errors="coerce")
+            else:
+                table[column] = values.map(lambda v: None if v is None or
+                                           (isinstance(v, float) and math.isnan(v)) else str(v))
+    for column in ("seed", "fold", "repeat", "n_train", "n_test"):
+        if column in table.columns:
+            table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
+    return table
+
+
+def log_evaluation(tracker, rows, *, run_name, tags, params=None, metrics=()):
+    """Log an evaluation to MLflow: a parent run (mean and SD over folds) with one nested
+    run per fold row.
+
+    Parameters
+    ----------
+    tracker : Tracker or NullTracker or None
+    rows : list of dict
+        Result rows (each becomes a nested run tagged with its fold).
+    run_name : str
+    tags : dict
+        Tags of every run (model, dataset, task, protocol, seed, ...).
+    params : dict, optional
+        Parameters of the parent run.
+    metrics : sequence of str
+        Metric columns to log.
+
+    Returns
+    -------
+    str or None
+        The parent run id.
+    """
+    if tracker is None or not getattr(tracker, "enabled", False) or not rows:
+        return None
+    tags = {k: str(v) for k, v in tags.items()}
+    with tracker.start_run(run_name, tags=tags) as parent:
+        if params:
+            tracker.log_params(params)
+        summary = {}
+        for name in metrics:
+            values = np.array([float(r[name]) for r in rows if _finite(r.get(name))])
+            if len(values):
+                summary[f"{name}_mean"] = float(values.mean())
+                summary[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary["n_folds"] = len(rows)
+        tracker.log_metrics(summary)
+        for row in rows:
+            child_tags = {**tags, "fold": str(row["fold"]), "repeat": str(row.get("repeat")),
+                          "split_hash": str(row.get("split_hash"))}
+            with tracker.start_run(f"{run_name}-fold{row['fold']}", tags=child_tags,
+                                   nested=True):
+                values = {m: float(row[m]) for m in metrics if _finite(row.get(m))}
+                values.update({k: float(row[k]) for k in ("n_train", "n_test", "runtime_s")
+                               if _finite(row.get(k))})
+                tracker.log_metrics(values)
+    return parent
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,566 @@
+"""Fixed, hashed split files: written once per dataset, task and seed, then only read.
+
+A split file is JSON: the request that made it, the data-manifest hash, the outer folds
+(train / test subject lists), the inner folds of each outer train fold (for choosing
+hyper-parameters), and the SHA-256 of all of that. Asking again for a file that exists
+reads it and verifies its hash; a different request for the same file is an error, so a
+split is never silently recomputed.
+
+Folds are made over *groups* (subjects, or families), so every session and window of one
+subject (or family) lands on one side. Protocols:
+
+``kfold``
+    Repeated stratified K-fold: stratified on the label for classification, on quantile
+    bins of the label for regression (a label that varies within subjects, such as
+    ``condition``, is balanced by the grouping itself and not stratified).
+``site``
+    Leave-one-site-out; the inner folds leave one of the training sites out (or are
+    stratified K-fold when the training side has a single site).
+
+The *pretraining cohort* (:func:`make_pretrain_split`) is a separate file per dataset and
+seed: subjects that self-supervised pretraining may see and that are never probed. Task
+splits made with ``pretrain=`` use only the other subjects and record its hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bsym.evaluate import EvaluationError
+
+FORMAT = "bsym-splits"
+PRETRAIN_FORMAT = "bsym-pretrain-split"
+FORMAT_VERSION = 1
+PROTOCOLS = ("kfold", "site")
+GROUP_BY = ("subject", "family")
+TASK_TYPES = ("classification", "regression")
+#: A numeric label with at most this many distinct integer values is a classification task.
+MAX_INTEGER_CLASSES = 10
+
+
+class SplitError(EvaluationError):
+    """A split that cannot be made or used as asked."""
+
+
+# -- helpers -------------------------------------------------------------------------------
+def canonical_hash(payload) -> str:
+    """SHA-256 of the canonical JSON of ``payload`` (sorted keys, no spaces)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def infer_task(values) -> str:
+    """``"classification"`` or ``"regression"`` for a label column.
+
+    Strings, booleans and integer-valued numbers with at most
+    :data:`MAX_INTEGER_CLASSES` distinct values are classification; other numbers
+    regression.
+    """
+    values = pd.Series(values).dropna()
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return "classification"
+    as_float = values.astype(float)
+    if np.all(np.isclose(as_float, np.round(as_float))) and \
+            as_float.nunique() <= MAX_INTEGER_CLASSES:
+        return "classification"
+    return "regression"
+
+
+def _seed(*parts) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] % 2**31)
+
+
+def subject_table(cohort, label=None, group_by="subject") -> pd.DataFrame:
+    """One row per subject: ``subject``, ``group``, ``site`` and, with a label, ``label``
+    (the subject's value, or None where it varies between the subject's scans).
+
+    Raises
+    ------
+    SplitError
+        ``group_by="family"`` on a store without a family column.
+    """
+    if group_by not in GROUP_BY:
+        raise SplitError(f"group_by must be one of {GROUP_BY}, received {group_by!r}")
+    table = cohort.subjects
+    if label is not None:
+        cohort.require(labels=[label])
+    if group_by == "family" and "family" not in table.columns:
+        raise SplitError(f"group_by='family' but the store {cohort.path} has no family column; "
+                         "expected a family per subject (or use group_by='subject')")
+    rows = []
+    for subject, scans in table.groupby("subject", sort=True):
+        row = {"subject": str(subject), "group": str(subject),
+               "site": str(scans["site"].iloc[0]), "n_sites": scans["site"].nunique()}
+        if group_by == "family":
+            families = scans["family"].dropna().unique()
+            if len(families) > 1:
+                raise SplitError(f"subject {subject} has scans in {len(families)} families "
+                                 f"({', '.join(map(str, families))}); expected one")
+            row["group"] = f"family:{families[0]}" if len(families) else f"subject:{subject}"
+        if label is not None:
+            values = scans[label]
+            row["label"] = values.iloc[0] if values.nunique() == 1 else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -- fold makers ---------------------------------------------------------------------------
+def _strata(table, label, task, n_bins, n_splits):
+    """Stratification labels per subject row (None: do not stratify)."""
+    if label is None:
+        return None
+    if table["label"].isna().any():  # varies within subjects: the grouping balances it
+        return None
+    if task == "classification":
+        return table["label"].astype(str).to_numpy()
+    values = table["label"].astype(float)
+    bins = max(1, min(int(n_bins), len(values) // int(n_splits)))  # >= n_splits per bin
+    return pd.qcut(values.rank(method="first"), q=bins, labels=False).astype(str).to_numpy()
+
+
+def _check_class_counts(table, strata, n_splits, label, what, inner_splits=None):
+    groups_per_class = pd.Series(table["group"].to_numpy()).groupby(strata).nunique()
+    need = int(n_splits)
+    for cls, count in groups_per_class.items():
+        if count < need:
+            raise SplitError(
+                f"label {label!r}, class {cls!r}: {count} subject group(s) {what}; "
+                f"{n_splits}-fold stratified splits need at least {need} per class "
+                f"(expected >= {need}, received {count}); use fewer folds or drop the class")
+        if inner_splits:
+            train_count = count - int(np.ceil(count / n_splits))
+            if train_count < inner_splits:
+                raise SplitError(
+                    f"label {label!r}, class {cls!r}: {count} subject group(s) {what} leave "
+                    f"about {train_count} per outer training fold, fewer than the "
+                    f"{inner_splits} inner folds need (expected >= {inner_splits}, received "
+                    f"{train_count}); use fewer inner or outer folds")
+
+
+def _kfold(table, strata, n_splits, seed, *, what, label, classes=True):
+    """``[(train_rows, test_rows), ...]`` over groups, stratified when ``strata`` is given."""
+    groups = table["group"].to_numpy()
+    n_groups = len(np.unique(groups))
+    if n_groups < n_splits:
+        raise SplitError(f"{n_groups} subject group(s) {what}: too few for {n_splits} folds "
+                         f"(expected >= {n_splits})")
+    if strata is not None:
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        if classes:
+            _check_class_counts(table, strata, n_splits, label, what)
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        return [(tr, te) for tr, te in splitter.split(np.zeros(len(table)), strata, groups)]
+    rng = np.random.default_rng(seed)
+    unique = rng.permutation(np.unique(groups))
+    chunks = np.array_split(unique, n_splits)
+    out = []
+    for chunk in chunks:
+        test = np.isin(groups, chunk)
+        out.append((np.flatnonzero(~test), np.flatnonzero(test)))
+    return out
+
+
+def _leave_one_site_out(table):
+    sites = sorted(table["site"].unique())
+    return [(np.flatnonzero(table["site"].to_numpy() != s),
+             np.flatnonzero(table["site"].to_numpy() == s), s) for s in sites]
+
+
+def _subjects(table, rows):
+    return sorted(table["subject"].iloc[rows].tolist())
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One outer fold.
+
+    Attributes
+    ----------
+    index : int
+        Position in the split file (repeat * n_splits + fold for K-fold).
+    repeat, fold : int
+    train, test : tuple of str
+        Subject ids.
+    inner : tuple of (tuple, tuple)
+        Inner (train, validation) subject lists within ``train``.
+    test_site : str or None
+        The held-out site (leave-one-site-out).
+    """
+
+    index: int
+    repeat: int
+    fold: int
+    train: tuple
+    test: tuple
+    inner: tuple
+    test_site: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"r{self.repeat}f{self.fold}"
+
+
+class Splits:
+    """A loaded, verified split file (see :func:`make_splits`)."""
+
+    def __init__(self, payload, path=None):
+        self.payload = payload
+        self.path = Path(path) if path is not None else None
+        self.folds = [Fold(index=i, repeat=f["repeat"], fold=f["fold"], train=tuple(f["train"]),
+                           test=tuple(f["test"]),
+                           inner=tuple((tuple(a), tuple(b)) for a, b in f["inner"]),
+                           test_site=f.get("test_site"))
+                      for i, f in enumerate(payload["folds"])]
+
+    def __repr__(self):
+        r = self.request
+        return (f"Splits({r['protocol']}, label={r['label']!r}, {len(self)} folds, "
+                f"seed={r['seed']}, sha256={self.sha256[:12]})")
+
+    def __len__(self):
+        return len(self.folds)
+
+    def __iter__(self):
+        return iter(self.folds)
+
+    def __getitem__(self, index):
+        return self.folds[index]
+
+    @property
+    def sha256(self) -> str:
+        return self.payload["sha256"]
+
+    @property
+    def request(self) -> dict:
+        return self.payload["request"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.request["seed"])
+
+    @property
+    def manifest_hash(self) -> str:
+        return self.payload["manifest_hash"]
+
+    @property
+    def subjects(self) -> list:
+        """Every subject the folds use."""
+        return list(self.payload["subjects"])
+
+    @property
+    def task(self) -> str | None:
+        return self.request.get("task")
+
+    def check_cohort(self, cohort):
+        """Raise :class:`SplitError` unless the split was made for this cohort store."""
+        if cohort.manifest_hash != self.manifest_hash:
+            raise SplitError(
+                f"{self.path or 'split'}: made for data with manifest {self.manifest_hash[:12]}..., "
+                f"but the store {cohort.path} has manifest {cohort.manifest_hash[:12]}...; "
+                "expected the store the split file was written for (make a new split file)")
+        return self
+
+
+def _check_payload(payload, path, fmt):
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise SplitError(f"{path}: expected a {fmt!r} file, received format {got!r}")
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise SplitError(f"{path}: format version {payload['format_version']} is newer than "
+                         f"this bsym reads ({FORMAT_VERSION}); upgrade bsym")
+    body = {k: v for k, v in payload.items() if k != "sha256"}
+    digest = canonical_hash(body)
+    if payload.get("sha256") != digest:
+        raise SplitError(f"{path}: content does not match its SHA-256 (stored "
+                         f"{str(payload.get('sha256'))[:12]}..., computed {digest[:12]}...): the "
+                         "file was modified after writing; delete it to make it again")
+    return payload
+
+
+def _read(path, fmt):
+    path = Path(path)
+    if not path.is_file():
+        raise SplitError(f"{path}: no such split file")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SplitError(f"{path}: not valid JSON ({err}); delete it to make it again") from None
+    return _check_payload(payload, path, fmt)
+
+
+def _compare(existing, payload, path):
+    diffs = []
+    for key in sorted(set(existing["request"]) | set(payload["request"])):
+        a, b = existing["request"].get(key), payload["request"].get(key)
+        if a != b:
+            diffs.append(f"{key}: file {a!r}, requested {b!r}")
+    if existing["manifest_hash"] != payload["manifest_hash"]:
+        diffs.append(f"manifest_hash: file {existing['manifest_hash'][:12]}..., requested "
+                     f"{payload['manifest_hash'][:12]}...")
+    if diffs:
+        raise SplitError(f"{path} exists and was made for another request ({'; '.join(diffs)}); "
+                         "split files are never recomputed: choose another file name or "
+                         "delete this one")
+
+
+def _write_once(path, payload, fmt):
+    """Write ``payload`` to ``path`` unless it exists; return what the file holds."""
+    path = Path(path)
+    if path.exists():
+        existing = _read(path, fmt)
+        _compare(existing, payload, path)
+        return existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process wrote the file meanwhile
+        except FileExistsError:
+            existing = _read(path, fmt)
+            _compare(existing, payload, path)
+            return existing
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return payload
+
+
+# -- pretraining cohort --------------------------------------------------------------------
+class PretrainSplit:
+    """Subjects for self-supervised pretraining and the disjoint subjects to probe."""
+
+    def __init__(self, payload, path=None):
+        self.payload = payload
+        self.path = Path(path) if path is not None else None
+
+    def __repr__(self):
+        return (f"PretrainSplit({len(self.pretrain)} pretraining, {len(self.probe)} probed "
+                f"subjects, sha256={self.sha256[:12]})")
+
+    @property
+    def pretrain(self) -> list:
+        return list(self.payload["pretrain"])
+
+    @property
+    def probe(self) -> list:
+        return list(self.payload["probe"])
+
+    @property
+    def sha256(self) -> str:
+        return self.payload["sha256"]
+
+    @property
+    def manifest_hash(self) -> str:
+        return self.payload["manifest_hash"]
+
+    def write_subject_list(self, path, which="pretrain") -> Path:
+        """Write one subject id a line (for ``bsym pretrain --subjects-file``)."""
+        if which not in ("pretrain", "probe"):
+            raise ValueError(f"which must be 'pretrain' or 'probe', received {which!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# {which} subjects of {self.path or 'pretrain split'} "
+                        f"(sha256 {self.sha256})\n" + "\n".join(getattr(self, which)) + "\n")
+        return path
+
+
+def make_pretrain_split(cohort, path, *, fraction=0.25, seed=0, group_by="subject",
+                        stratify=None) -> PretrainSplit:
+    """Choose the pretraining cohort once and write it to ``path`` (or read it back).
+
+    Parameters
+    ----------
+    cohort : Cohort
+    path : str or Path
+        JSON file; if it exists it is read, verified and compared with this request.
+    fraction : float
+        Share of subject groups used for pretraining only (0 < fraction < 1).
+    seed : int
+    group_by : {"subject", "family"}
+        Families stay on one side.
+    stratify : str, optional
+        A label to balance between the two sides.
+    """
+    if not 0 < float(fraction) < 1:
+        raise SplitError(f"fraction must be in (0, 1), received {fraction}")
+    table = subject_table(cohort, stratify, group_by)
+    groups = table.drop_duplicates("group")
+    n_pre = int(round(float(fraction) * len(groups)))
+    if n_pre < 1 or n_pre >= len(groups):
+        raise SplitError(f"fraction {fraction} of {len(groups)} subject groups leaves an empty "
+                         "side; expected at least one group on each side")
+    if stratify is not None:
+        from sklearn.model_selection import train_test_split
+
+        strata = _strata(groups, stratify, infer_task(groups["label"]), 5, 2)
+        pre_groups, _ = train_test_split(groups["group"].to_numpy(), train_size=n_pre,
+                                         random_state=_seed(seed, 7), stratify=strata)
+    else:
+        rng = np.random.default_rng(_seed(seed, 7))
+        pre_groups = rng.permutation(groups["group"].to_numpy())[:n_pre]
+    chosen = table["group"].isin(set(pre_groups))
+    body = {"format": PRETRAIN_FORMAT, "format_version": FORMAT_VERSION,
+            "dataset": cohort.path.name, "manifest_hash": cohort.manifest_hash,
+            "request": {"fraction": float(fraction), "seed": int(seed), "group_by": group_by,
+                        "stratify": stratify},
+            "pretrain": sorted(table.loc[chosen, "subject"]),
+            "probe": sorted(table.loc[~chosen, "subject"])}
+    body["sha256"] = canonical_hash(body)
+    return PretrainSplit(_write_once(path, body, PRETRAIN_FORMAT), path)
+
+
+def load_pretrain_split(path) -> PretrainSplit:
+    """Read and verify a pretraining split file."""
+    return PretrainSplit(_read(path, PRETRAIN_FORMAT), path)
+
+
+# -- task splits ---------------------------------------------------------------------------
+def make_splits(cohort, path, *, label=None, task=None, protocol="kfold", n_splits=5,
+                n_repeats=1, inner_splits=3, group_by="subject", seed=0, n_bins=5,
+                pretrain=None) -> Splits:
+    """Make the split file of a task once (or read and verify the one at ``path``).
+
+    Parameters
+    ----------
+    cohort : Cohort
+    path : str or Path
+        JSON split file. If it exists it is read, its hash verified and its request
+        compared with this one (a difference is an error).
+    label : str, optional
+        Label to stratify on (the task's label). None: unstratified folds.
+    task : {"classification", "regression"}, optional
+        Default: inferred from the label (:func:`infer_task`).
+    protocol : {"kfold", "site"}
+        Repeated stratified K-fold, or leave-one-site-out.
+    n_splits, n_repeats : int
+        Outer folds and repetitions (K-fold only).
+    inner_splits : int
+        Inner folds within each outer training fold.
+    group_by : {"subject", "family"}
+        What stays on one side of every split.
+    seed : int
+    n_bins : int
+        Quantile bins for stratifying a regression target.
+    pretrain : PretrainSplit or path, optional
+        Use only its probed subjects.
+
+    Returns
+    -------
+    Splits
+
+    Raises
+    ------
+    SplitError
+        A missing label, too few subjects per class for the folds, a site protocol on a
+        one-site cohort, or an existing file made for another request.
+    """
+    if protocol not in PROTOCOLS:
+        raise SplitError(f"protocol must be one of {PROTOCOLS}, received {protocol!r}")
+    for name, value, minimum in (("n_splits", n_splits, 2), ("n_repeats", n_repeats, 1),
+                                 ("inner_splits", inner_splits, 2)):
+        if int(value) < minimum:
+            raise SplitError(f"{name} must be >= {minimum}, received {value}")
+    if protocol == "site" and int(n_repeats) != 1:
+        raise SplitError(f"leave-one-site-out is deterministic: n_repeats must be 1, received "
+                         f"{n_repeats}")
+    table = subject_table(cohort, label, group_by)
+    if label is not None:
+        observed = cohort.subjects[label]
+        task = task or infer_task(observed)
+        if task not in TASK_TYPES:
+            raise SplitError(f"task must be one of {TASK_TYPES}, received {task!r}")
+    pretrain_hash = None
+    if pretrain is not None:
+        if not isinstance(pretrain, PretrainSplit):
+            pretrain = load_pretrain_split(pretrain)
+        if pretrain.manifest_hash != cohort.manifest_hash:
+            raise SplitError(f"the pretraining split {pretrain.path} was made for another store "
+                             f"(manifest {pretrain.manifest_hash[:12]}..., expected "
+                             f"{cohort.manifest_hash[:12]}...)")
+        table = table[table["subject"].isin(set(pretrain.probe))].reset_index(drop=True)
+        pretrain_hash = pretrain.sha256
+    if protocol == "site":
+        spread = table.loc[table["n_sites"] > 1, "subject"].tolist()
+        if spread:
+            raise SplitError(f"subject {spread[0]} has scans at several sites; leave-one-site-out "
+                             "expected every subject at one site")
+        n_sites = table["site"].nunique()
+        if n_sites < 2:
+            raise SplitError(f"leave-one-site-out needs at least 2 sites; the store {cohort.path} "
+                             f"has {n_sites} ({', '.join(sorted(table['site'].unique()))}); "
+                             "use protocol='kfold'")
+        per_group = table.groupby("group")["site"].nunique()
+        if (per_group > 1).any():
+            raise SplitError(f"{per_group.idxmax()} spans several sites; leave-one-site-out "
+                             "with group_by='family' expects each family at one site")
+    strata = _strata(table, label, task, n_bins, n_splits)
+    if protocol == "kfold" and strata is not None and task == "classification":
+        _check_class_counts(table, strata, n_splits, label, "in the cohort", inner_splits)
+
+    request = {"label": label, "task": task if label is not None else None,
+               "protocol": protocol, "n_splits": int(n_splits) if protocol == "kfold" else None,
+               "n_repeats": int(n_repeats), "inner_splits": int(inner_splits),
+               "group_by": group_by, "seed": int(seed), "n_bins": int(n_bins),
+               "pretrain_sha256": pretrain_hash}
+    path = Path(path)
+    if path.exists():  # read, verify, compare: never recompute
+        existing = load_splits(path)
+        _compare(existing.payload, {"request": request, "manifest_hash": cohort.manifest_hash},
+                 path)
+        return existing
+
+    folds = []
+    outer = []
+    if protocol == "kfold":
+        for r in range(int(n_repeats)):
+            parts = _kfold(table, strata, int(n_splits), _seed(seed, r), what="in the cohort",
+                           label=label, classes=task == "classification")
+            outer.extend((r, k, tr, te, None) for k, (tr, te) in enumerate(parts))
+    else:
+        outer = [(0, k, tr, te, site) for k, (tr, te, site) in
+                 enumerate(_leave_one_site_out(table))]
+    for r, k, train_rows, test_rows, site in outer:
+        train_table = table.iloc[train_rows].reset_index(drop=True)
+        what = f"in the training side of fold r{r}f{k}"
+        if protocol == "site" and train_table["site"].nunique() >= 2:
+            inner_parts = [(tr, te) for tr, te, _ in _leave_one_site_out(train_table)]
+        else:
+            inner_strata = _strata(train_table, label, task, n_bins, inner_splits)
+            inner_parts = _kfold(train_table, inner_strata, int(inner_splits),
+                                 _seed(seed, r, k, 1), what=what, label=label,
+                                 classes=task == "classification")
+        folds.append({
+            "repeat": r, "fold": k, "test_site": site,
+            "train": _subjects(table, train_rows), "test": _subjects(table, test_rows),
+            "inner": [[_subjects(train_table, a), _subjects(train_table, b)]
+                      for a, b in inner_parts],
+        })
+    body = {"format": FORMAT, "format_version": FORMAT_VERSION, "dataset": cohort.path.name,
+            "manifest_hash": cohort.manifest_hash, "request": request,
+            "subjects": sorted(table["subject"]), "folds": folds}
+    body["sha256"] = canonical_hash(body)
+    return Splits(_write_once(path, body, FORMAT), path)
+
+
+def load_splits(path) -> Splits:
+    """Read a split file and verify its hash and that train and test never overlap."""
+    splits = Splits(_read(path, FORMAT), path)
+    for fold in splits:
+        shared = set(fold.train) & set(fold.test)
+        if shared:
+            raise SplitError(f"{path}: fold {fold.name} has subjects on both sides "
+                             f"({', '.join(sorted(shared)[:3])})")
+    return splits

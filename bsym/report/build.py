@@ -1,0 +1,692 @@
+"""Leaderboard, statistics and the self-contained HTML / Markdown report.
+
+Every number comes from the long result table. A model with several views (e.g.
+BrainSymphony's ``fmri``, ``sc`` and ``fusion`` embeddings) is shown as ``model:view``;
+``view == "default"`` keeps the bare model name. Protocols are never mixed: each
+leaderboard, test and figure is computed within one protocol.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import os
+import platform
+import re
+import shutil
+import subprocess
+from importlib import metadata, resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bsym.errors import BsymError
+
+#: Metrics shown by default, in this order (those present in the table).
+METRIC_ORDER = ("auroc", "balanced_accuracy", "accuracy", "f1", "pearson_r", "r2", "mse", "mae")
+#: Preferred metric of a task for ranks and figures (first one the task reports).
+PRIMARY_ORDER = ("auroc", "balanced_accuracy", "accuracy", "f1", "pearson_r", "r2", "mse", "mae")
+NETID_PROTOCOL = "network_identification"
+NETID_METRICS = ("ari_kmeans", "nmi_kmeans", "ari_spectral", "nmi_spectral", "knn_accuracy")
+PROVENANCE_COLUMNS = ("git_sha", "config_hash", "manifest_hash", "split_hash")
+PACKAGES = ("bsym", "torch", "numpy", "scikit-learn", "nilearn", "mlflow", "optuna", "pandas",
+            "scipy", "matplotlib")
+PUBLISHED_LABEL = "published (paper, HCP-Aging)"
+
+
+class ReportError(BsymError):
+    """A result table or report input that cannot be reported."""
+
+
+# --------------------------------------------------------------------------- inputs
+def load_table(path) -> pd.DataFrame:
+    """A Parquet or CSV table."""
+    path = Path(path)
+    if not path.exists():
+        raise ReportError(f"{path}: no such file; expected the result table (Parquet or CSV)")
+    try:
+        if path.suffix.lower() in (".csv", ".tsv"):
+            return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+        return pd.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - pyarrow and pandas raise several types
+        raise ReportError(f"{path}: cannot read the table ({err}); expected Parquet or CSV") from None
+
+
+def model_labels(results: pd.DataFrame) -> pd.DataFrame:
+    """A copy with ``model`` replaced by ``model:view`` where a view other than default is named
+    (the original model kept in ``base_model``)."""
+    if "model" not in results.columns:
+        raise ReportError(f"the result table has no 'model' column; received {list(results.columns)}")
+    frame = results.copy()
+    frame["base_model"] = frame["model"].astype(str)
+    if "view" in frame.columns:
+        view = frame["view"]
+        plain = view.isna() | view.astype(str).isin(["default", "", "None"])
+        frame.loc[~plain, "model"] = frame.loc[~plain, "base_model"] + ":" + view[~plain].astype(str)
+        frame["view"] = view.where(~plain, "default")
+    else:
+        frame["view"] = "default"
+    frame["model"] = frame["model"].astype(str)
+    return frame
+
+
+def _has(frame, metric) -> bool:
+    return metric in frame.columns and pd.to_numeric(frame[metric], errors="coerce").notna().any()
+
+
+def report_metrics(results: pd.DataFrame, metrics=None) -> list[str]:
+    """Metrics to report: the given ones (checked), else every known metric with a value."""
+    if metrics:
+        lacking = [m for m in metrics if m not in results.columns]
+        if lacking:
+            known = [m for m in results.columns if m in METRIC_ORDER or m in NETID_METRICS]
+            raise ReportError(f"metric(s) {lacking} not in the result table; it has {known}")
+        return list(metrics)
+    return [m for m in METRIC_ORDER if _has(results, m)]
+
+
+def primary_metrics(results: pd.DataFrame) -> dict:
+    """Task -> its preferred metric (the first of :data:`PRIMARY_ORDER` it reports)."""
+    out = {}
+    for task, rows in results.groupby("task", sort=True):
+        for metric in PRIMARY_ORDER:
+            if _has(rows, metric):
+                out[str(task)] = metric
+                break
+    return out
+
+
+def _split(results: pd.DataFrame):
+    """(benchmark rows, network-identification rows)."""
+    protocol = results["protocol"].astype(str) if "protocol" in results.columns else None
+    if protocol is None:
+        raise ReportError("the result table has no 'protocol' column; every row must name its "
+                          "protocol (linear_probe, finetune, supervised)")
+    return results[protocol != NETID_PROTOCOL], results[protocol == NETID_PROTOCOL]
+
+
+# --------------------------------------------------------------------------- leaderboard
+def leaderboard(results: pd.DataFrame, metrics=None, *, confidence: float = 0.95) -> pd.DataFrame:
+    """Mean, sd, n and CI per protocol x dataset x task x metric x model (from stats.summary).
+
+    Network-identification rows are left out (see the report's own section).
+    """
+    from bsym import stats
+
+    frame, _ = _split(model_labels(results))
+    if frame.empty:
+        raise ReportError("the result table has no benchmark rows (linear_probe, finetune or "
+                          "supervised)")
+    parts = []
+    for metric in report_metrics(frame, metrics):
+        rows = frame[pd.to_numeric(frame[metric], errors="coerce").notna()]
+        if rows.empty:
+            continue
+        parts.append(stats.summary(rows, metric, confidence=confidence))
+    if not parts:
+        raise ReportError(f"no row has a value for {metrics}")
+    board = pd.concat(parts, ignore_index=True)
+    return board[["protocol", "dataset", "task", "metric", "model", "n", "n_seeds", "mean", "sd",
+                  "ci_low", "ci_high"]].sort_values(
+        ["protocol", "dataset", "task", "metric", "model"], kind="stable").reset_index(drop=True)
+
+
+def _cell(mean, sd, digits=4) -> str:
+    if not np.isfinite(sd):
+        return f"{mean:.{digits}f} ± n/a"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def format_leaderboard(board: pd.DataFrame, digits: int = 3) -> str:
+    """Plain-text leaderboard: per protocol and dataset and metric, model x task cells
+    ``mean ± sd (n)``."""
+    lines = []
+    for (protocol, dataset), block in board.groupby(["protocol", "dataset"], sort=True):
+        lines.append(f"== protocol: {protocol} | dataset: {dataset} ==")
+        for metric, rows in block.groupby("metric", sort=False):
+            cells = rows.assign(cell=[f"{_cell(m, s, digits)} (n={n})" for m, s, n in
+                                      zip(rows["mean"], rows["sd"], rows["n"])])
+            table = cells.pivot(index="model", columns="task", values="cell").fillna("-")
+            table.columns.name = None
+            table.index.name = f"[{metric}]"
+            lines.append(table.to_string())
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- stats
+def run_stats(results: pd.DataFrame, metric, out, *, alpha: float = 0.05, rope: float = 0.01,
+              figure_format: str = "png") -> dict:
+    """Pairwise tests (CSV), rank tests per protocol (CSV) and CD diagrams into ``out``.
+
+    ``metric`` is one metric or several: pairwise tests are run per metric; rank tests
+    rank each task by the first of the metrics it reports, so ``["auroc", "pearson_r"]``
+    ranks classification and regression tasks together. Returns the written paths and
+    notes on what could not be computed.
+    """
+    from bsym import stats
+
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    frame, _ = _split(model_labels(results))
+    lacking = [m for m in metrics if m not in frame.columns]
+    if lacking:
+        raise ReportError(f"metric(s) {lacking} not columns of the result table; it has "
+                          f"{[c for c in frame.columns if c in METRIC_ORDER or c in NETID_METRICS]}")
+    written, notes = {}, []
+    for name in metrics:
+        rows = frame[pd.to_numeric(frame[name], errors="coerce").notna()]
+        try:
+            pairs = stats.pairwise_tests(rows, name, rope=rope)
+        except stats.StatsError as err:
+            notes.append(f"pairwise tests ({name}): {err}")
+            continue
+        written[f"pairwise_{name}"] = out / f"pairwise_{name}.csv"
+        pairs.to_csv(written[f"pairwise_{name}"], index=False)
+    tag = "+".join(metrics)
+    for protocol, rows in frame.groupby(frame["protocol"].astype(str), sort=True):
+        mapping = {}
+        for task, trows in rows.groupby("task", sort=True):
+            found = next((m for m in metrics if _has(trows, m)), None)
+            if found is not None:
+                mapping[str(task)] = found
+        try:
+            if not mapping:
+                raise stats.StatsError(f"no task reports {metrics}")
+            ranks = stats.rank_tests(rows[rows["task"].astype(str).isin(mapping)],
+                                     mapping if len(metrics) > 1 else metrics[0], alpha=alpha)
+        except stats.StatsError as err:
+            notes.append(f"rank tests ({protocol}): {err}")
+            continue
+        table = ranks.table().assign(protocol=protocol, metric=tag, n_blocks=ranks.n_blocks,
+                                     friedman_chi2=ranks.statistic, friedman_p=ranks.pvalue,
+                                     iman_davenport_p=ranks.iman_davenport_pvalue, cd=ranks.cd,
+                                     alpha=alpha)
+        written[f"ranks_{protocol}"] = out / f"ranks_{_slug(tag)}_{protocol}.csv"
+        table.to_csv(written[f"ranks_{protocol}"], index=False)
+        path = out / f"cd_{_slug(tag)}_{protocol}.{figure_format}"
+        _close(stats.plot_critical_difference(ranks, path))
+        written[f"cd_{protocol}"] = path
+    if not written:
+        raise ReportError("no statistics could be computed: " + "; ".join(notes))
+    return {"written": written, "notes": notes}
+
+
+def _close(fig):
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- provenance
+def _gpu() -> str:
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10, check=True)
+            return out.stdout.strip().replace("\n", "; ") or "none found"
+        except (OSError, subprocess.SubprocessError):
+            return "nvidia-smi failed"
+    return "none found (no nvidia-smi)"
+
+
+def _cpu() -> str:
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name or 'unknown'} ({os.cpu_count()} logical cores)"
+
+
+def environment() -> dict:
+    """Package versions, Python, platform, CPU and GPU of the machine building the report."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {"packages": versions, "python": platform.python_version(), "platform": platform.platform(),
+            "cpu": _cpu(), "gpu": _gpu(),
+            "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def table_provenance(results: pd.DataFrame, limit: int = 12) -> pd.DataFrame:
+    """Distinct values of the provenance columns found in the table, with row counts (the
+    ``limit`` most frequent per column, the rest counted in one line)."""
+    rows = []
+    for column in (*PROVENANCE_COLUMNS, "bsym_version"):
+        if column not in results.columns:
+            rows.append({"field": column, "value": "(column absent)", "rows": 0})
+            continue
+        counts = results[column].astype("string").fillna("(none)").value_counts()
+        for value, count in counts.head(limit).items():
+            rows.append({"field": column, "value": str(value), "rows": int(count)})
+        if len(counts) > limit:
+            rows.append({"field": column, "value": f"... and {len(counts) - limit} more distinct values",
+                         "rows": int(counts.iloc[limit:].sum())})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- published
+def published_table() -> pd.DataFrame:
+    """The paper's HCP-Aging numbers (arXiv 2506.18314, Fig. 2k-l), packaged with bsym.
+
+    These are published results, shown for comparison, never expected values.
+    """
+    with resources.files("bsym.report").joinpath("published.csv").open() as handle:
+        return pd.read_csv(handle, comment="#")
+
+
+#: The paper's columns: (our task, our metric) per published column.
+PUBLISHED_COLUMNS = {"age_mse": ("age", "mse"), "age_rho": ("age", "pearson_r"),
+                     "sex_acc": ("sex", "accuracy"), "sex_f1": ("sex", "f1")}
+
+
+def _beside_published(board: pd.DataFrame) -> pd.DataFrame:
+    """Our leaderboard in the published table's columns (mean ± sd), one row per protocol,
+    dataset and model."""
+    rows = {}
+    for column, (task, metric) in PUBLISHED_COLUMNS.items():
+        hit = board[(board["task"].astype(str).str.lower() == task) & (board["metric"] == metric)]
+        for r in hit.itertuples(index=False):
+            key = (r.model, r.protocol, r.dataset)
+            rows.setdefault(key, {})[column] = _cell(r.mean, r.sd, 3)
+    frame = pd.DataFrame([{"model": k[0], "method": k[1], "dataset": k[2],
+                           **{c: v.get(c, "-") for c in PUBLISHED_COLUMNS},
+                           "source": "ours (this benchmark)"} for k, v in sorted(rows.items())])
+    return frame
+
+
+# --------------------------------------------------------------------------- HTML pieces
+_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}
+td.l,th.l{text-align:left}.note{color:#666;font-style:italic}img{max-width:100%}
+h2{border-bottom:1px solid #ddd;margin-top:2em}"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+def _img(path) -> str:
+    path = Path(path)
+    data = base64.b64encode(path.read_bytes()).decode()
+    kind = {"svg": "svg+xml", "jpg": "jpeg"}.get(path.suffix.lower().lstrip("."),
+                                                 path.suffix.lower().lstrip("."))
+    return f'<figure><img alt="{_esc(path.name)}" src="data:image/{kind};base64,{data}"/>' \
+           f"<figcaption>{_esc(path.name)}</figcaption></figure>"
+
+
+def _html_table(frame: pd.DataFrame, floats: str = "{:.4g}") -> str:
+    head = "".join(f'<th class="l">{_esc(c)}</th>' for c in frame.columns)
+    body = []
+    for row in frame.itertuples(index=False):
+        cells = []
+        for value in row:
+            if isinstance(value, float | np.floating):
+                cells.append(f"<td>{'' if np.isnan(value) else floats.format(value)}</td>")
+            else:
+                cells.append(f'<td class="l">{_esc(value)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _md_table(frame: pd.DataFrame, floats: str = "{:.4g}") -> str:
+    def fmt(v):
+        if isinstance(v, float | np.floating):
+            return "" if np.isnan(v) else floats.format(v)
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
+             "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _slug(*parts) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(str(p) for p in parts)).strip("-")
+
+
+def _leaderboard_html(board: pd.DataFrame) -> str:
+    """Per protocol: one row per dataset x task x metric x model, cells tagged for parsing."""
+    parts = []
+    for protocol, block in board.groupby("protocol", sort=True):
+        parts.append(f"<h3>protocol: {_esc(protocol)}</h3>")
+        rows = []
+        for r in block.itertuples(index=False):
+            attrs = (f'data-protocol="{_esc(r.protocol)}" data-dataset="{_esc(r.dataset)}" '
+                     f'data-task="{_esc(r.task)}" data-metric="{_esc(r.metric)}" '
+                     f'data-model="{_esc(r.model)}"')
+            ci = "n/a" if not np.isfinite(r.ci_low) else f"[{r.ci_low:.4f}, {r.ci_high:.4f}]"
+            rows.append(f'<tr><td class="l">{_esc(r.dataset)}</td><td class="l">{_esc(r.task)}</td>'
+                        f'<td class="l">{_esc(r.metric)}</td><td class="l">{_esc(r.model)}</td>'
+                        f'<td class="n" {attrs}>{r.n}</td>'
+                        f'<td class="score" {attrs}>{_cell(r.mean, r.sd)}</td>'
+                        f'<td class="ci" {attrs}>{ci}</td></tr>')
+        parts.append('<table class="leaderboard"><tr><th class="l">dataset</th><th class="l">task'
+                     '</th><th class="l">metric</th><th class="l">model</th><th>n (folds x seeds)'
+                     '</th><th>mean ± sd</th><th>95% CI (corrected)</th></tr>'
+                     + "".join(rows) + "</table>")
+    return "\n".join(parts)
+
+
+def _leaderboard_md(board: pd.DataFrame) -> str:
+    parts = []
+    for protocol, block in board.groupby("protocol", sort=True):
+        shown = pd.DataFrame({
+            "dataset": block["dataset"], "task": block["task"], "metric": block["metric"],
+            "model": block["model"], "n": block["n"],
+            "mean ± sd": [_cell(m, s) for m, s in zip(block["mean"], block["sd"])],
+            "95% CI": ["n/a" if not np.isfinite(lo) else f"[{lo:.4f}, {hi:.4f}]"
+                       for lo, hi in zip(block["ci_low"], block["ci_high"])]})
+        parts.append(f"### protocol: {protocol}\n\n{_md_table(shown)}")
+    return "\n\n".join(parts)
+
+
+class _Doc:
+    """Accumulates the HTML and Markdown of the report side by side."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.html: list[str] = []
+        self.md: list[str] = []
+        self.figures: list[Path] = []
+
+    def section(self, title):
+        self.html.append(f"<h2>{_esc(title)}</h2>")
+        self.md.append(f"\n## {title}\n")
+
+    def note(self, text):
+        self.html.append(f'<p class="note">{_esc(text)}</p>')
+        self.md.append(f"_{text}_\n")
+
+    def text(self, text):
+        self.html.append(f"<p>{_esc(text)}</p>")
+        self.md.append(f"{text}\n")
+
+    def table(self, frame, floats="{:.4g}"):
+        self.html.append(_html_table(frame, floats))
+        self.md.append(_md_table(frame, floats) + "\n")
+
+    def figure(self, path):
+        path = Path(path)
+        self.figures.append(path)
+        self.html.append(_img(path))
+        self.md.append(f"![{path.stem}]({path.relative_to(self.out).as_posix()})\n"
+                       if path.is_relative_to(self.out) else f"![{path.stem}]({path})\n")
+
+
+# --------------------------------------------------------------------------- report
+def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), attention=None,
+                 title: str = "bsym benchmark report", alpha: float = 0.05, rope: float = 0.01) -> dict:
+    """Write ``report.html`` (self-contained: figures inlined as base64 PNG), ``report.md``,
+    ``figures/*.png`` and ``tables/*.csv`` into ``out``.
+
+    Parameters
+    ----------
+    results : DataFrame or path
+        The long result table.
+    out : path
+        Output folder (created).
+    metrics : sequence of str, optional
+        Metrics of the leaderboard (default every known metric in the table).
+    netid : DataFrame or path, optional
+        Network-identification rows (``bsym netid``); default: those in ``results``.
+    netid_figures : sequence of paths
+        Confusion-matrix figures (``bsym netid --figure``) to embed.
+    attention : path, optional
+        ``contrast.csv``/``.parquet`` of ``bsym attention``, or its output folder; the
+        network x network heatmaps are redrawn from its ``net_pair`` rows.
+    title : str
+    alpha, rope : float
+        Nemenyi level; ROPE half-width of the Bayesian test (metric units).
+
+    Returns
+    -------
+    dict
+        ``html``, ``markdown``, ``figures`` (list), ``tables`` (list), ``notes`` (list).
+    """
+    from bsym import stats
+
+    if not isinstance(results, pd.DataFrame):
+        results = load_table(results)
+    out = Path(out)
+    figdir, tabdir = out / "figures", out / "tables"
+    for d in (figdir, tabdir):
+        d.mkdir(parents=True, exist_ok=True)
+    labelled = model_labels(results)
+    bench, netid_rows = _split(labelled)
+    doc = _Doc(out)
+    tables, notes = [], []
+
+    def note(text):
+        notes.append(text)
+        doc.note(text)
+
+    # -- leaderboard
+    doc.section("Leaderboard")
+    board = None
+    if bench.empty:
+        note("No linear_probe / finetune / supervised rows in the result table: no leaderboard.")
+    else:
+        board = leaderboard(results, metrics)
+        tables.append(tabdir / "leaderboard.csv")
+        board.to_csv(tables[-1], index=False)
+        doc.text("Mean ± sample sd over folds and seeds; n = folds x seeds; 95% CI with the "
+                 "Nadeau-Bengio corrected standard error. Protocols are reported separately.")
+        doc.html.append(_leaderboard_html(board))
+        doc.md.append(_leaderboard_md(board) + "\n")
+
+    primary = primary_metrics(bench) if not bench.empty else {}
+
+    # -- per-fold strip plots
+    doc.section("Per-fold scores")
+    if bench.empty:
+        note("No benchmark rows: no per-fold plots.")
+    for (protocol, dataset, task), rows in bench.groupby(["protocol", "dataset", "task"], sort=True):
+        metric = primary.get(str(task))
+        if metric is None:
+            continue
+        scores = rows.assign(score=pd.to_numeric(rows[metric], errors="coerce")).dropna(subset=["score"])
+        path = figdir / f"strip_{_slug(protocol, dataset, task, metric)}.png"
+        from bsym.report.figures import strip_plot
+
+        doc.figure(strip_plot(scores, path, metric=metric,
+                              title=f"{dataset} / {task} ({protocol}): {metric} per fold"))
+
+    # -- critical difference
+    doc.section("Critical-difference diagram (Friedman + Nemenyi)")
+    drawn = False
+    for protocol, rows in bench.groupby(bench["protocol"].astype(str), sort=True):
+        mapping = {t: m for t, m in primary_metrics(rows).items()}
+        try:
+            ranks = stats.rank_tests(rows, mapping, alpha=alpha)
+        except stats.StatsError as err:
+            note(f"{protocol}: rank tests not computed ({err}).")
+            continue
+        path = figdir / f"cd_{_slug(protocol)}.png"
+        fig = stats.plot_critical_difference(
+            ranks, path, title=f"{protocol}: N = {ranks.n_blocks} blocks, Friedman p = {ranks.pvalue:.3g}")
+        _close(fig)
+        doc.text(f"{protocol}: metric per task {mapping}; CD = {ranks.cd:.3f} at alpha = {alpha}; "
+                 f"Friedman chi2 = {ranks.statistic:.3f}, p = {ranks.pvalue:.3g}.")
+        doc.figure(path)
+        rank_table = ranks.table().assign(protocol=protocol)
+        tables.append(tabdir / f"ranks_{_slug(protocol)}.csv")
+        rank_table.to_csv(tables[-1], index=False)
+        doc.table(rank_table)
+        drawn = True
+    if not drawn and not bench.empty and not any("rank tests" in n for n in notes):
+        note("No protocol has at least 2 models on 2 dataset x task blocks: no CD diagram.")
+
+    # -- pairwise significance
+    doc.section("Pairwise comparisons")
+    doc.text(f"Lower triangle: Holm-adjusted p of the corrected resampled t-test; upper triangle: "
+             f"Bayesian correlated t-test probability that the row model is better (ROPE ±{rope}).")
+    any_pairs = False
+    for metric in sorted(set(primary.values())):
+        rows = bench[bench["task"].astype(str).map(primary) == metric]
+        try:
+            pairs = stats.pairwise_tests(rows, metric, rope=rope)
+        except stats.StatsError as err:
+            note(f"{metric}: pairwise tests not computed ({err}).")
+            continue
+        tables.append(tabdir / f"pairwise_{metric}.csv")
+        pairs.to_csv(tables[-1], index=False)
+        from bsym.report.figures import significance_matrix
+
+        for (dataset, task, protocol), g in pairs.groupby(["dataset", "task", "protocol"], sort=True):
+            path = figdir / f"pairs_{_slug(protocol, dataset, task, metric)}.png"
+            doc.figure(significance_matrix(g, path, title=f"{dataset} / {task} ({protocol}): {metric}"))
+            any_pairs = True
+    if not any_pairs and not bench.empty and not any("pairwise" in n for n in notes):
+        note("No dataset x task x protocol with two or more models: no pairwise tests.")
+
+    # -- BrainSymphony fusion vs branches
+    doc.section("BrainSymphony: fusion vs single-modality branches")
+    bs = bench[(bench["base_model"].str.lower() == "brainsymphony")
+               & bench["view"].astype(str).str.lower().isin(["fmri", "sc", "fusion"])]
+    if bs["view"].nunique() < 2:
+        note("No BrainSymphony rows with at least two of the views fmri / sc / fusion: section omitted.")
+    else:
+        from bsym.report.figures import grouped_bars
+
+        for protocol, rows in bs.groupby(bs["protocol"].astype(str), sort=True):
+            parts = []
+            for task, trows in rows.groupby("task", sort=True):
+                metric = primary.get(str(task))
+                if metric is None:
+                    continue
+                parts.append(stats.summary(trows, metric).assign(
+                    view=lambda f: f["model"].str.split(":").str[-1],
+                    label=lambda f, m=metric: f["task"].astype(str) + f" ({m})"))
+            if not parts:
+                continue
+            summ = pd.concat(parts, ignore_index=True)
+            path = figdir / f"brainsymphony_views_{_slug(protocol)}.png"
+            doc.figure(grouped_bars(summ, path, group="label", hue="view",
+                                    title=f"BrainSymphony views ({protocol}), mean ± sd"))
+            doc.table(summ[["protocol", "dataset", "task", "metric", "view", "n", "mean", "sd",
+                            "ci_low", "ci_high"]])
+
+    # -- linear probe vs fine-tuning
+    doc.section("Linear probe vs fine-tuning")
+    protocols = set(bench["protocol"].astype(str))
+    if not {"linear_probe", "finetune"} <= protocols:
+        note("The table does not hold both linear_probe and finetune rows: comparison omitted.")
+    else:
+        both = bench[bench["protocol"].astype(str).isin(["linear_probe", "finetune"])]
+        shared = both.groupby("model")["protocol"].nunique()
+        both = both[both["model"].isin(shared[shared == 2].index)]
+        if both.empty:
+            note("No model has both linear_probe and finetune rows: comparison omitted.")
+        else:
+            from bsym.report.figures import grouped_bars
+
+            for task, rows in both.groupby("task", sort=True):
+                metric = primary.get(str(task))
+                if metric is None:
+                    continue
+                summ = stats.summary(rows, metric)
+                path = figdir / f"probe_vs_finetune_{_slug(task, metric)}.png"
+                doc.figure(grouped_bars(summ, path, group="model", hue="protocol", ylabel=metric,
+                                        title=f"{task}: linear probe vs fine-tuning ({metric}, mean ± sd)"))
+
+    # -- network identification
+    doc.section("Network identification")
+    if netid is not None:
+        netid_rows = model_labels(netid if isinstance(netid, pd.DataFrame) else load_table(netid))
+    if netid_rows.empty and not netid_figures:
+        note("No network-identification results given: section omitted.")
+    else:
+        if not netid_rows.empty:
+            from bsym.report.figures import netid_bars
+
+            shown = netid_rows.assign(label=netid_rows["model"])
+            cols = [c for c in ("dataset", "label", "seed", *NETID_METRICS, "majority_rate")
+                    if c in shown.columns]
+            doc.table(shown[cols])
+            path = figdir / "netid_scores.png"
+            doc.figure(netid_bars(shown, path))
+        for fig_path in netid_figures:
+            fig_path = Path(fig_path)
+            if not fig_path.exists():
+                raise ReportError(f"{fig_path}: no such confusion-matrix figure")
+            if fig_path.suffix.lower() not in (".png", ".svg", ".jpg", ".jpeg", ".gif"):
+                note(f"{fig_path.name}: a browser cannot show {fig_path.suffix} inline; write the "
+                     "confusion figure as PNG or SVG (bsym netid --figure x.png) to embed it.")
+                continue
+            doc.figure(fig_path)
+        if not netid_figures:
+            note("No confusion-matrix figure given (bsym netid --figure; pass --netid-figure).")
+
+    # -- attention
+    doc.section("Attention contrast")
+    if attention is None:
+        note("No attention contrast given: section omitted.")
+    else:
+        attention = Path(attention)
+        folder = attention if attention.is_dir() else None
+        if folder is not None:
+            candidates = [folder / "contrast.parquet", folder / "contrast.csv"]
+            table_path = next((c for c in candidates if c.exists()), None)
+        else:
+            table_path = attention
+        if table_path is None:
+            raise ReportError(f"{attention}: no contrast.parquet or contrast.csv (from `bsym attention`)")
+        contrast = load_table(table_path)
+        from bsym.report.figures import attention_heatmap
+
+        if "family" in contrast.columns and (contrast["family"] == "net_pair").any():
+            for name in sorted(contrast.loc[contrast["family"] == "net_pair", "map"].astype(str).unique()):
+                path = figdir / f"attention_{_slug(name)}.png"
+                doc.figure(attention_heatmap(contrast, path, map_name=name))
+        hits = contrast[contrast["significant"].astype(bool)] if "significant" in contrast else contrast[:0]
+        cols = [c for c in ("map", "family", "feature", "diff", "t", "effect_size", "q") if c in contrast]
+        doc.text(f"{len(hits)} of {len(contrast)} attention summaries survive FDR.")
+        if len(hits):
+            doc.table(hits[cols].head(30))
+
+    # -- published
+    doc.section(PUBLISHED_LABEL)
+    doc.text("Numbers published in BrainSymphony (arXiv 2506.18314, Fig. 2k-l) on HCP-Aging, shown "
+             "for reference beside ours. They are the paper's results, not expected values for "
+             "this benchmark (different data, splits and code).")
+    published = published_table()
+    doc.table(published.assign(source=PUBLISHED_LABEL), floats="{:g}")
+    ours = _beside_published(board) if board is not None else pd.DataFrame()
+    if len(ours):
+        doc.text("Ours (this benchmark; mean ± sd over folds and seeds) in the paper's columns, "
+                 "from tasks named age and sex:")
+        doc.table(ours)
+    else:
+        note("No age or sex task with the paper's metrics in our table: nothing to set beside it.")
+
+    # -- provenance
+    doc.section("Provenance")
+    prov = table_provenance(results)
+    doc.table(prov)
+    env = environment()
+    doc.table(pd.DataFrame({"package": list(env["packages"]), "version": list(env["packages"].values())}))
+    doc.table(pd.DataFrame({"field": ["python", "platform", "cpu", "gpu", "report built (UTC)",
+                                      "result rows"],
+                            "value": [env["python"], env["platform"], env["cpu"], env["gpu"],
+                                      env["built"], str(len(results))]}))
+
+    head = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>{_esc(title)}</h1>")
+    html_path, md_path = out / "report.html", out / "report.md"
+    html_path.write_text(head + "\n".join(doc.html) + "</body></html>\n", encoding="utf-8")
+    md_path.write_text(f"# {title}\n" + "\n".join(doc.md) + "\n", encoding="utf-8")
+    return {"html": html_path, "markdown": md_path, "figures": doc.figures, "tables": tables,
+            "notes": notes}

@@ -1,0 +1,162 @@
+"""Report figures, each drawn from the result table (or a stats table) and saved as PNG.
+
+Every function takes the data it shows and a path, writes the figure and returns the path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def strip_plot(scores: pd.DataFrame, path, *, metric: str, title: str | None = None) -> Path:
+    """Per-fold scores per model (one point per seed x fold, coloured by seed), mean +- sd bars.
+
+    ``scores`` has columns ``model``, ``seed``, ``score``.
+    """
+    plt = _plt()
+    models = sorted(scores["model"].astype(str).unique())
+    seeds = sorted(scores["seed"].astype(str).unique())
+    colours = plt.get_cmap("tab10")
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(models), 3.4))
+    for i, model in enumerate(models):
+        rows = scores[scores["model"].astype(str) == model]
+        for s, seed in enumerate(seeds):
+            y = rows.loc[rows["seed"].astype(str) == seed, "score"].to_numpy(dtype=float)
+            x = i + rng.uniform(-0.18, 0.18, size=y.size)
+            ax.scatter(x, y, s=14, alpha=0.75, color=colours(s % 10),
+                       label=f"seed {seed}" if i == 0 else None)
+        y = rows["score"].to_numpy(dtype=float)
+        sd = float(np.std(y, ddof=1)) if y.size > 1 else 0.0
+        ax.errorbar(i + 0.3, y.mean(), yerr=sd, fmt="s", color="black", ms=4, capsize=3)
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_title(title or metric, fontsize=9)
+    if len(seeds) > 1:
+        ax.legend(fontsize=7, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def significance_matrix(pairs: pd.DataFrame, path, *, title: str | None = None) -> Path:
+    """Models x models: lower triangle Holm-adjusted corrected t-test p, upper triangle the
+    Bayesian probability that the row model is better (ROPE excluded).
+
+    ``pairs`` is one dataset x task x protocol of :func:`bsym.stats.pairwise_tests`.
+    """
+    plt = _plt()
+    models = sorted(set(pairs["model_a"]) | set(pairs["model_b"]))
+    k = len(models)
+    index = {m: i for i, m in enumerate(models)}
+    p = np.full((k, k), np.nan)
+    prob = np.full((k, k), np.nan)
+    for r in pairs.itertuples():
+        i, j = index[r.model_a], index[r.model_b]
+        lo, hi = max(i, j), min(i, j)
+        p[lo, hi] = r.p_holm
+        # upper cell (row hi, column lo): P(row model better)
+        row_is_a = models[hi] == r.model_a
+        prob[hi, lo] = r.p_a_better if row_is_a else r.p_b_better
+    fig, ax = plt.subplots(figsize=(1.6 + 0.75 * k, 1.2 + 0.7 * k))
+    lower = np.ma.masked_invalid(p)
+    upper = np.ma.masked_invalid(prob)
+    im1 = ax.imshow(lower, cmap="viridis_r", vmin=0, vmax=1)
+    im2 = ax.imshow(upper, cmap="RdBu_r", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            value = p[i, j] if i > j else prob[i, j] if i < j else np.nan
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(k), models, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(k), models, fontsize=8)
+    fig.colorbar(im1, ax=ax, shrink=0.7, label="Holm p (lower)")
+    fig.colorbar(im2, ax=ax, shrink=0.7, label="P(row better) (upper)")
+    ax.set_title(title or "pairwise comparison", fontsize=9)
+    return _save(fig, path)
+
+
+def grouped_bars(summary: pd.DataFrame, path, *, group: str, hue: str, title: str | None = None,
+                 ylabel: str = "score") -> Path:
+    """Bars of ``mean`` with ``sd`` error bars, grouped by ``group`` and coloured by ``hue``."""
+    plt = _plt()
+    groups = list(dict.fromkeys(summary[group].astype(str)))
+    hues = list(dict.fromkeys(summary[hue].astype(str)))
+    width = 0.8 / max(len(hues), 1)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(groups) * max(1, len(hues) / 2), 3.4))
+    for h, name in enumerate(hues):
+        rows = summary[summary[hue].astype(str) == name].set_index(summary[group].astype(str)[
+            summary[hue].astype(str) == name])
+        x = np.array([g for g, gname in enumerate(groups) if gname in rows.index])
+        present = [gname for gname in groups if gname in rows.index]
+        mean = rows.loc[present, "mean"].to_numpy(dtype=float)
+        sd = rows.loc[present, "sd"].to_numpy(dtype=float)
+        ax.bar(x + (h - (len(hues) - 1) / 2) * width, mean, width,
+               yerr=np.nan_to_num(sd) if np.isfinite(sd).any() else None, capsize=3, label=name)
+    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(title or "", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def netid_bars(table: pd.DataFrame, path, *, metrics=("ari_kmeans", "nmi_kmeans", "knn_accuracy"),
+               title: str | None = None) -> Path:
+    """Network-identification scores per model (the FC-row baseline beside them); mean and
+    sd over rows (seeds, datasets) of one label."""
+    metrics = [m for m in metrics if m in table.columns]
+    long = table.melt(id_vars=["label"], value_vars=metrics, var_name="metric", value_name="score")
+    long = long.groupby(["metric", "label"], sort=False)["score"].agg(["mean", "std"]).reset_index()
+    long = long.rename(columns={"std": "sd"})
+    return grouped_bars(long, path, group="metric", hue="label",
+                        title=title or "network identification", ylabel="score")
+
+
+def attention_heatmap(contrast: pd.DataFrame, path, *, map_name: str | None = None,
+                      title: str | None = None) -> Path:
+    """Network x network t values of an attention contrast (``net_pair`` rows); FDR hits ``*``."""
+    plt = _plt()
+    table = contrast[contrast["family"] == "net_pair"]
+    name = map_name or str(table["map"].iloc[0])
+    table = table[table["map"].astype(str) == name]
+    nets = sorted(set(table["source"].astype(str)) | set(table["target"].astype(str)))
+    t = table.pivot(index="source", columns="target", values="t").reindex(index=nets, columns=nets)
+    sig = table.pivot(index="source", columns="target", values="significant").reindex(
+        index=nets, columns=nets)
+    values = t.to_numpy(dtype=float)
+    bound = max(float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 0.0, 1e-6)
+    fig, ax = plt.subplots(figsize=(1.4 + 0.6 * len(nets), 1.0 + 0.6 * len(nets)))
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-bound, vmax=bound)
+    ax.set_xticks(range(len(nets)), nets, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(nets)), nets, fontsize=7)
+    ax.set_xlabel("key network (attended)")
+    ax.set_ylabel("query network")
+    for i in range(len(nets)):
+        for j in range(len(nets)):
+            if sig.iloc[i, j] is True or sig.iloc[i, j] == 1:
+                ax.text(j, i, "*", ha="center", va="center", fontsize=12)
+    ax.set_title(title or f"attention contrast {name}: t; * FDR", fontsize=8)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="t")
+    return _save(fig, path)
