@@ -183,7 +183,11 @@ class TrainConfig:
 
 @dataclass
 class StepInfo:
-    """What a callback receives after each optimizer step."""
+    """What a callback receives after each optimizer step.
+
+    A callback that returns True stops training after this step (early
+    stopping); the run then ends as finished, with ``TrainResult.stopped_early``.
+    """
 
     step: int
     stage: str
@@ -192,6 +196,7 @@ class StepInfo:
     lr: float
     samples_per_s: float
     model: nn.Module
+    val_loss: float | None = None
 
 
 @dataclass
@@ -217,6 +222,8 @@ class TrainResult:
     resumed_from : Path or None
     run_id : str or None
         MLflow run id, when tracked.
+    stopped_early : bool
+        A callback ended training before the step budget.
     """
 
     final_path: Path | None
@@ -228,6 +235,7 @@ class TrainResult:
     checkpoint: Path | None = None
     resumed_from: Path | None = None
     run_id: str | None = None
+    stopped_early: bool = False
 
     @property
     def final_loss(self):
@@ -686,7 +694,10 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
             meta["tracking"] = {"uri": getattr(tracker, "uri", None),
                                 "experiment": getattr(tracker, "experiment", None),
                                 "run_id": run_id if tracker.enabled else None}
+            stop = False
             for si, (stage, budget) in enumerate(budgets):
+                if stop:
+                    break
                 if si < start_stage:
                     continue
                 stage_step = start_stage_step if si == start_stage else 0
@@ -775,6 +786,7 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                             metrics["grad_norm"] = float(grad_norm)
                         tracker.log_metrics(metrics, step=step)
                         window_t, window_steps = time.perf_counter(), 0
+                    val = None
                     if val_dataset is not None and is_main and (
                             stage_step == budget or
                             (config.eval_every and step % config.eval_every == 0)):
@@ -797,8 +809,12 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                                 prior_wall + time.perf_counter() - started, finished=False)
                             last_ckpt = save_checkpoint(state, checkpoint_path(out_dir, step))
                             prune_checkpoints(out_dir, config.keep_checkpoints)
-                    for callback in callbacks:
-                        callback(StepInfo(step, stage, stage_step, loss_value, lr, sps, model))
+                    info = StepInfo(step, stage, stage_step, loss_value, lr, sps, model, val)
+                    stop = any([callback(info) is True for callback in callbacks])
+                    if env.distributed:
+                        stop = any(devices.all_gather_object(stop))
+                    if stop:
+                        break
                 ddp = runner = None
             stream.close()
             bar.close()
@@ -810,7 +826,7 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                                  steps=step, samples_per_s=throughput,
                                  wall_s=time.perf_counter() - started, checkpoint=last_ckpt,
                                  resumed_from=ckpt_path, run_id=run_id if tracker.enabled
-                                 else None)
+                                 else None, stopped_early=stop)
             tracker.log_metrics({"final_train_loss": result.final_loss or float("nan"),
                                  "train_samples_per_s": throughput, "train_wall_s": wall},
                                 step=step)
