@@ -13,13 +13,13 @@ from bsym.errors import UsageError
 def _list(args):
     from bsym.models import available, get_spec
 
-    names = available()
-    width = max((len(n) for n in names), default=4)
-    print(f"{'name':<{width}}  presets       description")
-    for name in names:
-        spec = get_spec(name)
-        presets = ", ".join(sorted(spec.presets))
-        print(f"{name:<{width}}  {presets:<12}  {spec.description}")
+    specs = [get_spec(name) for name in available()]
+    presets = [", ".join(sorted(spec.presets)) for spec in specs]
+    width = max([4, *(len(spec.name) for spec in specs)])
+    pwidth = max([7, *map(len, presets)])
+    print(f"{'name':<{width}}  {'presets':<{pwidth}}  description")
+    for spec, names in zip(specs, presets):
+        print(f"{spec.name:<{width}}  {names:<{pwidth}}  {spec.description}")
 
 
 def _grouped(counts):

@@ -285,6 +285,21 @@ class BrainSymphony(BrainModel):
         """fMRI ROI embeddings (B, R, d) of ``x`` (B, R, T): the Perceiver latents."""
         return self._fmri_latents(x)[0]
 
+    def reconstruct_fmri(self, batch, masks):
+        """Reconstruction (B, R, T) of ``batch["bold"]`` with ``masks`` hidden.
+
+        ``masks`` is a :func:`bsym.models.masking.fmri_masks` dict; the Perceiver
+        path of the perceiver/joint stages, fused with SC when the model and the
+        batch have it.
+        """
+        x, a = self._inputs(batch)
+        if x is None:
+            raise ValueError("reconstruct_fmri needs the fMRI branch (branches='fmri' or 'both')")
+        latents, _ = self._fmri_latents(x, masks)
+        if a is not None and self.branches == "both":
+            latents, _ = self.gate(latents, self.encode_sc(a))
+        return self.perceiver.reconstruct(latents)
+
     def encode_sc(self, adjacency):
         """SC ROI embeddings (B, R, d) of ``adjacency`` (B, R, R)."""
         return self.sc(adjacency)[0]
