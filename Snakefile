@@ -13,6 +13,8 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -22,4 +24,9 @@ rule all:
             "{results}/data/{dataset}.summary.txt",
             results=config["results"],
             dataset=list(config["datasets"]),
+        ),
+        expand(
+            "{results}/tables/{dataset}.parquet",
+            results=config["results"],
+            dataset=[d for d in config["datasets"] if tasks_of(d) or SSL_MODELS],
         ),

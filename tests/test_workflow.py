@@ -1,11 +1,15 @@
 """The Snakemake workflow, run for real on the small test configuration."""
 
+import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import yaml
 
 from bsym.data import open_cohort
 
@@ -19,18 +23,123 @@ def _run(args, cwd):
 
 
 @pytest.mark.slow
-def test_test_config_runs_validates_and_is_then_a_no_op(tmp_path):
+def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
     config = ["--configfile", str(ROOT / "workflow/config/test.yaml")]
-    first = _run(["--cores", "2", *config], tmp_path)
+    first = _run(["--cores", "2", "--resources", "gpu=1", *config], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    summary = tmp_path / "results/test/data/tiny.summary.txt"
-    assert "subjects      12  scans 24  ROIs 16" in summary.read_text()
-    open_cohort(tmp_path / "results/test/data/tiny", verify=True)
-    assert (tmp_path / "results/test/logs/prepare_dataset/tiny.log").exists()
-    assert (tmp_path / "results/test/benchmarks/rules/prepare_dataset/tiny.tsv").exists()
-    second = _run(["--cores", "2", *config], tmp_path)
+    results = tmp_path / "results/test"
+    summary = results / "data/tiny.summary.txt"
+    assert "subjects      24  scans 48  ROIs 16" in summary.read_text()
+    open_cohort(results / "data/tiny", verify=True)
+    for rule in ("prepare_dataset", "pretrain_split", "result_table"):
+        assert (results / f"logs/{rule}/tiny.log").exists(), rule
+        assert (results / f"benchmarks/rules/{rule}/tiny.tsv").exists(), rule
+
+    cfg = yaml.safe_load((ROOT / "workflow/config/test.yaml").read_text())
+    models = list(cfg["models"])
+    for model in models:
+        assert (results / f"pretrain/tiny/{model}/final.pt").exists()
+        assert (results / f"benchmarks/rules/pretrain/tiny/{model}.tsv").exists()
+        assert (results / f"netid/tiny/{model}.png").exists()
+
+    # pretraining subjects are never probed
+    split = json.loads((results / "splits/tiny/pretrain.json").read_text())
+    listed = (results / "splits/tiny/pretrain_subjects.txt").read_text().split()
+    assert set(split["pretrain"]) <= set(listed)
+    assert not set(split["pretrain"]) & set(split["probe"])
+
+    table = pd.read_parquet(results / "tables/tiny.parquet")
+    key = ["model", "view", "dataset", "task", "protocol", "seed", "fold"]
+    assert not table.duplicated(subset=key).any()
+    probes = table[table["protocol"] != "network_identification"]
+    folds = range(cfg["splits"]["folds"] * cfg["splits"].get("repeats", 1))
+    expected = {(m, t, s, f) for m in [*models, "connectome-fc"] for t in cfg["tasks"]
+                for s in cfg["splits"]["seeds"] for f in folds}
+    found = set(zip(probes["model"], probes["task"], probes["seed"].astype(int),
+                    probes["fold"].astype(int)))
+    assert found == expected
+    assert set(probes.loc[probes["model"] == "connectome-fc", "protocol"]) == {"supervised"}
+    assert set(probes.loc[probes["model"].isin(models), "protocol"]) == {"linear_probe"}
+    assert (probes["n_train"] + probes["n_test"] == len(split["probe"])).all()
+    sex = probes[probes["task"] == "sex"]
+    age = probes[probes["task"] == "age"]
+    assert sex["auroc"].notna().all() and age["pearson_r"].notna().all()
+    netid = table[table["protocol"] == "network_identification"]
+    assert set(netid["model"]) == {*models, "fc_rows"}
+    assert netid["ari_kmeans"].notna().all()
+
+    second = _run(["--cores", "2", "--resources", "gpu=1", *config], tmp_path)
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr
+
+
+def _dry_run(args, cwd):
+    proc = _run(["-n", "--quiet", "rules", *args], cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def _job_count(text, rule):
+    match = re.search(rf"^{rule}\s+(\d+)$", text, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def test_default_config_plans_every_model_task_and_the_baseline(tmp_path):
+    text = _dry_run(["--configfile", str(ROOT / "workflow/config/default.yaml")], tmp_path)
+    cfg = yaml.safe_load((ROOT / "workflow/config/default.yaml").read_text())
+    n_models, n_tasks = len(cfg["models"]), len(cfg["tasks"])
+    n_seeds = len(cfg["splits"]["seeds"])
+    assert _job_count(text, "pretrain") == n_models
+    assert _job_count(text, "embed") == n_models
+    assert _job_count(text, "netid") == n_models
+    assert _job_count(text, "probe_embeddings") == n_models * n_tasks * n_seeds
+    assert _job_count(text, "probe_connectome") == n_tasks * n_seeds
+    assert _job_count(text, "task_split") == n_tasks * n_seeds
+    assert _job_count(text, "result_table") == 1
+
+
+def test_pretrain_rule_declares_a_gpu_and_the_local_profile_serialises_it(tmp_path):
+    config = ["--configfile", str(ROOT / "workflow/config/test.yaml")]
+    proc = _run(["-n", "--profile", str(ROOT / "workflow/profiles/local"), *config], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr
+    blocks = [b for b in text.split("\n\n") if "rule pretrain:" in b]
+    assert len(blocks) == 2
+    assert all("gpu=1" in b for b in blocks)
+    local = yaml.safe_load((ROOT / "workflow/profiles/local/config.yaml").read_text())
+    assert local["resources"] == {"gpu": 1}
+
+
+def test_slurm_profile_requests_a_gpu_for_pretraining_only():
+    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    resources = profile["set-resources"]
+    assert resources["pretrain"]["gpu"] == 1
+    assert resources["pretrain"]["mem_mb"] > 0 and resources["pretrain"]["runtime"] > 0
+    assert all("gpu" not in r for rule, r in resources.items() if rule != "pretrain")
+    assert "gpu" not in profile.get("default-resources", {})
+    # a default cpus_per_task would override the GPU job's cpus_per_gpu in the plugin
+    assert "cpus_per_task" not in profile.get("default-resources", {})
+
+
+def test_slurm_profile_renders_the_gpu_request(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
+    if shutil.which("conda") is None:  # the profile runs rules in conda environments
+        profile.pop("software-deployment-method", None)
+    folder = tmp_path / "profile"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    config = ["--configfile", str(ROOT / "workflow/config/test.yaml")]
+    proc = _run(["-n", "--profile", str(folder), *config], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    blocks = [b for b in (proc.stdout + proc.stderr).split("\n\n")]
+    pretrain = [b for b in blocks if "rule pretrain:" in b]
+    assert len(pretrain) == 2
+    for block in pretrain:
+        assert "gpu=1" in block and "cpus_per_gpu=8" in block and "runtime=720" in block
+    probe = [b for b in blocks if "rule probe_embeddings:" in b]
+    assert probe and all("gpu=" not in b for b in probe)
 
 
 def test_lint_is_clean():
@@ -47,4 +156,22 @@ def test_bad_config_names_the_key_before_any_job(tmp_path):
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     assert "nowhere" in text and "source" in text
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("body, words", [
+    ("datasets:\n  x: {source: simulate}\ntasks:\n  t: {type: ordinal}\n", ["ordinal", "type"]),
+    ("datasets:\n  x: {source: simulate}\ntasks:\n  t: {type: regression, datasets: [y]}\n",
+     ["tasks.t.datasets", "y"]),
+    ("datasets:\n  x: {source: simulate}\nconnectome_features: [sc]\n",
+     ["connectome_features"]),
+    ("datasets:\n  x: {source: simulate}\npretrain: {fraction: 1.5}\n", ["fraction", "1.5"]),
+])
+def test_bad_evaluation_config_fails_before_any_job(tmp_path, body, words):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(body)
+    proc = _run(["--cores", "1", "--configfile", str(bad), "-n"], tmp_path)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert all(w in text for w in words), text[-2000:]
     assert not (tmp_path / "results").exists()

@@ -1,0 +1,176 @@
+# Evaluation: embeddings of every scan, task split files, linear probes (and the connectome
+# baseline) per model x task x split seed, network identification per model, and one
+# long result table per dataset merged from the per-job tables.
+
+
+wildcard_constraints:
+    task=alternatives(list(config.get("tasks", {}))),
+    features=alternatives(FEATURES),
+    seed=r"\d+",
+
+
+rule embed:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        run=f"{RESULTS}/pretrain/{{dataset}}/{{model}}",
+    output:
+        f"{RESULTS}/embeddings/{{dataset}}/{{model}}.npz",
+    log:
+        f"{RESULTS}/logs/embed/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/embed/{{dataset}}/{{model}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        bsym=BSYM,
+        device=config.get("embed", {}).get("device", "cpu"),
+        batch_size=config.get("embed", {}).get("batch_size", 32),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.bsym} embed --checkpoint {input.run}/final.pt"
+        " --data {input.store} --out {output} --device {params.device}"
+        " --batch-size {params.batch_size} --quiet > {log} 2>&1"
+
+
+rule task_split:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        pretrain=f"{RESULTS}/splits/{{dataset}}/pretrain.json",
+    output:
+        f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
+    log:
+        f"{RESULTS}/logs/task_split/{{dataset}}/{{task}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/task_split/{{dataset}}/{{task}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        bsym=BSYM,
+        label=lambda wildcards: task_config(wildcards).get("label", wildcards.task),
+        split=split_args,
+    shell:
+        "{params.bsym} splits --data {input.store} --task {params.label} {params.split}"
+        " --pretrain-split {input.pretrain} --splits {output} > {log} 2>&1"
+
+
+rule probe_embeddings:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}.npz",
+        splits=f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
+    output:
+        f"{RESULTS}/probe/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.parquet",
+    log:
+        f"{RESULTS}/logs/probe/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/probe/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        bsym=BSYM,
+        task=probe_args,
+        view=view_args,
+        tracking=tracking_args,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.bsym} probe --embeddings {input.embeddings}"
+        " --data {input.store} {params.task} {params.view} --model {wildcards.model}"
+        " --dataset {wildcards.dataset} --splits {input.splits} --results {output}"
+        " {params.tracking} --quiet > {log} 2>&1"
+
+
+rule probe_connectome:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        splits=f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
+    output:
+        f"{RESULTS}/probe/{{dataset}}/connectome-{{features}}/{{task}}/seed{{seed}}.parquet",
+    log:
+        f"{RESULTS}/logs/probe/{{dataset}}/connectome-{{features}}/{{task}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/probe/{{dataset}}/connectome-{{features}}/{{task}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        bsym=BSYM,
+        task=probe_args,
+        tracking=tracking_args,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.bsym} probe --features {wildcards.features}"
+        " --data {input.store} {params.task} --dataset {wildcards.dataset}"
+        " --splits {input.splits} --results {output} {params.tracking} --quiet > {log} 2>&1"
+
+
+rule netid:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}.npz",
+    output:
+        table=f"{RESULTS}/netid/{{dataset}}/{{model}}.parquet",
+        figure=f"{RESULTS}/netid/{{dataset}}/{{model}}.png",
+    log:
+        f"{RESULTS}/logs/netid/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/netid/{{dataset}}/{{model}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        bsym=BSYM,
+        view=view_args,
+        seed=config.get("netid", {}).get("seed", 0),
+        neighbors=config.get("netid", {}).get("neighbors", 5),
+        tracking=tracking_args,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.bsym} netid --embeddings {input.embeddings}"
+        " --data {input.store} {params.view} --seed {params.seed}"
+        " --neighbors {params.neighbors} --model {wildcards.model}"
+        " --dataset {wildcards.dataset} --results {output.table}"
+        " --figure {output.figure} {params.tracking} --quiet > {log} 2>&1"
+
+
+rule result_table:
+    input:
+        result_tables,
+    output:
+        f"{RESULTS}/tables/{{dataset}}.parquet",
+    log:
+        f"{RESULTS}/logs/result_table/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/result_table/{{dataset}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        python=PYTHON,
+        # concatenation only: rows are made and keyed by bsym.evaluate.results; a row every
+        # netid job repeats (the FC-row baseline) is kept once
+        code=(
+            "import sys, pandas as pd; "
+            "from bsym.evaluate.results import KEY_COLUMNS, ResultTable; "
+            "t = pd.concat([ResultTable(p).read() for p in sys.argv[2:]], ignore_index=True); "
+            "t = t.drop_duplicates(subset=list(KEY_COLUMNS), keep='last'); "
+            "t.to_parquet(sys.argv[1], index=False); "
+            "print(len(t), 'rows from', len(sys.argv) - 2, 'tables')"
+        ),
+    shell:
+        "({params.python} -c {params.code:q} {output}.tmp {input}"
+        " && mv {output}.tmp {output}) > {log} 2>&1"

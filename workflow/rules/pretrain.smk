@@ -1,0 +1,61 @@
+# Self-supervised pretraining: the pretraining cohort (subjects never probed), then one
+# `bsym pretrain` run per configured model and dataset.
+
+
+wildcard_constraints:
+    model=alternatives(SSL_MODELS),
+
+
+rule pretrain_split:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        validated=f"{RESULTS}/data/{{dataset}}.summary.txt",
+    output:
+        split=f"{RESULTS}/splits/{{dataset}}/pretrain.json",
+        subjects=f"{RESULTS}/splits/{{dataset}}/pretrain_subjects.txt",
+    log:
+        f"{RESULTS}/logs/pretrain_split/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/pretrain_split/{{dataset}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        bsym=BSYM,
+        fraction=PRETRAIN.get("fraction", 0.3),
+        seed=PRETRAIN.get("split_seed", 0),
+        group_by=SPLITS.get("group_by", "subject"),
+        stratify=(f"--task {PRETRAIN['stratify']}" if PRETRAIN.get("stratify") else ""),
+    shell:
+        "{params.bsym} splits --data {input.store} --pretrain-fraction {params.fraction}"
+        " --seed {params.seed} --group-by {params.group_by} {params.stratify}"
+        " --splits {output.split} --subjects-out {output.subjects} > {log} 2>&1"
+
+
+rule pretrain:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        subjects=f"{RESULTS}/splits/{{dataset}}/pretrain_subjects.txt",
+    output:
+        directory(f"{RESULTS}/pretrain/{{dataset}}/{{model}}"),
+    log:
+        f"{RESULTS}/logs/pretrain/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/pretrain/{{dataset}}/{{model}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    threads: PRETRAIN.get("threads", 1)
+    resources:
+        gpu=1,
+        mem_mb=PRETRAIN.get("mem_mb", 8000),
+        runtime=PRETRAIN.get("runtime", 120),
+    params:
+        bsym=BSYM,
+        args=pretrain_args,
+        tracking=tracking_args,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.bsym} pretrain --model {wildcards.model}"
+        " --data {input.store} --out {output} --subjects-file {input.subjects}"
+        " {params.args} {params.tracking} --quiet > {log} 2>&1"
