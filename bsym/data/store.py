@@ -21,7 +21,6 @@ a killed write never leaves a directory that reads as a valid store.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -36,6 +35,7 @@ import pandas as pd
 
 from bsym.data.checks import check_bold, check_matrix, check_tr, check_unique
 from bsym.data.errors import CohortError
+from bsym.io import file_sha256, fsync_dir
 
 FORMAT = "bsym-cohort"
 FORMAT_VERSION = 1
@@ -49,31 +49,10 @@ RESERVED_COLUMNS = (
 MATRIX_KINDS = ("sc", "lengths")
 
 
-def _sha256(path, chunk=1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _bsym_version() -> str:
     from bsym import __version__
 
     return __version__
-
-
-def _fsync_dir(path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class CohortWriter:
@@ -184,7 +163,7 @@ class CohortWriter:
         target = self._tmp / rel
         target.parent.mkdir(exist_ok=True)
         np.save(target, np.ascontiguousarray(array), allow_pickle=False)
-        self._arrays[rel] = {"sha256": _sha256(target), "shape": list(array.shape),
+        self._arrays[rel] = {"sha256": file_sha256(target), "shape": list(array.shape),
                              "dtype": str(array.dtype)}
         return rel
 
@@ -291,7 +270,7 @@ class CohortWriter:
         for name, table in (("subjects", subjects), ("rois", self._rois)):
             rel = f"{name}.parquet"
             table.to_parquet(self._tmp / rel, index=False)
-            tables[rel] = _sha256(self._tmp / rel)
+            tables[rel] = file_sha256(self._tmp / rel)
         labels = [c for c in subjects.columns
                   if c not in RESERVED_COLUMNS and not c.endswith("_file")]
         manifest = {
@@ -318,7 +297,7 @@ class CohortWriter:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_manifest, self._tmp / MANIFEST)
-        _fsync_dir(self._tmp)
+        fsync_dir(self._tmp)
         old = None
         if self.path.exists():
             if not self.overwrite:
@@ -327,7 +306,7 @@ class CohortWriter:
             old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.path, old)
         os.replace(self._tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -411,7 +390,7 @@ class Cohort:
     @cached_property
     def manifest_hash(self) -> str:
         """SHA-256 of the manifest: names the exact data a result came from."""
-        return _sha256(self.path / MANIFEST)
+        return file_sha256(self.path / MANIFEST)
 
     @cached_property
     def _records(self):
@@ -487,7 +466,7 @@ class Cohort:
             if not (self.path / rel).is_file():
                 raise CohortError(f"missing table {rel}", file=self.path,
                                   fix="the store is damaged; re-create it")
-            if _sha256(self.path / rel) != digest:
+            if file_sha256(self.path / rel) != digest:
                 raise CohortError(f"{rel} does not match its manifest checksum",
                                   file=self.path / rel,
                                   fix="the store was modified after writing; re-create it")
@@ -527,7 +506,7 @@ class Cohort:
             if not file.is_file():
                 raise CohortError("file is missing", file=file, subject=subject,
                                   fix="the store is damaged; re-create it")
-            if _sha256(file) != arrays[rel]["sha256"]:
+            if file_sha256(file) != arrays[rel]["sha256"]:
                 raise CohortError("checksum differs from the manifest", file=file,
                                   subject=subject,
                                   fix="the file changed after writing; re-create the store")

@@ -175,7 +175,7 @@ def attention_checkpoint(checkpoint, cohort, *, maps=None, batch_size=16, device
     """:func:`attention_maps` of a trained checkpoint, with its window and scaler."""
     from bsym.data.preprocess import RobustScaler, SignalCleaning
     from bsym.evaluate.embeddings import _checkpoint_settings
-    from bsym.evaluate.results import file_sha256
+    from bsym.io import file_sha256
     from bsym.train.checkpoint import load_trained
 
     model, ckpt = load_trained(checkpoint)

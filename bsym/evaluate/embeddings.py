@@ -24,7 +24,8 @@ import pandas as pd
 
 from bsym import __version__
 from bsym.evaluate import EvaluationError
-from bsym.evaluate.results import config_hash, file_sha256
+from bsym.evaluate.results import config_hash
+from bsym.io import file_sha256
 
 FORMAT = "bsym-embeddings"
 FORMAT_VERSION = 1

@@ -32,8 +32,9 @@ from bsym.evaluate.probe import (
     classification_scores,
     regression_scores,
 )
-from bsym.evaluate.results import config_hash, file_sha256, log_evaluation, provenance
+from bsym.evaluate.results import config_hash, log_evaluation, provenance
 from bsym.evaluate.splits import infer_task
+from bsym.io import file_sha256
 from bsym.models.base import BrainModel, Embeddings
 
 

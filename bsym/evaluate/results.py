@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import functools
-import hashlib
-import json
 import math
 import os
 import subprocess
@@ -37,6 +35,7 @@ import pandas as pd
 
 from bsym import __version__
 from bsym.evaluate import EvaluationError
+from bsym.io import json_sha256
 
 KEY_COLUMNS = ("model", "view", "dataset", "task", "protocol", "seed", "fold")
 #: Provenance that must match for a stored row to count as done.
@@ -46,17 +45,7 @@ PROTOCOLS = ("linear_probe", "finetune", "supervised", "network_identification")
 
 def config_hash(config) -> str:
     """SHA-256 of the canonical JSON of a (nested, plain) configuration."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def file_sha256(path, chunk=1 << 20) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return json_sha256(config)
 
 
 @functools.lru_cache(maxsize=1)

@@ -24,7 +24,6 @@ splits made with ``pretrain=`` use only the other subjects and record its hash.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bsym.evaluate import EvaluationError
+from bsym.io import json_sha256
 
 FORMAT = "bsym-splits"
 PRETRAIN_FORMAT = "bsym-pretrain-split"
@@ -53,8 +53,7 @@ class SplitError(EvaluationError):
 # -- helpers -------------------------------------------------------------------------------
 def canonical_hash(payload) -> str:
     """SHA-256 of the canonical JSON of ``payload`` (sorted keys, no spaces)."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return json_sha256(payload)
 
 
 def infer_task(values) -> str:

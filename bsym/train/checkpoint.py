@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from bsym.errors import BsymError
+from bsym.io import fsync_dir
 
 FORMAT = "bsym-checkpoint"
 FORMAT_VERSION = 1
@@ -66,19 +67,6 @@ def to_plain(obj, where="checkpoint"):
 
 
 # -- writing ------------------------------------------------------------------------------
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state, path) -> Path:
     """Write ``state`` to ``path`` atomically (temp file in the same folder, then rename).
 
@@ -98,7 +86,7 @@ def save_checkpoint(state, path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
