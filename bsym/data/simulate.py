@@ -11,8 +11,8 @@ The cohort is made in four steps, each a function of its own:
    with individual variation and the planted effects) and its measurement
    (streamline counts: subject scale, measurement noise, rounding).
 4. :func:`simulate_bold`: Stuart-Landau (Hopf normal form) oscillators coupled by the
-   biological SC, integrated by Euler-Maruyama (the linear diagonal part exactly)
-   for a batch of scans at once, feeding a Balloon-Windkessel hemodynamic model
+   biological SC, integrated by Euler-Maruyama (the uncoupled linear part exactly)
+   for a batch of scans at once (one thread; batched matmul), feeding a Balloon-Windkessel hemodynamic model
    integrated alongside and sampled at the site's TR after a burn-in; then site
    noise and scale are applied.
 
@@ -28,7 +28,8 @@ label           type          acts through                                      
                               (``sex_networks``; "M" faster in the first, slower
                               in the second)
 ``score``       continuous    a weak signed pattern of SC edge weights that         SC only
-                              leaves every node's strength unchanged
+                              leaves every node's strength unchanged, on the
+                              weakest edges (``score_edge_quantile``)
 ``diagnosis``   binary        one network (``diagnosis_network``): within-network   both
                               SC loss and reduced local gain
 ``site``        categorical   measurement noise level, signal scale, TR             acquisition only
@@ -41,7 +42,9 @@ meets individual variation in the same quantity (network frequencies and
 excitabilities, within-network SC, coupling, latent "brain age" and "score"),
 so no label is perfectly predictable: with the defaults (200 subjects, 100 ROIs,
 1200 time points) a linear model on the carrying modality scores AUROC 0.70-0.85
-or Pearson r 0.4-0.7 (``benchmarks/calibrate_simulator.py``).
+or Pearson r 0.4-0.7, and chance on the other (``benchmarks/calibrate_simulator.py``).
+The score pattern sits on weak edges because SC shapes FC edge by edge: spread over
+all edges, even a strength-neutral pattern was read from FC (r about 0.5).
 
 Sites: ``site-1``, ``site-2``, ``site-3`` with TRs 0.72, 0.8 and 2.0 s
 (:data:`DEFAULT_SITE_TRS`; more sites cycle through them), noise levels and
@@ -53,12 +56,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 YEO7_NETWORKS = ("Visual", "Somatomotor", "DorsalAttention", "VentralAttention", "Limbic",
                  "Frontoparietal", "Default")
@@ -131,16 +136,16 @@ class SimulationConfig:
     age_sc_loss: float = 0.25                   #: log-weight loss per SD, at the longest edge
     age_coupling: float = 0.15                  #: log-coupling loss per SD
     sex_networks: tuple = (0, 1)                #: networks whose frequency differs by sex
-    sex_frequency_hz: float = 0.003             #: "M" minus "F" (+ first, - second network)
+    sex_frequency_hz: float = 0.0075            #: "M" minus "F" (+ first, - second network)
     score_latent_sd: float = 0.7                #: noise of the trait the SC pattern follows
     score_sc: float = 0.08                      #: RMS log-weight change per SD
-    score_edge_quantile: float = 0.5            #: pattern only on edges weaker than this quantile
+    score_edge_quantile: float = 0.3            #: pattern only on edges weaker than this quantile
     diagnosis_network: int = -1                 #: network hit by the diagnosis
-    diagnosis_sc_loss: float = 0.2              #: within-network log-weight loss (mean severity)
-    diagnosis_gain: float = 0.3                 #: relative loss of local gain (mean severity)
+    diagnosis_sc_loss: float = 0.225            #: within-network log-weight loss (mean severity)
+    diagnosis_gain: float = 0.15                #: relative loss of local gain (mean severity)
     diagnosis_severity: tuple = (0.25, 1.75)    #: uniform range of severity among patients
     condition_network: int = -2                 #: network whose excitability rises "post"
-    condition_excitability: float = 0.006       #: increase of a ("post" minus "pre", 1/s)
+    condition_excitability: float = 0.03        #: increase of a ("post" minus "pre", 1/s)
     condition_response_sd: float = 0.5          #: individual response (relative)
 
     def to_dict(self) -> dict:
@@ -246,9 +251,14 @@ def _allocate(total, shares):
     return counts
 
 
-def _symmetric_normal(rng, n):
-    upper = np.triu(rng.standard_normal((n, n)), 1)
+def _mirror_upper(matrix):
+    """Exactly symmetric copy of ``matrix`` built from its upper triangle (zero diagonal)."""
+    upper = np.triu(matrix, 1)
     return upper + upper.T
+
+
+def _symmetric_normal(rng, n):
+    return _mirror_upper(rng.standard_normal((n, n)))
 
 
 def _network_index(index, n_networks, what):
@@ -344,7 +354,7 @@ def make_group_connectome(n_rois, n_networks, rng, config=None) -> GroupConnecto
              + config.log_weight_sd * _symmetric_normal(rng, n_rois))
     weights = np.where(edges, np.exp(log_w), 0.0)
     jitter = np.exp(0.1 * _symmetric_normal(rng, n_rois))
-    lengths = np.where(edges, distance * config.tortuosity * jitter, 0.0)
+    lengths = _mirror_upper(np.where(edges, distance * config.tortuosity * jitter, 0.0))
     return GroupConnectome(names=names, hemisphere=hemisphere, network=network,
                            network_names=names_net, coords=coords, distance=distance,
                            weights=weights, lengths=lengths)
@@ -362,7 +372,7 @@ def strength_neutral_pattern(weights, rng) -> np.ndarray:
     # P = P0 - (u_i + u_j) on the edges, with (diag(s) + W) u = rowsum(W * P0)
     system = np.diag(weights.sum(1)) + weights
     u = np.linalg.lstsq(system, (weights * p0).sum(1), rcond=None)[0]
-    pattern = np.where(edges, p0 - u[:, None] - u[None], 0.0)
+    pattern = _mirror_upper(np.where(edges, p0 - u[:, None] - u[None], 0.0))
     return pattern / np.sqrt(np.mean(pattern[edges] ** 2))
 
 
@@ -447,26 +457,86 @@ def subject_connectomes(group, subjects, rng, config=None):
         measured = true_sc[s] * np.exp(config.sc_scale_sd * rng.standard_normal()
                                        + config.sc_measurement_sd
                                        * _symmetric_normal(rng, n_rois))
-        counts[s] = np.round(measured)
+        counts[s] = _mirror_upper(np.round(measured))
         jitter = np.exp(0.03 * _symmetric_normal(rng, n_rois))
-        lengths[s] = np.where(counts[s] > 0, group.lengths * jitter, 0.0)
+        lengths[s] = _mirror_upper(np.where(counts[s] > 0, group.lengths * jitter, 0.0))
     return true_sc, counts, lengths
 
 
 # -- 4. dynamics and hemodynamics -----------------------------------------------------------
 
-def integration_step(tr, dt_max):
-    """Largest step <= ``dt_max`` that divides the TR; returns (dt, steps per TR)."""
+def integration_schedule(tr, n_timepoints, max_strength, config):
+    """Step size and step counts for one batch of scans.
+
+    The step is the largest that divides the TR, is at most ``config.dt_max`` and
+    keeps Euler stable on the coupling (``dt <= 0.5 / max_i sum_j K_ij``).
+
+    Returns
+    -------
+    dt : float
+        Step (s).
+    per_tr : int
+        Steps per sample.
+    burn : int
+        Steps discarded before the first sample.
+    """
+    dt_max = min(config.dt_max, 0.5 / max(float(max_strength), 1e-12))
     per_tr = max(1, math.ceil(tr / dt_max - 1e-9))
-    return tr / per_tr, per_tr
+    dt = tr / per_tr
+    return dt, per_tr, math.ceil(config.burn_in_s / dt)
 
 
-def balloon_bold(log_v, log_q, config):
-    """BOLD signal change (fraction) from log blood volume and deoxyhaemoglobin."""
-    rho = config.hrf_rho
-    k1, k2, k3 = 7.0 * rho, 2.0, 2.0 * rho - 0.2
-    v, q = torch.exp(log_v), torch.exp(log_q)
-    return config.hrf_v0 * (k1 * (1.0 - q) + k2 * (1.0 - q / v) + k3 * (1.0 - v))
+class BalloonWindkessel:
+    """Balloon-Windkessel hemodynamics (Friston 2003, Stephan 2007), log states.
+
+    ``s`` vasodilatory signal, ``f`` flow, ``v`` volume, ``q`` deoxyhaemoglobin; flow,
+    volume and deoxyhaemoglobin are kept as logs so they stay positive.
+
+    Parameters
+    ----------
+    shape : tuple
+        Shape of the neural input.
+    config : SimulationConfig
+    dt : float
+        Integration step (s).
+    """
+
+    def __init__(self, shape, config, dt):
+        self.config, self.dt = config, dt
+        self.s = torch.zeros(shape)
+        self.log_f, self.log_v, self.log_q = (torch.zeros(shape) for _ in range(3))
+
+    def step(self, u):
+        """Advance by one Euler step driven by neural activity ``u``."""
+        c, dt = self.config, self.dt
+        f, inv_v = torch.exp(self.log_f), torch.exp(-self.log_v)
+        v_alpha = torch.exp(self.log_v / c.hrf_alpha)
+        extraction = 1.0 - torch.exp(math.log(1.0 - c.hrf_rho) / f)
+        d_log_f = self.s / f
+        d_log_v = (f - v_alpha) * inv_v / c.hrf_tau
+        d_log_q = (f * extraction * torch.exp(-self.log_q) / c.hrf_rho
+                   - v_alpha * inv_v) / c.hrf_tau
+        self.s.add_((u - c.hrf_kappa * self.s - c.hrf_gamma * (f - 1.0)) * dt)
+        self.log_f.add_(d_log_f * dt)
+        self.log_v.add_(d_log_v * dt)
+        self.log_q.add_(d_log_q * dt)
+
+    def bold(self):
+        """BOLD signal change (fraction)."""
+        rho = self.config.hrf_rho
+        k1, k2, k3 = 7.0 * rho, 2.0, 2.0 * rho - 0.2
+        v, q = torch.exp(self.log_v), torch.exp(self.log_q)
+        return self.config.hrf_v0 * (k1 * (1.0 - q) + k2 * (1.0 - q / v) + k3 * (1.0 - v))
+
+
+def _hopf_step(z, coupling_t, strength, cos, sin, noise, dt):
+    """One step of the coupled Stuart-Landau oscillators; ``z`` is (batch, 2, n_rois)."""
+    x, y = z[:, 0], z[:, 1]
+    new = torch.bmm(z, coupling_t)  # sum_j K_ij z_j; (2, N) @ (N, N) is the fast layout
+    new.sub_(((x * x + y * y).unsqueeze(1) + strength) * z).mul_(dt).add_(noise)
+    new[:, 0].addcmul_(cos, x).addcmul_(sin, y, value=-1.0)
+    new[:, 1].addcmul_(sin, x).addcmul_(cos, y)
+    return new
 
 
 def simulate_bold(coupling, bifurcation, omega, *, tr, n_timepoints, generator,
@@ -476,8 +546,8 @@ def simulate_bold(coupling, bifurcation, omega, *, tr, n_timepoints, generator,
     For ROI ``i`` of one scan, with ``z = x + iy``,
     ``dz_i = [(a_i + i w_i - |z_i|^2) z_i + sum_j K_ij (z_j - z_i)] dt + sigma dW``;
     the uncoupled linear part (``a_i + i w_i``) is applied exactly, the rest by
-    Euler-Maruyama (keeping the synchronous mode of the diffusive coupling neutral). The
-    real part ``x_i`` drives a Balloon-Windkessel model (log states) integrated
+    Euler-Maruyama (keeping the synchronous mode of the diffusive coupling neutral).
+    ``hrf_input_scale * x_i`` drives a :class:`BalloonWindkessel` model integrated
     with the same step; its BOLD signal is sampled once per TR after the burn-in.
 
     Parameters
@@ -502,53 +572,36 @@ def simulate_bold(coupling, bifurcation, omega, *, tr, n_timepoints, generator,
         BOLD signal change in percent, without measurement noise.
     """
     config = config or SimulationConfig()
-    dt, per_tr = integration_step(tr, config.dt_max)
     batch, n_rois = bifurcation.shape
-    burn = math.ceil(config.burn_in_s / dt)
-    coupling_t = coupling.transpose(1, 2).contiguous()
     strength = coupling.sum(2).unsqueeze(1)
+    dt, per_tr, burn = integration_schedule(tr, n_timepoints, strength.max(), config)
+    total = burn + per_tr * n_timepoints
+    coupling_t = coupling.transpose(1, 2).contiguous()
     decay = torch.exp(bifurcation * dt)
     cos, sin = decay * torch.cos(omega * dt), decay * torch.sin(omega * dt)
     sigma = config.noise_sd * math.sqrt(dt)
-    scale = config.hrf_input_scale
-    kappa, gamma = config.hrf_kappa, config.hrf_gamma
-    inv_tau, inv_alpha, inv_rho = 1.0 / config.hrf_tau, 1.0 / config.hrf_alpha, 1.0 / config.hrf_rho
-    log_extract = math.log(1.0 - config.hrf_rho)
 
     stationary = config.noise_sd / math.sqrt(2 * abs(config.bifurcation) + 1e-3)
     z = stationary * torch.randn(batch, 2, n_rois, generator=generator)
-    s = torch.zeros(batch, n_rois)
-    log_f, log_v, log_q = torch.zeros_like(s), torch.zeros_like(s), torch.zeros_like(s)
+    balloon = BalloonWindkessel((batch, n_rois), config, dt)
     out = torch.empty(batch, n_rois, n_timepoints)
-
     chunk = per_tr * max(1, 200 // per_tr)
-    total = burn + per_tr * n_timepoints
-    step = 0
-    while step < total:
-        size = min(chunk, total - step)
-        noise = torch.randn(size, batch, 2, n_rois, generator=generator).mul_(sigma)
-        for k in range(size):
-            x, y = z[:, 0], z[:, 1]
-            new = torch.bmm(z, coupling_t)
-            new.sub_(((x * x + y * y).unsqueeze(1) + strength) * z).mul_(dt).add_(noise[k])
-            new[:, 0].addcmul_(cos, x).addcmul_(sin, y, value=-1.0)
-            new[:, 1].addcmul_(sin, x).addcmul_(cos, y)
-            f, inv_v = torch.exp(log_f), torch.exp(-log_v)
-            v_alpha = torch.exp(log_v * inv_alpha)
-            extraction = 1.0 - torch.exp(log_extract / f)
-            d_log_f = s / f
-            d_log_v = (f - v_alpha) * inv_v * inv_tau
-            d_log_q = (f * extraction * inv_rho * torch.exp(-log_q) - v_alpha * inv_v) * inv_tau
-            s.add_((scale * x - kappa * s - gamma * (f - 1.0)) * dt)
-            log_f.add_(d_log_f * dt)
-            log_v.add_(d_log_v * dt)
-            log_q.add_(d_log_q * dt)
-            z = new
-            step += 1
-            if step > burn and (step - burn) % per_tr == 0:
-                out[:, :, (step - burn) // per_tr - 1] = balloon_bold(log_v, log_q, config)
-        if progress is not None:
-            progress(size)
+    flush = torch.set_flush_denormal(True)  # decaying balloon states would slow every step
+    try:
+        for first in range(0, total, chunk):
+            size = min(chunk, total - first)
+            noise = torch.randn(size, batch, 2, n_rois, generator=generator).mul_(sigma)
+            for k in range(size):
+                balloon.step(config.hrf_input_scale * z[:, 0])
+                z = _hopf_step(z, coupling_t, strength, cos, sin, noise[k], dt)
+                sample, rest = divmod(first + k + 1 - burn, per_tr)
+                if sample > 0 and rest == 0:
+                    out[:, :, sample - 1] = balloon.bold()
+            if progress is not None:
+                progress(size)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
     if not torch.isfinite(out).all():
         raise RuntimeError("the hemodynamic model diverged (non-finite BOLD); lower "
                            "SimulationConfig.hrf_input_scale or dt_max, or keep the Hopf "
@@ -590,6 +643,47 @@ def _dynamics_parameters(group, subjects, scans, true_sc, rng, config):
         a.append(a_scan)
         omega.append(w)
     return np.array(coupling), np.array(a), np.array(omega)
+
+
+@contextmanager
+def _one_thread():
+    # The tensors are too small for intra-op threads to pay (they cost time, more so on a
+    # busy machine); one thread also keeps the arrays identical on every machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _acquire(site_of_scan, site_trs, coupling, a, omega, *, n_timepoints, seed, rng, config,
+             progress):
+    """BOLD of every scan: integrate each site's scans in batches, add site noise and scale."""
+    batches = []
+    for k, tr in enumerate(site_trs):
+        index = np.flatnonzero(site_of_scan == k)
+        for part, start in enumerate(range(0, len(index), config.max_batch)):
+            rows = index[start:start + config.max_batch]
+            tensors = [torch.as_tensor(v[rows], dtype=torch.float32) for v in (coupling, a, omega)]
+            _, per_tr, burn = integration_schedule(tr, n_timepoints,
+                                                   tensors[0].sum(2).max(), config)
+            batches.append((k, part, rows, tensors, burn + per_tr * n_timepoints))
+    bold = [None] * len(site_of_scan)
+    with tqdm(total=sum(b[-1] for b in batches), desc="simulating BOLD", unit="step",
+              disable=not progress, mininterval=0.5) as bar, _one_thread():
+        for k, part, rows, tensors, _ in batches:
+            state = np.random.SeedSequence(seed, spawn_key=(5, k, part)).generate_state(1)
+            clean = simulate_bold(*tensors, tr=site_trs[k], n_timepoints=n_timepoints,
+                                  generator=torch.Generator().manual_seed(int(state[0])),
+                                  config=config, progress=bar.update)
+            noise = config.site_noise[k % len(config.site_noise)]
+            scale = config.site_scale[k % len(config.site_scale)]
+            reference = float(np.median(clean.std(axis=2)))
+            for j, i in enumerate(rows):
+                noisy = clean[j] + noise * reference * rng.standard_normal(clean[j].shape)
+                bold[i] = (scale * noisy).astype(np.float32)
+    return bold
 
 
 # -- the cohort ---------------------------------------------------------------------------
@@ -639,34 +733,9 @@ def simulate(*, n_subjects=200, n_rois=100, n_timepoints=1200, n_networks=7, n_s
     ])
     coupling, a, omega = _dynamics_parameters(group, subjects, scans, true_sc, rng_dyn, config)
 
-    batches = []
-    for k in range(n_sites):
-        index = np.flatnonzero(scans["site_index"].to_numpy() == k)
-        for start in range(0, len(index), config.max_batch):
-            batches.append((k, start // config.max_batch, index[start:start + config.max_batch]))
-    steps = sum(len(b) and math.ceil(config.burn_in_s / integration_step(site_trs[k], config.dt_max)[0])
-                + integration_step(site_trs[k], config.dt_max)[1] * n_timepoints
-                for k, _, b in batches)
-    from tqdm.auto import tqdm
-
-    bold = [None] * len(scans)
-    with tqdm(total=steps, desc="simulating BOLD", unit="step", disable=not progress,
-              mininterval=0.5) as bar:
-        for k, part, index in batches:
-            generator = torch.Generator().manual_seed(
-                int(np.random.SeedSequence(seed, spawn_key=(5, k, part)).generate_state(1)[0]))
-            clean = simulate_bold(
-                torch.as_tensor(coupling[index], dtype=torch.float32),
-                torch.as_tensor(a[index], dtype=torch.float32),
-                torch.as_tensor(omega[index], dtype=torch.float32),
-                tr=site_trs[k], n_timepoints=n_timepoints, generator=generator,
-                config=config, progress=bar.update)
-            noise_rel = config.site_noise[k % len(config.site_noise)]
-            scale = config.site_scale[k % len(config.site_scale)]
-            reference = float(np.median(clean.std(axis=2)))
-            for j, i in enumerate(index):
-                noisy = clean[j] + noise_rel * reference * rng_acq.standard_normal(clean[j].shape)
-                bold[i] = (scale * noisy).astype(np.float32)
+    bold = _acquire(scans["site_index"].to_numpy(), site_trs, coupling, a, omega,
+                    n_timepoints=n_timepoints, seed=seed, rng=rng_acq, config=config,
+                    progress=progress)
     scans = scans.drop(columns="site_index")
     source = {"name": "simulated", "generator": "bsym.data.simulate", "seed": int(seed),
               "n_subjects": n_subjects, "n_rois": n_rois, "n_timepoints": n_timepoints,
