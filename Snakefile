@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -26,7 +27,7 @@ rule all:
             dataset=list(config["datasets"]),
         ),
         expand(
-            "{results}/tables/{dataset}.parquet",
+            "{results}/report/{dataset}/report.html",
             results=config["results"],
             dataset=[d for d in config["datasets"] if tasks_of(d) or SSL_MODELS],
         ),

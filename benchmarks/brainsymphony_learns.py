@@ -13,9 +13,9 @@ and scores the reconstruction of the hidden entries against
 
 Scores (R^2 over the hidden entries, Pearson r, MSE) are reported overall and by
 why an entry was hidden (its ROI, its time point, or only the cell).
-Writes results/benchmarks/brainsymphony_learns.json.
+Writes results/benchmarks/brainsymphony_learns_<preset>[_d<dim>].json.
 
-    python benchmarks/brainsymphony_learns.py [--subjects 100] [--steps 600]
+    python benchmarks/brainsymphony_learns.py [--subjects 100] [--steps 600] [--dim 128]
 """
 
 from __future__ import annotations
@@ -73,6 +73,9 @@ def main(argv=None):
     parser.add_argument("--held-out", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--preset", default="tiny", help="BrainSymphony preset (tiny, paper)")
+    parser.add_argument("--dim", type=int, default=None, help="override the width")
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--out", default="results/benchmarks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -101,8 +104,10 @@ def main(argv=None):
     test_set = WindowDataset(cohort, args.window, scans=test_scans, scaler=scaler)
 
     torch.manual_seed(args.seed)
-    model = build("brainsymphony", "tiny", n_rois=args.rois, n_timepoints=args.window)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=2e-3,
+    overrides = {"dim": args.dim} if args.dim else {}
+    model = build("brainsymphony", args.preset, n_rois=args.rois, n_timepoints=args.window,
+                  **overrides)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=20, seed=args.seed, device="cpu", progress=True)
     t0 = time.perf_counter()
     result = train(model, train_set, config, work / "run")
@@ -150,7 +155,8 @@ def main(argv=None):
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "brainsymphony_learns.json").write_text(json.dumps(report, indent=2))
+    name = f"brainsymphony_learns_{args.preset}{'_d' + str(args.dim) if args.dim else ''}.json"
+    (out / name).write_text(json.dumps(report, indent=2))
     print(f"pretrained {args.steps} steps in {train_s:.0f} s on {len(train_set)} windows of "
           f"{len(subjects) - len(held)} subjects; held out {len(held)} subjects "
           f"({len(test_set)} windows)")
@@ -159,7 +165,7 @@ def main(argv=None):
         for key, s in by.items():
             print(f"{name:<10}{key:<10}{s['r2']:>8.3f}{s['pearson_r']:>8.3f}{s['mse']:>8.3f}"
                   f"{s['n']:>9}")
-    print(f"wrote {out / 'brainsymphony_learns.json'}")
+    print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

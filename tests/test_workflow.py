@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -68,6 +69,19 @@ def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
     assert set(netid["model"]) == {*models, "fc_rows"}
     assert netid["ari_kmeans"].notna().all()
 
+    report = tmp_path / "results/test/report/tiny"
+    html = (report / "report.html").read_text()
+    assert "Leaderboard" in html and "connectome-fc" in html
+    figures = sorted((report / "figures").glob("*.png"))
+    assert figures and all(p.stat().st_size > 1000 for p in figures)
+    bundle = _run([*config, "--report", str(tmp_path / "report.zip")], tmp_path)
+    assert bundle.returncode == 0, bundle.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "report.zip") as archive:
+        names = archive.namelist()
+    assert any(n.endswith("/report.html") for n in names if "/data/" in n)
+    assert sorted(n.rsplit("/", 1)[-1] for n in names if n.endswith(".png")) == \
+        [p.name for p in figures]
+
     second = _run(["--cores", "2", "--resources", "gpu=1", *config], tmp_path)
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr
@@ -96,6 +110,7 @@ def test_default_config_plans_every_model_task_and_the_baseline(tmp_path):
     assert _job_count(text, "probe_connectome") == n_tasks * n_seeds
     assert _job_count(text, "task_split") == n_tasks * n_seeds
     assert _job_count(text, "result_table") == 1
+    assert _job_count(text, "report") == 1
 
 
 def test_pretrain_rule_declares_a_gpu_and_the_local_profile_serialises_it(tmp_path):

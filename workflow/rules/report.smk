@@ -1,0 +1,42 @@
+# The report: statistics, figures and the HTML/Markdown report of each dataset's result
+# table, also registered with `snakemake --report`.
+
+
+rule report:
+    input:
+        table=f"{RESULTS}/tables/{{dataset}}.parquet",
+        netid=lambda wildcards: expand(
+            f"{RESULTS}/netid/{wildcards.dataset}/{{model}}.png", model=SSL_MODELS
+        ),
+    output:
+        html=report(
+            f"{RESULTS}/report/{{dataset}}/report.html",
+            caption="../report/report.rst",
+            category="Report",
+        ),
+        markdown=f"{RESULTS}/report/{{dataset}}/report.md",
+        figures=report(
+            directory(f"{RESULTS}/report/{{dataset}}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+        tables=directory(f"{RESULTS}/report/{{dataset}}/tables"),
+    log:
+        f"{RESULTS}/logs/report/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/report/{{dataset}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        bsym=BSYM,
+        out=lambda wildcards, output: os.path.dirname(output.html),
+        figures=lambda wildcards, input: " ".join(
+            f"--netid-figure {path}" for path in input.netid
+        ),
+    shell:
+        "{params.bsym} report --results {input.table} --out {params.out} {params.figures}"
+        " --title 'bsym: {wildcards.dataset}' > {log} 2>&1"
