@@ -155,8 +155,8 @@ def main(argv=None):
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"brainsymphony_learns_{args.preset}{'_d' + str(args.dim) if args.dim else ''}.json"
-    (out / name).write_text(json.dumps(report, indent=2))
+    path = out / f"brainsymphony_learns_{args.preset}{'_d' + str(args.dim) if args.dim else ''}.json"
+    path.write_text(json.dumps(report, indent=2))
     print(f"pretrained {args.steps} steps in {train_s:.0f} s on {len(train_set)} windows of "
           f"{len(subjects) - len(held)} subjects; held out {len(held)} subjects "
           f"({len(test_set)} windows)")
@@ -165,7 +165,7 @@ def main(argv=None):
         for key, s in by.items():
             print(f"{name:<10}{key:<10}{s['r2']:>8.3f}{s['pearson_r']:>8.3f}{s['mse']:>8.3f}"
                   f"{s['n']:>9}")
-    print(f"wrote {out / name}")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,16 @@ import json
 import os
 import re
 import shlex
+import sys
+
+from snakemake.settings.types import DeploymentMethod
 
 RESULTS = config["results"]
-# Rules run bsym from this checkout, inside the active environment or a --use-conda one.
-PYTHON = f'PYTHONPATH="{workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}" python'
+# Rules run bsym from this checkout: with --use-conda in the rule's environment, otherwise
+# in the interpreter running Snakemake (whether or not its environment is activated).
+USE_CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+INTERPRETER = "python" if USE_CONDA else shlex.quote(sys.executable)
+PYTHON = f'PYTHONPATH="{workflow.basedir}${{PYTHONPATH:+:$PYTHONPATH}}" {INTERPRETER}'
 BSYM = f"{PYTHON} -m bsym"
 
 
