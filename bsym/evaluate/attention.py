@@ -126,47 +126,26 @@ def attention_maps(model, cohort, *, window, stride=None, scaler=None, target_tr
     -------
     AttentionSet
     """
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
     from bsym.data.dataset import WindowDataset
-    from bsym.train.engine import to_device
+    from bsym.evaluate.embeddings import window_means
 
     dataset = WindowDataset(cohort, window, scans=scans, stride=stride, scaler=scaler,
                             target_tr=target_tr, cleaning=cleaning, sc_transform=sc_transform)
-    table = dataset.table.reset_index(drop=True)
-    position = {s: i for i, s in enumerate(table["scan"])}
-    n_windows = np.zeros(len(table), dtype=np.int64)
-    sums = {}
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    model.to(device)
-    try:
-        with torch.no_grad():
-            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-            for batch in tqdm(loader, desc="attention", unit="batch", disable=not progress):
-                rows = np.array([position[s] for s in batch["scan"]])
-                batch = to_device({k: v for k, v in batch.items()
-                                   if k not in ("scan", "subject", "start")}, device)
-                try:
-                    output = model.attention(batch)
-                except NotImplementedError as err:
-                    raise EvaluationError(f"model {getattr(model, 'name', type(model).__name__)!r} "
-                                          f"has no attention maps ({err})") from None
-                picked = roi_maps(output, cohort.n_rois, maps)
-                np.add.at(n_windows, rows, 1)
-                for name, value in picked.items():
-                    if name not in sums:
-                        sums[name] = np.zeros((len(table), cohort.n_rois, cohort.n_rois))
-                    np.add.at(sums[name], rows, value.cpu().numpy().astype(np.float64))
-    finally:
-        model.train(was_training)
+
+    def outputs(batch):
+        try:
+            output = model.attention(batch)
+        except NotImplementedError as err:
+            raise EvaluationError(f"model {getattr(model, 'name', type(model).__name__)!r} "
+                                  f"has no attention maps ({err})") from None
+        return roi_maps(output, cohort.n_rois, maps)
+
+    table, n_windows, means = window_means(model, dataset, outputs, batch_size=batch_size,
+                                           device=device, desc="attention", progress=progress)
     scan_table = table[["scan", "subject", "session"]].astype(str).copy()
     scan_table["n_windows"] = n_windows
     return AttentionSet(scans=scan_table,
-                        maps={k: v / n_windows[:, None, None] for k, v in sums.items()},
+                        maps=means,
                         meta={"manifest_hash": cohort.manifest_hash, "window": int(window)})
 
 

@@ -249,53 +249,24 @@ def compute_embeddings(model, cohort, *, window, stride=None, scaler=None, targe
     -------
     EmbeddingSet
     """
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
     from bsym.data.dataset import WindowDataset
-    from bsym.train.engine import to_device
 
     dataset = WindowDataset(cohort, window, scans=scans, stride=stride, scaler=scaler,
                             target_tr=target_tr, cleaning=cleaning, sc_transform=sc_transform)
-    table = dataset.table.reset_index(drop=True)
-    position = {s: i for i, s in enumerate(table["scan"])}
-    n_windows = np.zeros(len(table), dtype=np.int64)
-    sums = {}
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    model.to(device)
-    try:
-        with torch.no_grad():
-            for batch in tqdm(loader, desc="embedding", unit="batch", disable=not progress):
-                rows = np.array([position[s] for s in batch["scan"]])
-                batch = to_device({k: v for k, v in batch.items()
-                                   if k not in ("scan", "subject", "start")}, device)
-                views = _views(model.embed(batch))
-                np.add.at(n_windows, rows, 1)
-                for name, emb in views.items():
-                    sub = emb.subject.detach().float().cpu().numpy().astype(np.float64)
-                    if name not in sums:
-                        sums[name] = {"subject": np.zeros((len(table), sub.shape[1]))}
-                        if keep_roi and emb.roi is not None:
-                            sums[name]["roi"] = np.zeros((len(table), *emb.roi.shape[1:]))
-                    np.add.at(sums[name]["subject"], rows, sub)
-                    if "roi" in sums[name]:
-                        if emb.roi is None:
-                            raise EmbeddingError(f"view {name!r} returned ROI embeddings for "
-                                                 "some batches only")
-                        roi = emb.roi.detach().float().cpu().numpy().astype(np.float64)
-                        np.add.at(sums[name]["roi"], rows, roi)
-    finally:
-        model.train(was_training)
-    if (n_windows == 0).any():
-        raise EmbeddingError("some scans gave no window")
-    views = {name: {"subject": (v["subject"] / n_windows[:, None]).astype(np.float32),
-                    "roi": (v["roi"] / n_windows[:, None, None]).astype(np.float32)
-                    if "roi" in v else None}
-             for name, v in sums.items()}
+
+    def outputs(batch):
+        out = {}
+        for name, emb in _views(model.embed(batch)).items():
+            out[(name, "subject")] = emb.subject
+            if keep_roi and emb.roi is not None:
+                out[(name, "roi")] = emb.roi
+        return out
+
+    table, n_windows, means = window_means(model, dataset, outputs, batch_size=batch_size,
+                                           device=device, desc="embedding", progress=progress)
+    views = {}
+    for (name, level), value in means.items():
+        views.setdefault(name, {"subject": None, "roi": None})[level] = value.astype(np.float32)
     scan_table = table[["scan", "subject", "session", "site"]].astype(str).copy()
     scan_table["n_windows"] = n_windows
     meta = {"manifest_hash": cohort.manifest_hash, "dataset": cohort.path.name,
@@ -307,6 +278,60 @@ def compute_embeddings(model, cohort, *, window, stride=None, scaler=None, targe
             **(meta or {})}
     meta["keys"] = {name: _cache_key(meta, name) for name in views}
     return EmbeddingSet(scans=scan_table, views=views, meta=meta)
+
+
+def window_means(model, dataset, outputs, *, batch_size, device, desc, progress):
+    """Mean over each scan's windows of ``outputs(batch)`` (name -> (B, ...) tensors).
+
+    The model runs in eval mode without gradients (its mode is restored after).
+
+    Returns
+    -------
+    table : DataFrame
+        The dataset's scans, in row order.
+    n_windows : ndarray of int, shape (n_scans,)
+    means : dict
+        name -> float64 array (n_scans, ...).
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from bsym.train.engine import to_device
+
+    table = dataset.table.reset_index(drop=True)
+    position = {s: i for i, s in enumerate(table["scan"])}
+    n_windows = np.zeros(len(table), dtype=np.int64)
+    sums, n_batches, seen = {}, 0, {}
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    try:
+        with torch.no_grad():
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+            for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+                rows = np.array([position[s] for s in batch["scan"]])
+                batch = to_device({k: v for k, v in batch.items()
+                                   if k not in ("scan", "subject", "start")}, device)
+                np.add.at(n_windows, rows, 1)
+                n_batches += 1
+                for name, value in outputs(batch).items():
+                    value = value.detach().float().cpu().numpy().astype(np.float64)
+                    if name not in sums:
+                        sums[name] = np.zeros((len(table), *value.shape[1:]))
+                    np.add.at(sums[name], rows, value)
+                    seen[name] = seen.get(name, 0) + 1
+    finally:
+        model.train(was_training)
+    partial = [name for name, count in seen.items() if count != n_batches]
+    if partial:
+        raise EmbeddingError(f"output {partial[0]!r} was returned for some batches only")
+    if (n_windows == 0).any():
+        raise EmbeddingError("some scans gave no window")
+    means = {name: total / n_windows.reshape((-1,) + (1,) * (total.ndim - 1))
+             for name, total in sums.items()}
+    return table, n_windows, means
 
 
 def _cache_key(meta, view) -> str:

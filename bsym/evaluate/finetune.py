@@ -310,6 +310,7 @@ def fine_tune(checkpoint, cohort, splits, label, *, config=None, folds=None, tas
     base = {"model": model_name, "view": view, "dataset": dataset,
             "task": label, "protocol": "finetune", "seed": splits.seed}
     chosen = range(len(splits)) if folds is None else [int(f) for f in folds]
+    scans_of = table.groupby("subject")["scan"].apply(list)
     rows, computed = [], []
     for index in tqdm(chosen, desc=f"finetune {label}", unit="fold", disable=not progress):
         fold = splits[index]
@@ -324,7 +325,6 @@ def fine_tune(checkpoint, cohort, splits, label, *, config=None, folds=None, tas
                                   "validation split inside the training fold")
         val_subjects = set(fold.inner[0][1])
         fit_subjects = [s for s in fold.train if s not in val_subjects]
-        scans_of = table.groupby("subject")["scan"].apply(list)
         fit_set = _windows(cohort, sum((scans_of[s] for s in fit_subjects), []), settings,
                            scaler, label)
         val_set = _windows(cohort, sum((scans_of[s] for s in sorted(val_subjects)), []),
