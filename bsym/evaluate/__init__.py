@@ -13,8 +13,12 @@ embeddings
     Frozen-encoder embeddings per scan and subject, cached by checkpoint and data hash.
 probe
     Linear probe (StandardScaler + LogisticRegression / Ridge, inner-CV regularisation).
+foldtrain
+    Train on each outer fold, early-stop on an inner split, test once (shared loop).
 finetune
     Encoder + linear head trained through :func:`bsym.train.engine.train`.
+supervised
+    Supervised baselines trained from scratch on each outer fold.
 netid
     Unsupervised network identification (k-means, spectral, k-NN) beside FC rows.
 attention
@@ -51,6 +55,9 @@ _EXPORTS = {
     "FineTuneConfig": "bsym.evaluate.finetune",
     "FineTuneModel": "bsym.evaluate.finetune",
     "fine_tune": "bsym.evaluate.finetune",
+    "TrainingConfig": "bsym.evaluate.foldtrain",
+    "train_supervised": "bsym.evaluate.supervised",
+    "supervised_objective": "bsym.evaluate.supervised",
     "identify_networks": "bsym.evaluate.netid",
     "network_identification": "bsym.evaluate.netid",
     "attention_maps": "bsym.evaluate.attention",

@@ -1,4 +1,5 @@
-"""``bsym embed | probe | finetune | netid | attention | splits``: evaluation commands.
+"""``bsym embed | probe | finetune | supervised | netid | attention | splits``: evaluation
+commands.
 
 Importing this module imports neither torch, scikit-learn nor MLflow; they load when a
 command runs.
@@ -67,6 +68,45 @@ def _add_embedding_source(parser):
     src.add_argument("--embeddings", help="embeddings file from `bsym embed`")
     src.add_argument("--features", choices=FEATURE_KINDS,
                      help="connectome features instead of a model (the classical baseline)")
+
+
+def _add_training_options(parser):
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--max-steps", type=int, default=500)
+    opt.add_argument("--batch-size", type=int, default=16)
+    opt.add_argument("--lr", type=float, default=3e-4)
+    opt.add_argument("--weight-decay", type=float, default=0.01)
+    opt.add_argument("--warmup-steps", type=int, default=20)
+    opt.add_argument("--eval-every", type=int, default=25, help="steps between validations")
+    opt.add_argument("--patience", type=int, default=4,
+                     help="validations without improvement before stopping")
+    opt.add_argument("--device", default="auto")
+    opt.add_argument("--train-seed", type=int, default=0)
+    return opt
+
+
+def _training_fields(args):
+    return {"max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
+            "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps,
+            "eval_every": args.eval_every, "patience": args.patience, "device": args.device,
+            "seed": args.train_seed}
+
+
+def _add_baseline_options(parser):
+    from bsym.train.cli import _model_arg
+
+    parser.add_argument("--model", required=True,
+                        help="supervised baseline (bnt, brainnetcnn, braingnn, transformer)")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--model-arg", type=_model_arg, action="append", default=[],
+                        metavar="KEY=VALUE", help="model argument over the preset (JSON value; "
+                        "repeatable)")
+    data = parser.add_argument_group("windows")
+    data.add_argument("--window", type=int, default=200,
+                      help="window length in time points at the target TR (default 200)")
+    data.add_argument("--target-tr", type=float, default=None,
+                      help="resample every scan to this TR (needed when TRs differ)")
+    data.add_argument("--max-windows", type=int, default=None, help="windows per scan at most")
 
 
 def _tracker(args):
@@ -163,11 +203,8 @@ def _finetune(args):
     cohort = open_cohort(args.data)
     cohort.require(labels=[args.task])
     splits = _splits(args, cohort, args.task)
-    config = FineTuneConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                            weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-                            eval_every=args.eval_every, patience=args.patience, view=args.view,
-                            freeze_encoder=args.freeze_encoder, device=args.device,
-                            seed=args.train_seed)
+    config = FineTuneConfig(**_training_fields(args), view=args.view,
+                            freeze_encoder=args.freeze_encoder)
     frame = fine_tune(args.checkpoint, cohort, splits, args.task, config=config,
                       folds=args.fold, task=args.task_type, model=args.model,
                       dataset=args.dataset, results=ResultTable(args.results),
@@ -175,6 +212,43 @@ def _finetune(args):
     print(f"finetune {frame['model'].iloc[0]} on {args.task}, split {splits.sha256[:12]}; rows "
           f"in {args.results}")
     print(_summary(frame, CLASSIFICATION_METRICS + REGRESSION_METRICS))
+
+
+def _supervised(args):
+    from bsym.data import open_cohort
+    from bsym.evaluate.foldtrain import TrainingConfig
+    from bsym.evaluate.probe import CLASSIFICATION_METRICS, REGRESSION_METRICS
+    from bsym.evaluate.results import ResultTable
+    from bsym.evaluate.supervised import train_supervised
+
+    cohort = open_cohort(args.data)
+    cohort.require(labels=[args.task])
+    splits = _splits(args, cohort, args.task)
+    params = _read_fold_params(args.params) if args.params else None
+    frame = train_supervised(args.model, cohort, splits, args.task, preset=args.preset,
+                             model_args=dict(args.model_arg),
+                             config=TrainingConfig(**_training_fields(args)), params=params,
+                             window=args.window, target_tr=args.target_tr,
+                             max_windows=args.max_windows, task=args.task_type,
+                             dataset=args.dataset, folds=args.fold,
+                             results=ResultTable(args.results), tracker=_tracker(args),
+                             force=args.force, progress=not args.quiet)
+    print(f"supervised {args.model} on {args.task}, split {splits.sha256[:12]}; rows in "
+          f"{args.results}")
+    print(_summary(frame, CLASSIFICATION_METRICS + REGRESSION_METRICS))
+
+
+def _read_fold_params(path):
+    """``{fold: params}`` from a `bsym sweep` result file."""
+    import json
+
+    try:
+        folds = json.loads(Path(path).read_text())["folds"]
+        return {int(k): dict(v["params"]) for k, v in folds.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UsageError(f"--params {path}: expected a `bsym sweep` result file "
+                         f'({{"folds": {{"0": {{"params": {{...}}}}}}}}); could not read it '
+                         f"({type(err).__name__}: {err})") from None
 
 
 def _netid(args):
@@ -306,21 +380,30 @@ def add_parser(subparsers):
     p.add_argument("--view", default=None, help="embedding view of a multi-view model")
     p.add_argument("--model", default=None)
     p.add_argument("--dataset", default=None)
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("--max-steps", type=int, default=500)
-    opt.add_argument("--batch-size", type=int, default=16)
-    opt.add_argument("--lr", type=float, default=3e-4)
-    opt.add_argument("--weight-decay", type=float, default=0.01)
-    opt.add_argument("--warmup-steps", type=int, default=20)
-    opt.add_argument("--eval-every", type=int, default=25, help="steps between validations")
-    opt.add_argument("--patience", type=int, default=4,
-                     help="validations without improvement before stopping")
+    opt = _add_training_options(p)
     opt.add_argument("--freeze-encoder", action="store_true", help="train the head only")
-    opt.add_argument("--device", default="auto")
-    opt.add_argument("--train-seed", type=int, default=0)
     _add_split_options(p)
     _add_tracking(p)
     p.set_defaults(func=_finetune)
+
+    p = subparsers.add_parser(
+        "supervised", help="train a supervised baseline from scratch, fold by fold",
+        description="A fresh supervised baseline (BNT, BrainNetCNN, BrainGNN, transformer) "
+        "trained on each outer training fold through the shared training loop, early-stopped "
+        "on the first inner fold's validation subjects, tested once on the outer test fold "
+        "(protocol supervised). --params takes per-fold hyper-parameters chosen by "
+        "`bsym sweep` on inner folds.")
+    _add_baseline_options(p)
+    p.add_argument("--data", required=True, help="cohort store directory")
+    p.add_argument("--task", required=True, help="label column to predict")
+    p.add_argument("--task-type", choices=("classification", "regression"), default=None)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--params", default=None,
+                   help="per-fold hyper-parameters (a `bsym sweep` result file)")
+    _add_training_options(p)
+    _add_split_options(p)
+    _add_tracking(p)
+    p.set_defaults(func=_supervised)
 
     p = subparsers.add_parser(
         "netid", help="unsupervised network identification, beside FC rows",

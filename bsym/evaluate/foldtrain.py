@@ -1,0 +1,381 @@
+"""Train on each outer training fold, stop early on an inner validation split, test once.
+
+The loop that fine-tuning (a pretrained encoder plus a linear head, protocol
+``finetune``) and the supervised baselines (trained from scratch, protocol
+``supervised``) share, and the inner-fold objective of hyper-parameter sweeps.
+
+Training goes through the shared loop, :func:`bsym.train.engine.train`, in supervised mode.
+Windows are the training samples; a subject's prediction is the mean of its windows'
+outputs. Regression targets are z-scored with the training subjects' mean and SD.
+
+Early stopping: the split file's first inner fold gives a validation set inside the outer
+training fold (its subjects are not trained on). Every ``eval_every`` steps the engine
+computes the validation loss; :class:`EarlyStopping` keeps the best weights and stops the
+run after ``patience`` validations without improvement. The best weights are tested once
+on the outer test fold.
+
+A model factory ``make_model(target)`` receives a :class:`Target` (classes or z-scoring of
+the fold) and returns a supervised :class:`~bsym.models.base.BrainModel` whose
+``forward`` gives class logits or the z-scored prediction and whose ``supervised_loss``
+takes the labels the engine passes (raw numeric values, or class indices of string labels).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bsym.evaluate import EvaluationError
+from bsym.evaluate.probe import (
+    CLASSIFICATION_METRICS,
+    REGRESSION_METRICS,
+    classification_scores,
+    encode_labels,
+    regression_scores,
+)
+from bsym.evaluate.results import provenance
+
+BATCH_ONLY = ("scan", "subject", "start", "labels")
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation and early stopping of one fold.
+
+    Parameters
+    ----------
+    max_steps : int
+        Optimizer steps at most.
+    batch_size : int
+    lr : float
+        Peak learning rate (AdamW, warm-up then cosine, as in the engine).
+    weight_decay : float
+    warmup_steps : int
+    eval_every : int
+        Validation loss every this many steps.
+    patience : int
+        Stop after this many validations without improvement.
+    device : str
+    seed : int
+    """
+
+    max_steps: int = 500
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    eval_every: int = 25
+    patience: int = 4
+    device: str = "auto"
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a fold's model predicts.
+
+    task : {"classification", "regression"}
+    n_outputs : int
+        Number of classes, or 1.
+    class_values : tuple of float or None
+        Numeric class values when the engine passes raw numeric labels (the model maps
+        them to indices); None for string classes (the engine passes indices).
+    mean, sd : float
+        z-scoring of a regression target (training subjects); 0 and 1 otherwise.
+    """
+
+    task: str
+    n_outputs: int
+    class_values: tuple | None = None
+    mean: float = 0.0
+    sd: float = 1.0
+
+
+def class_index(y, class_values):
+    """Class indices of labels ``y``: numeric values looked up in ``class_values`` (sorted),
+    or ``y`` itself when the engine already passed indices."""
+    if class_values is not None and len(class_values):
+        values = torch.as_tensor(class_values, dtype=torch.float64, device=y.device)
+        index = torch.searchsorted(values, y.to(torch.float64).contiguous())
+        return index.clamp(max=len(values) - 1).long()
+    return y.long()
+
+
+class EarlyStopping:
+    """An engine callback: keeps the weights of the best validation loss, stops on patience.
+
+    The engine computes the validation loss (``TrainConfig.eval_every``) and
+    passes it in :class:`~bsym.train.engine.StepInfo`; returning True stops the run.
+
+    Parameters
+    ----------
+    patience : int
+        Validations without improvement before stopping.
+    """
+
+    def __init__(self, *, patience):
+        self.patience = int(patience)
+        self.best_loss, self.best_step, self.best_state = float("inf"), 0, None
+        self.history = []
+        self.stopped = False
+
+    def __call__(self, info):
+        if info.val_loss is None:
+            return False
+        return self.update(info.model, info.step, info.val_loss)
+
+    def update(self, model, step, loss):
+        """Record one validation; returns True when patience has run out."""
+        self.history.append({"step": int(step), "val_loss": float(loss)})
+        if loss < self.best_loss - 1e-9:
+            self.best_loss, self.best_step = float(loss), int(step)
+            self.best_state = copy.deepcopy({k: v.detach().cpu().clone()
+                                             for k, v in model.state_dict().items()})
+            return False
+        since_best = sum(h["step"] > self.best_step for h in self.history)
+        self.stopped = since_best >= self.patience
+        return self.stopped
+
+
+class WindowSource:
+    """Windows of a cohort's scans as a fold needs them.
+
+    Parameters
+    ----------
+    cohort : Cohort
+    settings : dict
+        ``window``, ``target_tr``, ``cleaning`` (SignalCleaning options), ``sc_transform``,
+        optionally ``stride`` and ``max_windows``.
+    scaler : RobustScaler, optional
+        A fixed scaler (a pretrained checkpoint's); None fits one on each fold's training
+        scans.
+    """
+
+    def __init__(self, cohort, settings, scaler=None):
+        self.cohort = cohort
+        self.settings = dict(settings)
+        self.scaler = scaler
+        self.scans_of = cohort.subjects.groupby("subject")["scan"].apply(list)
+
+    def windows(self, subjects, label=None, scaler=None):
+        from bsym.data.dataset import WindowDataset
+        from bsym.data.preprocess import SignalCleaning
+
+        s = self.settings
+        scans = [scan for subject in subjects for scan in self.scans_of[subject]]
+        return WindowDataset(self.cohort, s["window"], scans=scans, scaler=scaler,
+                             stride=s.get("stride"), max_windows=s.get("max_windows"),
+                             labels=[label] if label else (), target_tr=s.get("target_tr"),
+                             cleaning=SignalCleaning(**(s.get("cleaning") or {})),
+                             sc_transform=s.get("sc_transform", "log1p"))
+
+    def split(self, fit, val, label):
+        """``(fit_set, val_set, scaler)``: the scaler is fixed or fitted on ``fit``."""
+        from bsym.data.preprocess import RobustScaler
+
+        fit_set = self.windows(fit, label, self.scaler)
+        scaler = self.scaler or fit_set.fit_scaler(RobustScaler())
+        return fit_set, self.windows(val, label, scaler), scaler
+
+
+class LabelledCohort:
+    """One label of a cohort, one value per subject, and the fold's :class:`Target`."""
+
+    def __init__(self, cohort, label, task):
+        cohort.require(labels=[label])
+        table = cohort.subjects
+        per_subject = table.groupby("subject")[label]
+        if (per_subject.nunique() > 1).any():
+            raise EvaluationError(f"label {label!r} varies within subjects; training predicts "
+                                  "one value per subject (use the linear probe at "
+                                  "level='scan')")
+        self.label, self.task = label, task
+        self.values = per_subject.first()
+        _, self.classes = encode_labels(table[label], task)
+        numeric = pd.api.types.is_numeric_dtype(table[label]) and \
+            not pd.api.types.is_bool_dtype(table[label])
+        self.class_values = (tuple(sorted(float(v) for v in table[label].unique()))
+                             if task == "classification" and numeric else None)
+
+    def target(self, subjects, where):
+        values = self.values.loc[list(subjects)]
+        if self.task == "classification":
+            present, expected = set(values.unique()), set(self.values.unique())
+            if present != expected:
+                raise EvaluationError(f"{where}: the training subjects hold classes "
+                                      f"{sorted(map(str, present))}; expected all of "
+                                      f"{sorted(map(str, expected))}")
+            return Target("classification", len(self.classes), self.class_values)
+        values = values.astype(float)
+        sd = float(values.std(ddof=0))
+        if sd == 0:
+            raise EvaluationError(f"{where}: the target is constant in training")
+        return Target("regression", 1, None, float(values.mean()), sd)
+
+    def score(self, pooled, target):
+        """Scores of subject-pooled outputs (a frame indexed by subject)."""
+        truth = self.values.loc[pooled.index]
+        if self.task == "classification":
+            logits = torch.as_tensor(np.array(pooled.to_numpy(), dtype=np.float64))
+            proba = torch.softmax(logits, dim=1).numpy()
+            if self.class_values is not None:
+                lookup = {v: i for i, v in enumerate(self.class_values)}
+                y_true = np.array([lookup[float(v)] for v in truth])
+            else:
+                lookup = {c: i for i, c in enumerate(self.classes)}
+                y_true = np.array([lookup[str(v)] for v in truth])
+            return classification_scores(y_true, proba, len(self.classes))
+        pred = pooled.to_numpy()[:, 0] * target.sd + target.mean
+        return regression_scores(truth.astype(float).to_numpy(), pred, target.mean, target.sd)
+
+    @property
+    def metrics(self):
+        return CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+
+
+@torch.no_grad()
+def predict_windows(model, dataset, batch_size, device):
+    """``(outputs (N, K), subjects (N,))`` of every window, in order."""
+    from torch.utils.data import DataLoader
+
+    from bsym.train.engine import to_device
+
+    model.eval()
+    outputs, subjects = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        subjects.extend(batch["subject"])
+        batch = to_device({k: v for k, v in batch.items() if k not in BATCH_ONLY}, device)
+        outputs.append(model(batch).float().cpu())
+    return torch.cat(outputs).numpy(), np.asarray(subjects)
+
+
+def fit_early_stopped(make_model, target, fit_set, val_set, label, config):
+    """Train ``make_model(target)`` on ``fit_set``, early-stopped on ``val_set``.
+
+    Returns ``(model with the best weights, EarlyStopping)``.
+    """
+    from bsym.train.devices import select_device
+    from bsym.train.engine import TrainConfig, evaluate_loss, train
+
+    device = select_device(config.device)
+    torch.manual_seed(config.seed)
+    model = make_model(target).to(device)
+    stopper = EarlyStopping(patience=config.patience)
+    train_config = TrainConfig(steps=config.max_steps, batch_size=config.batch_size,
+                               lr=config.lr, weight_decay=config.weight_decay,
+                               warmup_steps=min(config.warmup_steps, config.max_steps),
+                               seed=config.seed, device=str(device), label=label,
+                               progress=False, log_every=max(config.max_steps, 1),
+                               eval_every=config.eval_every)
+    # the untrained model is the first candidate
+    stopper.update(model, 0, evaluate_loss(model, val_set, batch_size=config.batch_size,
+                                           seed=config.seed, label=label))
+    train(model, fit_set, train_config, val_dataset=val_set, callbacks=[stopper])
+    model.load_state_dict(stopper.best_state)
+    return model, stopper
+
+
+def _fit_val_test(fold):
+    if not fold.inner:
+        raise EvaluationError(f"fold {fold.name} has no inner folds; early stopping needs a "
+                              "validation split inside the training fold")
+    val = sorted(fold.inner[0][1])
+    fit = [s for s in fold.train if s not in set(val)]
+    return fit, val, list(fold.test)
+
+
+def train_test_folds(make_model, source, labelled, splits, *, config, base, chash,
+                     folds=None, results=None, force=False, progress=True,
+                     row_extra=None, desc="train"):
+    """Train and test a fresh model on every (chosen) outer fold.
+
+    Parameters
+    ----------
+    make_model : callable
+        ``make_model(target, fold_index)`` -> a supervised BrainModel (see module docstring).
+    source : WindowSource
+    labelled : LabelledCohort
+    splits : Splits
+    config : TrainingConfig or callable
+        The settings, or ``config(fold_index)`` -> settings (e.g. per-fold sweep results).
+    base : dict
+        Key columns of the rows (model, view, dataset, task, protocol, seed).
+    chash : str or callable
+        Config hash, or ``chash(fold_index)``.
+    folds : sequence of int, optional
+    results : ResultTable, optional
+        Current rows are reused unless ``force``.
+    row_extra : dict, optional
+        Columns added to every row.
+
+    Returns
+    -------
+    rows, computed : list of dict
+        Every chosen fold's row, and those computed now.
+    """
+    from tqdm.auto import tqdm
+
+    chosen = range(len(splits)) if folds is None else [int(f) for f in folds]
+    rows, computed = [], []
+    for index in tqdm(chosen, desc=desc, unit="fold", disable=not progress):
+        fold = splits[index]
+        settings = config(index) if callable(config) else config
+        key = {**base, "fold": fold.index,
+               "config_hash": chash(index) if callable(chash) else chash,
+               "manifest_hash": source.cohort.manifest_hash, "split_hash": splits.sha256}
+        if results is not None and not force and results.is_done(key):
+            rows.append(results.find(key))
+            continue
+        started = time.perf_counter()
+        fit, val, test = _fit_val_test(fold)
+        target = labelled.target(fit, f"fold {fold.name}")
+        fit_set, val_set, scaler = source.split(fit, val, labelled.label)
+        model, stopper = fit_early_stopped(functools.partial(make_model, fold_index=index), target, fit_set,
+                                           val_set, labelled.label, settings)
+        device = next(model.parameters()).device
+        outputs, subjects = predict_windows(model, source.windows(test, scaler=scaler),
+                                            settings.batch_size, device)
+        frame = pd.DataFrame(outputs)
+        frame["subject"] = subjects
+        pooled = frame.groupby("subject", sort=True).mean()
+        scores = labelled.score(pooled, target)
+        row = {**key, "repeat": fold.repeat, "task_type": labelled.task,
+               **{m: scores[m] for m in labelled.metrics}, "n_train": len(fit),
+               "n_val": len(val), "n_test": len(pooled), "best_step": stopper.best_step,
+               "best_val_loss": stopper.best_loss, "stopped_early": stopper.stopped,
+               "runtime_s": time.perf_counter() - started, "test_site": fold.test_site,
+               **(row_extra or {}), **provenance()}
+        if results is not None:
+            results.append([row])
+        rows.append(row)
+        computed.append(row)
+    return rows, computed
+
+
+def inner_validation(make_model, source, labelled, fold, config, report=None):
+    """Mean best validation loss over the inner folds of one outer fold.
+
+    Each inner fold trains on its training part and is early-stopped and scored on its
+    validation part; the outer test subjects are never read. ``report(loss, step)`` is
+    called after each inner fold (a sweep's pruning hook).
+    """
+    losses = []
+    for step, (train, val) in enumerate(fold.inner):
+        train = list(train)
+        target = labelled.target(train, f"fold {fold.name}, inner fold {step}")
+        fit_set, val_set, _ = source.split(train, list(val), labelled.label)
+        _, stopper = fit_early_stopped(make_model, target, fit_set, val_set, labelled.label,
+                                       config)
+        losses.append(stopper.best_loss)
+        if report is not None:
+            report(float(np.mean(losses)), step)
+    return float(np.mean(losses))
