@@ -159,8 +159,12 @@ def build_parser():
     add_models_parser(sub)
     from bsym.evaluate.cli import add_parser as add_evaluate_parser
     add_evaluate_parser(sub)
+    from bsym.sweep.cli import add_parser as add_sweep_parser
+    add_sweep_parser(sub)
     from bsym.report.cli import add_parser as add_report_parser
     add_report_parser(sub)
+    from bsym.track.cli import add_parser as add_tracking_parser
+    add_tracking_parser(sub)
     return parser
 
 

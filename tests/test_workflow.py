@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from bsym.data import open_cohort
+from bsym.evaluate.splits import load_splits
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
@@ -52,7 +53,8 @@ def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
     table = pd.read_parquet(results / "tables/tiny.parquet")
     key = ["model", "view", "dataset", "task", "protocol", "seed", "fold"]
     assert not table.duplicated(subset=key).any()
-    probes = table[table["protocol"] != "network_identification"]
+    probes = table[table["protocol"].isin(["linear_probe", "supervised"])
+                   & ~table["model"].isin(cfg["supervised"]["models"])]
     folds = range(cfg["splits"]["folds"] * cfg["splits"].get("repeats", 1))
     expected = {(m, t, s, f) for m in [*models, "connectome-fc"] for t in cfg["tasks"]
                 for s in cfg["splits"]["seeds"] for f in folds}
@@ -60,8 +62,28 @@ def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
                     probes["fold"].astype(int)))
     assert found == expected
     assert set(probes.loc[probes["model"] == "connectome-fc", "protocol"]) == {"supervised"}
-    assert set(probes.loc[probes["model"].isin(models), "protocol"]) == {"linear_probe"}
-    assert (probes["n_train"] + probes["n_test"] == len(split["probe"])).all()
+    linear = probes[probes["protocol"] == "linear_probe"]
+    assert set(linear["model"]) == set(models)
+    # every BrainSymphony view is probed (fusion against its branches)
+    assert set(linear.loc[linear["model"] == "brainsymphony", "view"]) == {"fmri", "sc", "fusion"}
+    assert (linear["n_train"] + linear["n_test"] == len(split["probe"])).all()
+
+    # fine-tuned encoders and supervised baselines: every task and fold, probe subjects only
+    for protocol, names in (("finetune", cfg["finetune"]["models"]),
+                            ("supervised", list(cfg["supervised"]["models"]))):
+        rows = table[(table["protocol"] == protocol) & (table["model"] != "connectome-fc")]
+        assert set(rows["model"]) == set(names), protocol
+        assert len(rows) == len(names) * len(cfg["tasks"]) * len(folds), protocol
+        assert (rows["n_train"] + rows["n_val"] + rows["n_test"] == len(split["probe"])).all()
+    # the swept task's supervised rows use each fold's choice from its own inner folds
+    for name, sweep in cfg["sweeps"]["models"].items():
+        for task in sweep["tasks"]:
+            chosen = json.loads((results / f"sweeps/tiny/{name}/{task}/seed0.json").read_text())
+            assert sorted(chosen["folds"]) == [str(f) for f in folds]
+            assert chosen["split_hash"] == load_splits(results / f"splits/tiny/{task}/seed0.json").sha256
+            assert (results / f"sweeps/tiny/{name}/{task}/seed0.journal").exists()
+    contrast = pd.read_parquet(results / "attention/tiny/brainsymphony/contrast.parquet")
+    assert {"map", "family", "feature", "q"} <= set(contrast.columns) and len(contrast)
     sex = probes[probes["task"] == "sex"]
     age = probes[probes["task"] == "age"]
     assert sex["auroc"].notna().all() and age["pearson_r"].notna().all()
@@ -71,7 +93,8 @@ def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
 
     report = tmp_path / "results/test/report/tiny"
     html = (report / "report.html").read_text()
-    assert "Leaderboard" in html and "connectome-fc" in html
+    assert "Leaderboard" in html and "connectome-fc" in html and "brainnetcnn" in html
+    assert "Attention contrast" in html
     figures = sorted((report / "figures").glob("*.png"))
     assert figures and all(p.stat().st_size > 1000 for p in figures)
     bundle = _run([*config, "--report", str(tmp_path / "report.zip")], tmp_path)
@@ -111,6 +134,12 @@ def test_default_config_plans_every_model_task_and_the_baseline(tmp_path):
     assert _job_count(text, "task_split") == n_tasks * n_seeds
     assert _job_count(text, "result_table") == 1
     assert _job_count(text, "report") == 1
+    assert _job_count(text, "supervised") == len(cfg["supervised"]["models"]) * n_tasks * n_seeds
+    assert _job_count(text, "finetune") == len(cfg["finetune"]["models"]) * n_tasks * n_seeds
+    assert _job_count(text, "attention") == len(cfg["attention"]["models"])
+    assert _job_count(text, "sweep") == sum(len(s.get("tasks", cfg["tasks"])) * n_seeds
+                                            for s in cfg["sweeps"]["models"].values())
+    assert _job_count(text, "tracking_experiment") == 1
 
 
 def test_pretrain_rule_declares_a_gpu_and_the_local_profile_serialises_it(tmp_path):
@@ -181,6 +210,10 @@ def test_bad_config_names_the_key_before_any_job(tmp_path):
     ("datasets:\n  x: {source: simulate}\nconnectome_features: [sc]\n",
      ["connectome_features"]),
     ("datasets:\n  x: {source: simulate}\npretrain: {fraction: 1.5}\n", ["fraction", "1.5"]),
+    ("datasets:\n  x: {source: simulate}\nfinetune: {models: [nope]}\n",
+     ["finetune.models", "nope"]),
+    ("datasets:\n  x: {source: simulate}\nsupervised: {training: {max_steps: 0}}\n",
+     ["max_steps", "0"]),
 ])
 def test_bad_evaluation_config_fails_before_any_job(tmp_path, body, words):
     bad = tmp_path / "bad.yaml"

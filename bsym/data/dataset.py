@@ -46,13 +46,16 @@ class WindowDataset(Dataset):
         Attach the subject's SC matrix.
     sc_transform : {"log1p", "none"}
         Transform of streamline counts.
-    cache_scans : int
-        Preprocessed scans kept in memory (only used when cleaning or resampling).
+    cache_mb : float
+        Memory for preprocessed scans kept between reads (only used when cleaning or
+        resampling; least recently used scans are dropped first). Shuffled training reads
+        every scan many times, so a cache smaller than the training set recomputes the
+        resampling on most reads.
     """
 
     def __init__(self, cohort, window, *, scans=None, stride=None, max_windows=None,
                  labels=(), target_tr=None, cleaning=None, scaler=None, with_sc=True,
-                 sc_transform="log1p", cache_scans=64):
+                 sc_transform="log1p", cache_mb=512):
         self.cohort = cohort
         self.window = int(window)
         self.stride = int(stride) if stride else self.window
@@ -63,7 +66,7 @@ class WindowDataset(Dataset):
         self.scaler = scaler
         self.with_sc = with_sc and "sc" in cohort.matrices
         self.sc_transform = sc_transform
-        self.cache_scans = cache_scans
+        self.cache_mb = cache_mb
         if self.window < 1 or self.stride < 1:
             raise ValueError(f"window and stride must be >= 1, got {window} and {stride}")
         if sc_transform not in SC_TRANSFORMS:
@@ -87,6 +90,7 @@ class WindowDataset(Dataset):
         self._check_tr()
         self.index = self._build_index()
         self._cache = OrderedDict()
+        self._cache_bytes = 0
 
     # -- construction -------------------------------------------------------------
     def _check_tr(self):
@@ -143,8 +147,9 @@ class WindowDataset(Dataset):
         if self.target_tr is not None:
             bold = resample_tr(bold, float(row["tr"]), self.tr)
         self._cache[scan] = bold
-        if len(self._cache) > self.cache_scans:
-            self._cache.popitem(last=False)
+        self._cache_bytes += bold.nbytes
+        while self._cache_bytes > self.cache_mb * 2**20 and len(self._cache) > 1:
+            self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
         return bold
 
     def iter_series(self):

@@ -204,7 +204,7 @@ def _finetune(args):
     cohort.require(labels=[args.task])
     splits = _splits(args, cohort, args.task)
     config = FineTuneConfig(**_training_fields(args), view=args.view,
-                            freeze_encoder=args.freeze_encoder)
+                            freeze_encoder=args.freeze_encoder, max_windows=args.max_windows)
     frame = fine_tune(args.checkpoint, cohort, splits, args.task, config=config,
                       folds=args.fold, task=args.task_type, model=args.model,
                       dataset=args.dataset, results=ResultTable(args.results),
@@ -382,6 +382,8 @@ def add_parser(subparsers):
     p.add_argument("--dataset", default=None)
     opt = _add_training_options(p)
     opt.add_argument("--freeze-encoder", action="store_true", help="train the head only")
+    opt.add_argument("--max-windows", type=int, default=None,
+                     help="windows per scan at most (default all)")
     _add_split_options(p)
     _add_tracking(p)
     p.set_defaults(func=_finetune)

@@ -43,10 +43,14 @@ class FineTuneConfig(TrainingConfig):
         Embedding view of a multi-view encoder (default: ``fusion`` or the only one).
     freeze_encoder : bool
         Train the head only (a linear probe trained by gradient descent).
+    max_windows : int, optional
+        At most this many of the checkpoint's windows per scan (evenly spread), in training,
+        validation and test alike (default all).
     """
 
     view: str | None = None
     freeze_encoder: bool = False
+    max_windows: int | None = None
 
 
 def subject_embedding(encoder, batch, view=None, *, with_name=False):
@@ -186,7 +190,7 @@ def fine_tune(checkpoint, cohort, splits, label, *, config=None, folds=None, tas
     config = config or FineTuneConfig()
     splits.check_cohort(cohort)
     ckpt = load_checkpoint(checkpoint)
-    settings = _checkpoint_settings(ckpt)
+    settings = {**_checkpoint_settings(ckpt), "max_windows": config.max_windows}
     state = (ckpt.get("extra") or {}).get("scaler")
     source = WindowSource(cohort, settings,
                           RobustScaler.from_state_dict(state) if state else None)

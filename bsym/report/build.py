@@ -444,8 +444,9 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
         Network-identification rows (``bsym netid``); default: those in ``results``.
     netid_figures : sequence of paths
         Confusion-matrix figures (``bsym netid --figure``) to embed.
-    attention : path, optional
-        ``contrast.csv``/``.parquet`` of ``bsym attention``, or its output folder; the
+    attention : path or sequence of paths, optional
+        ``contrast.csv``/``.parquet`` of ``bsym attention``, or its output folder (one per
+        model; a folder is labelled by its name); the
         network x network heatmaps are redrawn from its ``net_pair`` rows.
     title : str
     alpha, rope : float
@@ -632,25 +633,29 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
 
     # -- attention
     doc.section("Attention contrast")
-    if attention is None:
+    sources = [] if attention is None else \
+        [attention] if isinstance(attention, (str, Path)) else list(attention)
+    if not sources:
         note("No attention contrast given: section omitted.")
-    else:
-        attention = Path(attention)
-        folder = attention if attention.is_dir() else None
-        if folder is not None:
-            candidates = [folder / "contrast.parquet", folder / "contrast.csv"]
+    for source in map(Path, sources):
+        if source.is_dir():
+            candidates = [source / "contrast.parquet", source / "contrast.csv"]
             table_path = next((c for c in candidates if c.exists()), None)
+            label = source.name
         else:
-            table_path = attention
+            table_path, label = source, source.parent.name
         if table_path is None:
-            raise ReportError(f"{attention}: no contrast.parquet or contrast.csv (from `bsym attention`)")
+            raise ReportError(f"{source}: no contrast.parquet or contrast.csv (from `bsym attention`)")
         contrast = load_table(table_path)
         from bsym.report.figures import attention_heatmap
 
+        if len(sources) > 1:
+            doc.text(f"**{label}**")
         if "family" in contrast.columns and (contrast["family"] == "net_pair").any():
             for name in sorted(contrast.loc[contrast["family"] == "net_pair", "map"].astype(str).unique()):
-                path = figdir / f"attention_{_slug(name)}.png"
-                doc.figure(attention_heatmap(contrast, path, map_name=name))
+                stem = f"attention_{_slug(name)}" if len(sources) == 1 else \
+                    f"attention_{_slug(label)}_{_slug(name)}"
+                doc.figure(attention_heatmap(contrast, figdir / f"{stem}.png", map_name=name))
         hits = contrast[contrast["significant"].astype(bool)] if "significant" in contrast else contrast[:0]
         cols = [c for c in ("map", "family", "feature", "diff", "t", "effect_size", "q") if c in contrast]
         doc.text(f"{len(hits)} of {len(contrast)} attention summaries survive FDR.")

@@ -111,8 +111,9 @@ def add_parser(subparsers):
                    help="network-identification table (CSV/Parquet; default: rows in --results)")
     p.add_argument("--netid-figure", action="append", default=[],
                    help="confusion-matrix figure from `bsym netid --figure` (repeatable)")
-    p.add_argument("--attention", default=None,
-                   help="contrast.csv/.parquet of `bsym attention`, or its --out folder")
+    p.add_argument("--attention", action="append", default=[],
+                   help="contrast.csv/.parquet of `bsym attention`, or its --out folder "
+                   "(repeatable: one per model)")
     p.add_argument("--title", default="bsym benchmark report")
     p.add_argument("--alpha", type=float, default=0.05, help="Nemenyi level (default 0.05)")
     p.add_argument("--rope", type=float, default=0.01, help="ROPE half-width (default 0.01)")

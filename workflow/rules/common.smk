@@ -45,6 +45,11 @@ SPLITS = config.get("splits", {})
 SEEDS = list(SPLITS.get("seeds", [0]))
 PRETRAIN = config.get("pretrain", {})
 TRACKING = config.get("tracking", {})
+SUPERVISED = config.get("supervised", {})
+BASELINES = list(SUPERVISED.get("models", {}))
+FINETUNE = config.get("finetune", {})
+ATTENTION = config.get("attention", {})
+SWEEPS = config.get("sweeps", {})
 
 
 def tasks_of(dataset):
@@ -64,12 +69,23 @@ def model_config(wildcards):
     return config["models"][wildcards.model]
 
 
+def tracking_uri():
+    return TRACKING.get("uri") or f"sqlite:///{RESULTS}/mlflow.db"
+
+
+TRACKING_MARKER = f"{RESULTS}/tracking/experiment.json"
+
+
 def tracking_args(wildcards):
     """MLflow options of a tracked command: the configured URI, or none at all."""
     if not TRACKING.get("enabled", True):
         return "--no-tracking"
-    uri = TRACKING.get("uri") or f"sqlite:///{RESULTS}/mlflow.db"
-    return f"--tracking-uri {uri} --experiment {TRACKING.get('experiment', 'bsym')}"
+    return f"--tracking-uri {tracking_uri()} --experiment {TRACKING.get('experiment', 'bsym')}"
+
+
+def tracking_marker(wildcards):
+    """The experiment, created once before tracked jobs run in parallel (none if off)."""
+    return [TRACKING_MARKER] if TRACKING.get("enabled", True) else []
 
 
 def pretrain_args(wildcards):
@@ -85,7 +101,7 @@ def pretrain_args(wildcards):
         f"--device {PRETRAIN.get('device', 'auto')}",
         f"--checkpoint-every {PRETRAIN.get('checkpoint_every', 500)}",
     ]
-    window = model.get("window", PRETRAIN.get("window"))
+    window = model.get("window") or PRETRAIN.get("window")
     if window:
         args.append(f"--window {window}")
     if PRETRAIN.get("max_windows"):
@@ -94,7 +110,7 @@ def pretrain_args(wildcards):
     if target_tr:
         args.append(f"--target-tr {target_tr}")
     for key, value in model.get("args", {}).items():
-        args.append("--model-arg " + shlex.quote(f"{key}={json.dumps(value)}"))
+        args.append(f"--model-arg {shlex.quote(f'{key}={json.dumps(value)}')}")
     return " ".join(args)
 
 
@@ -123,6 +139,86 @@ def view_args(wildcards):
     return f"--view {view}" if view else ""
 
 
+def single_view_args(wildcards):
+    """The configured view, or the model's default one where every view is probed."""
+    view = model_config(wildcards).get("view")
+    return f"--view {view}" if view and view != "all" else ""
+
+
+def training_args(block):
+    """`bsym finetune|supervised` optimisation options from a config block's training."""
+    options = block.get("training", {})
+    names = (
+        "max_steps",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "warmup_steps",
+        "eval_every",
+        "patience",
+        "device",
+    )
+    args = [f"--{n.replace('_', '-')} {options[n]}" for n in names if n in options]
+    if "seed" in options:
+        args.append(f"--train-seed {options['seed']}")
+    return " ".join(args)
+
+
+def subject_tasks(dataset):
+    """Tasks with one value per subject (what fine-tuning and supervised training predict)."""
+    return [t for t in tasks_of(dataset) if config["tasks"][t].get("level") != "scan"]
+
+
+def swept_tasks(baseline, dataset):
+    """Tasks whose hyper-parameters a sweep chooses for this baseline (none if not swept)."""
+    sweep = SWEEPS.get("models", {}).get(baseline)
+    if sweep is None:
+        return []
+    return [
+        t
+        for t in subject_tasks(dataset)
+        if t in sweep.get("tasks", subject_tasks(dataset))
+    ]
+
+
+def sweep_result(wildcards):
+    """The per-fold best hyper-parameters the supervised job reads, if its task is swept."""
+    if wildcards.task not in swept_tasks(wildcards.baseline, wildcards.dataset):
+        return []
+    w = wildcards
+    return [f"{RESULTS}/sweeps/{w.dataset}/{w.baseline}/{w.task}/seed{w.seed}.json"]
+
+
+def baseline_args(wildcards):
+    """Model and window options of a supervised baseline (`bsym supervised|sweep`)."""
+    baseline = SUPERVISED["models"][wildcards.baseline]
+    args = [
+        f"--preset {baseline.get('preset', 'tiny')}",
+        f"--window {SUPERVISED.get('window', 200)}",
+        training_args(SUPERVISED),
+    ]
+    if SUPERVISED.get("max_windows"):
+        args.append(f"--max-windows {SUPERVISED['max_windows']}")
+    target_tr = dataset_config(wildcards).get("target_tr")
+    if target_tr:
+        args.append(f"--target-tr {target_tr}")
+    for key, value in baseline.get("args", {}).items():
+        args.append(f"--model-arg {shlex.quote(f'{key}={json.dumps(value)}')}")
+    return " ".join(args)
+
+
+def sweep_args(wildcards):
+    """`bsym sweep` search options: budget, seeds, pruning and the space (inline JSON)."""
+    space = SWEEPS["models"][wildcards.baseline]["space"]
+    return (
+        f"--trials {SWEEPS.get('trials', 20)} --sampler-seed {SWEEPS.get('sampler_seed', 0)}"
+        f" --startup-trials {SWEEPS.get('startup_trials', 10)}"
+        f" --pruner-startup-trials {SWEEPS.get('pruner_startup_trials', 5)}"
+        f" --pruner-warmup-steps {SWEEPS.get('pruner_warmup_steps', 0)}"
+        f" --space {shlex.quote(json.dumps(space, sort_keys=True))}"
+    )
+
+
 def result_tables(wildcards):
     """Every per-job table merged into a dataset's result table."""
     dataset = wildcards.dataset
@@ -140,7 +236,32 @@ def result_tables(wildcards):
         dataset=dataset,
         model=SSL_MODELS,
     )
-    return probes + netid
+    supervised = expand(
+        "{results}/supervised/{dataset}/{model}/{task}/seed{seed}.parquet",
+        results=RESULTS,
+        dataset=dataset,
+        model=BASELINES,
+        task=subject_tasks(dataset),
+        seed=SEEDS,
+    )
+    finetuned = expand(
+        "{results}/finetune/{dataset}/{model}/{task}/seed{seed}.parquet",
+        results=RESULTS,
+        dataset=dataset,
+        model=FINETUNE.get("models", []),
+        task=subject_tasks(dataset),
+        seed=SEEDS,
+    )
+    return [*probes, *netid, *supervised, *finetuned]
+
+
+def attention_outputs(wildcards):
+    return expand(
+        "{results}/attention/{dataset}/{model}",
+        results=RESULTS,
+        dataset=wildcards.dataset,
+        model=ATTENTION.get("models", []),
+    )
 
 
 def alternatives(names):
@@ -158,4 +279,30 @@ def _check_task_datasets():
             )
 
 
+def _check_model_lists():
+    for block in ("finetune", "attention"):
+        unknown = sorted(set(config.get(block, {}).get("models", [])) - set(SSL_MODELS))
+        if unknown:
+            raise ValueError(
+                f"config: {block}.models names {unknown}, which are not pretrained; "
+                f"the self-supervised models (keys of models) are {sorted(SSL_MODELS)}"
+            )
+    unknown = sorted(set(SWEEPS.get("models", {})) - set(BASELINES))
+    if unknown:
+        raise ValueError(
+            f"config: sweeps.models names {unknown}; sweeps tune supervised baselines, "
+            f"which are {sorted(BASELINES)} (keys of supervised.models)"
+        )
+    for name, sweep in SWEEPS.get("models", {}).items():
+        unknown = sorted(set(sweep.get("tasks", [])) - set(config.get("tasks", {})))
+        if unknown:
+            raise ValueError(
+                f"config: sweeps.models.{name}.tasks names unknown task(s) {unknown}"
+            )
+    clash = sorted(set(BASELINES) & set(SSL_MODELS))
+    if clash:
+        raise ValueError(f"config: {clash} are both in models and supervised.models")
+
+
 _check_task_datasets()
+_check_model_lists()

@@ -1,12 +1,14 @@
 # Evaluation: embeddings of every scan, task split files, linear probes (and the connectome
-# baseline) per model x task x split seed, network identification per model, and one
-# long result table per dataset merged from the per-job tables.
+# baseline) per model x task x split seed, fine-tuning of pretrained encoders, supervised
+# baselines trained per fold, network identification and attention contrasts per model,
+# and one long result table per dataset merged from the per-job tables.
 
 
 wildcard_constraints:
     task=alternatives(list(config.get("tasks", {}))),
     features=alternatives(FEATURES),
     seed=r"\d+",
+    baseline=alternatives(BASELINES),
 
 
 rule embed:
@@ -64,6 +66,7 @@ rule probe_embeddings:
         store=f"{RESULTS}/data/{{dataset}}",
         embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}.npz",
         splits=f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
+        tracking=tracking_marker,
     output:
         f"{RESULTS}/probe/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.parquet",
     log:
@@ -92,6 +95,7 @@ rule probe_connectome:
     input:
         store=f"{RESULTS}/data/{{dataset}}",
         splits=f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
+        tracking=tracking_marker,
     output:
         f"{RESULTS}/probe/{{dataset}}/connectome-{{features}}/{{task}}/seed{{seed}}.parquet",
     log:
@@ -114,10 +118,112 @@ rule probe_connectome:
         " --splits {input.splits} --results {output} {params.tracking} --quiet > {log} 2>&1"
 
 
+rule finetune:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        run=f"{RESULTS}/pretrain/{{dataset}}/{{model}}",
+        splits=f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
+        tracking=tracking_marker,
+    output:
+        f"{RESULTS}/finetune/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.parquet",
+    log:
+        f"{RESULTS}/logs/finetune/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/finetune/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        bsym=BSYM,
+        task=lambda wildcards: f"--task {task_config(wildcards).get('label', wildcards.task)}"
+        f" --task-type {task_config(wildcards)['type']}",
+        view=single_view_args,
+        training=lambda wildcards: training_args(FINETUNE),
+        freeze="--freeze-encoder" if FINETUNE.get("freeze_encoder") else "",
+        windows=(
+            f"--max-windows {FINETUNE['max_windows']}"
+            if FINETUNE.get("max_windows")
+            else ""
+        ),
+        tracking=tracking_args,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.bsym} finetune --checkpoint {input.run}/final.pt"
+        " --data {input.store} {params.task} {params.view} {params.training} {params.freeze}"
+        " {params.windows}"
+        " --model {wildcards.model} --dataset {wildcards.dataset} --splits {input.splits}"
+        " --results {output} {params.tracking} --quiet > {log} 2>&1"
+
+
+rule supervised:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        splits=f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
+        sweep=sweep_result,
+        tracking=tracking_marker,
+    output:
+        f"{RESULTS}/supervised/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.parquet",
+    log:
+        f"{RESULTS}/logs/supervised/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/supervised/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        bsym=BSYM,
+        task=lambda wildcards: f"--task {task_config(wildcards).get('label', wildcards.task)}"
+        f" --task-type {task_config(wildcards)['type']}",
+        args=baseline_args,
+        swept=lambda wildcards, input: " ".join(f"--params {p}" for p in input.sweep),
+        tracking=tracking_args,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.bsym} supervised --model {wildcards.baseline}"
+        " --data {input.store} {params.task} {params.args} {params.swept}"
+        " --dataset {wildcards.dataset} --splits {input.splits} --results {output}"
+        " {params.tracking} --quiet > {log} 2>&1"
+
+
+rule attention:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        run=f"{RESULTS}/pretrain/{{dataset}}/{{model}}",
+    output:
+        directory(f"{RESULTS}/attention/{{dataset}}/{{model}}"),
+    log:
+        f"{RESULTS}/logs/attention/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/attention/{{dataset}}/{{model}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        bsym=BSYM,
+        factor=ATTENTION.get("factor", "condition"),
+        levels=",".join(ATTENTION.get("levels", ["pre", "post"])),
+        permutations=ATTENTION.get("permutations", 2000),
+        alpha=ATTENTION.get("alpha", 0.05),
+        device=config.get("embed", {}).get("device", "cpu"),
+    shell:
+        "OMP_NUM_THREADS={threads} {params.bsym} attention --checkpoint {input.run}/final.pt"
+        " --data {input.store} --out {output} --factor {params.factor}"
+        " --levels {params.levels} --permutations {params.permutations}"
+        " --alpha {params.alpha} --device {params.device} --quiet > {log} 2>&1"
+
+
 rule netid:
     input:
         store=f"{RESULTS}/data/{{dataset}}",
         embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}.npz",
+        tracking=tracking_marker,
     output:
         table=f"{RESULTS}/netid/{{dataset}}/{{model}}.parquet",
         figure=f"{RESULTS}/netid/{{dataset}}/{{model}}.png",
@@ -133,7 +239,7 @@ rule netid:
         runtime=20,
     params:
         bsym=BSYM,
-        view=view_args,
+        view=single_view_args,
         seed=config.get("netid", {}).get("seed", 0),
         neighbors=config.get("netid", {}).get("neighbors", 5),
         tracking=tracking_args,

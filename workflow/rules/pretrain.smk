@@ -38,6 +38,7 @@ rule pretrain:
     input:
         store=f"{RESULTS}/data/{{dataset}}",
         subjects=f"{RESULTS}/splits/{{dataset}}/pretrain_subjects.txt",
+        tracking=tracking_marker,
     output:
         directory(f"{RESULTS}/pretrain/{{dataset}}/{{model}}"),
     log:

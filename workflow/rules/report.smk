@@ -8,6 +8,7 @@ rule report:
         netid=lambda wildcards: expand(
             f"{RESULTS}/netid/{wildcards.dataset}/{{model}}.png", model=SSL_MODELS
         ),
+        attention=attention_outputs,
     output:
         html=report(
             f"{RESULTS}/report/{{dataset}}/report.html",
@@ -35,7 +36,10 @@ rule report:
         bsym=BSYM,
         out=lambda wildcards, output: os.path.dirname(output.html),
         figures=lambda wildcards, input: " ".join(
-            f"--netid-figure {path}" for path in input.netid
+            [
+                *(f"--netid-figure {path}" for path in input.netid),
+                *(f"--attention {path}" for path in input.attention),
+            ]
         ),
     shell:
         "{params.bsym} report --results {input.table} --out {params.out} {params.figures}"

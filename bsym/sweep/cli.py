@@ -1,0 +1,141 @@
+"""``bsym sweep``: nested hyper-parameter search for a supervised baseline, one study per
+outer fold on that fold's inner folds only.
+
+Importing this module imports neither torch, Optuna nor MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bsym.errors import UsageError
+
+
+def _space(text):
+    """A search space from inline JSON or a JSON/YAML file."""
+    path = Path(text)
+    if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
+        if not path.exists():
+            raise UsageError(f"--space {text}: no such file")
+        import yaml
+
+        return yaml.safe_load(path.read_text())
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--space: expected a JSON object or a JSON/YAML file, received "
+                         f"{text!r} ({err})") from None
+
+
+def study_name(dataset, model, task, seed, fold):
+    return f"{dataset}-{model}-{task}-seed{seed}-fold{fold}"
+
+
+def sweep_folds(args):
+    """Run (or resume) one study per chosen outer fold; returns the result document."""
+    from bsym.data import open_cohort
+    from bsym.evaluate.cli import _splits, _tracker, _training_fields
+    from bsym.evaluate.foldtrain import TrainingConfig
+    from bsym.evaluate.supervised import split_params, supervised_objective
+    from bsym.sweep import SweepError, parse_space, run_sweep
+
+    space_spec = _space(args.space)
+    space = parse_space(space_spec)
+    for name in space.names:
+        split_params({name: None})  # every name is a training field or model.<argument>
+    cohort = open_cohort(args.data)
+    cohort.require(labels=[args.task])
+    splits = _splits(args, cohort, args.task)
+    dataset = args.dataset or cohort.path.name
+    config = TrainingConfig(**_training_fields(args))
+    tracker = _tracker(args)
+    folds = range(len(splits)) if args.fold is None else args.fold
+    storage = Path(args.storage)
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    for index in folds:
+        objective = supervised_objective(args.model, cohort, splits, args.task, index,
+                                         preset=args.preset, model_args=dict(args.model_arg),
+                                         config=config, window=args.window,
+                                         target_tr=args.target_tr,
+                                         max_windows=args.max_windows, task=args.task_type)
+        name = study_name(dataset, args.model, args.task, splits.seed, index)
+        result = run_sweep(objective, space_spec, storage=str(storage), study_name=name,
+                           n_trials=args.trials, seed=args.sampler_seed,
+                           pruner_startup_trials=args.pruner_startup_trials,
+                           pruner_warmup_steps=args.pruner_warmup_steps,
+                           n_startup_trials=args.startup_trials, tracker=tracker,
+                           tags={"model": args.model, "dataset": dataset, "task": args.task,
+                                 "protocol": "sweep", "seed": str(splits.seed),
+                                 "fold": str(index), "split_hash": splits.sha256},
+                           progress=not args.quiet)
+        if result.n_finished < args.trials or result.best_params is None:
+            raise SweepError(f"study {name}: {result.n_finished} of {args.trials} trials "
+                             f"finished ({result.n_running} still running elsewhere, "
+                             f"{result.n_failed} failed); run the sweep again to finish it")
+        done[str(index)] = {"params": result.best_params, "value": result.best_value,
+                            "best_trial": result.best_trial, "study": name,
+                            "n_complete": result.n_complete, "n_pruned": result.n_pruned,
+                            "n_failed": result.n_failed}
+        if not args.quiet:
+            print(f"fold {index}: best inner validation loss {result.best_value:.4f} with "
+                  f"{result.best_params} ({result.n_complete} complete, {result.n_pruned} "
+                  "pruned)")
+    return {"model": args.model, "preset": args.preset, "dataset": dataset, "task": args.task,
+            "space": space.to_dict(), "trials": args.trials, "sampler_seed": args.sampler_seed,
+            "objective": "mean best validation loss over the outer fold's inner folds",
+            "split_hash": splits.sha256, "storage": str(storage), "folds": done}
+
+
+def _sweep(args):
+    from bsym.sweep import write_summary
+
+    document = sweep_folds(args)
+    write_summary(document, args.out)
+    print(f"sweep of {args.model} on {args.task}: {len(document['folds'])} fold studies in "
+          f"{args.storage}; best parameters per fold in {args.out} (`bsym supervised "
+          "--params`)")
+
+
+def add_parser(subparsers):
+    from bsym.evaluate.cli import (
+        _add_baseline_options,
+        _add_split_options,
+        _add_tracking,
+        _add_training_options,
+    )
+
+    p = subparsers.add_parser(
+        "sweep", help="nested Optuna search of a supervised baseline's hyper-parameters",
+        description="One Optuna study per outer fold, scored by the mean best validation loss "
+        "over that fold's inner folds (its test subjects are never read): seeded TPE sampler, "
+        "median pruning after each inner fold, journal-file storage shared by parallel "
+        "workers, resumable after a kill; every trial is an MLflow run nested under its "
+        "study's run. Writes each fold's best parameters for `bsym supervised --params`.")
+    _add_baseline_options(p)
+    p.add_argument("--data", required=True, help="cohort store directory")
+    p.add_argument("--task", required=True, help="label column to predict")
+    p.add_argument("--task-type", choices=("classification", "regression"), default=None)
+    p.add_argument("--dataset", default=None)
+    s = p.add_argument_group("search")
+    s.add_argument("--space", required=True,
+                   help="search space: inline JSON or a JSON/YAML file, e.g. "
+                   '\'{"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": true}, '
+                   '"model.dropout": {"type": "float", "low": 0, "high": 0.5}}\'')
+    s.add_argument("--trials", type=int, default=20, help="finished trials per fold study")
+    s.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed")
+    s.add_argument("--startup-trials", type=int, default=10,
+                   help="random trials before TPE models the space")
+    s.add_argument("--pruner-startup-trials", type=int, default=5,
+                   help="trials before the median pruner may prune")
+    s.add_argument("--pruner-warmup-steps", type=int, default=0,
+                   help="inner folds before a trial may be pruned")
+    s.add_argument("--storage", required=True,
+                   help="Optuna journal file (or an SQLAlchemy URL) shared by workers")
+    s.add_argument("--out", required=True, help="best parameters per fold (JSON)")
+    _add_training_options(p)
+    _add_split_options(p)
+    _add_tracking(p, results=False)
+    p.set_defaults(func=_sweep)
+    return p
