@@ -49,6 +49,13 @@ def _add_split_options(parser):
                    help="run only these fold indices (default all)")
 
 
+
+def _add_pretrained_subjects_option(parser):
+    parser.add_argument("--allow-pretrained-subjects", action="store_true",
+                        help="evaluate subjects the encoder was pretrained on (refused by "
+                        "default: the split should come with --pretrain-split)")
+
+
 def _add_tracking(parser, results=True):
     g = parser.add_argument_group("output")
     if results:
@@ -188,7 +195,9 @@ def _probe(args):
                              task=args.task_type, config=ProbeConfig(level=args.level),
                              folds=args.fold, model=args.model, dataset=args.dataset,
                              protocol=protocol, results=ResultTable(args.results),
-                             tracker=tracker, force=args.force, progress=not args.quiet)
+                             tracker=tracker, force=args.force,
+                             allow_pretrained_subjects=args.allow_pretrained_subjects,
+                             progress=not args.quiet)
         print(f"{protocol} {frame['model'].iloc[0]} ({frame['view'].iloc[0]}) on "
               f"{args.task}, split {splits.sha256[:12]}; rows in {args.results}")
         print(_summary(frame, CLASSIFICATION_METRICS + REGRESSION_METRICS))
@@ -208,7 +217,9 @@ def _finetune(args):
     frame = fine_tune(args.checkpoint, cohort, splits, args.task, config=config,
                       folds=args.fold, task=args.task_type, model=args.model,
                       dataset=args.dataset, results=ResultTable(args.results),
-                      tracker=_tracker(args), force=args.force, progress=not args.quiet)
+                      tracker=_tracker(args), force=args.force,
+                      allow_pretrained_subjects=args.allow_pretrained_subjects,
+                      progress=not args.quiet)
     print(f"finetune {frame['model'].iloc[0]} on {args.task}, split {splits.sha256[:12]}; rows "
           f"in {args.results}")
     print(_summary(frame, CLASSIFICATION_METRICS + REGRESSION_METRICS))
@@ -366,6 +377,7 @@ def add_parser(subparsers):
     p.add_argument("--dataset", default=None, help="dataset name (default the store's folder)")
     _add_split_options(p)
     _add_tracking(p)
+    _add_pretrained_subjects_option(p)
     p.set_defaults(func=_probe)
 
     p = subparsers.add_parser(
@@ -386,6 +398,7 @@ def add_parser(subparsers):
                      help="windows per scan at most (default all)")
     _add_split_options(p)
     _add_tracking(p)
+    _add_pretrained_subjects_option(p)
     p.set_defaults(func=_finetune)
 
     p = subparsers.add_parser(

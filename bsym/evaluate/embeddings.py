@@ -414,7 +414,9 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
     meta = {"checkpoint_sha256": sha, "checkpoint": str(checkpoint.resolve()),
             "model": model_name, "preset": identity.get("preset"),
             "model_config": identity.get("config"), "features": None,
-            "trained_on": (ckpt.get("data") or {}).get("manifest_hash"), "cached": False}
+            "trained_on": (ckpt.get("data") or {}).get("manifest_hash"),
+            "pretrain_subjects": (ckpt.get("extra") or {}).get("train_subjects"),
+            "cached": False}
     out_set = compute_embeddings(
         model, cohort, window=settings["window"], stride=stride, scaler=scaler,
         target_tr=settings["target_tr"], cleaning=SignalCleaning(**settings["cleaning"]),

@@ -26,7 +26,7 @@ from bsym.evaluate.foldtrain import (
     train_test_folds,
 )
 from bsym.evaluate.results import config_hash, log_evaluation, provenance
-from bsym.evaluate.splits import infer_task
+from bsym.evaluate.splits import check_not_pretrained_on, infer_task
 from bsym.io import file_sha256
 from bsym.models.base import BrainModel, Embeddings
 
@@ -157,7 +157,7 @@ def embedding_width(encoder, dataset, view=None):
 
 def fine_tune(checkpoint, cohort, splits, label, *, config=None, folds=None, task=None,
               model=None, dataset=None, results=None, tracker=None, force=False,
-              progress=True) -> pd.DataFrame:
+              allow_pretrained_subjects=False, progress=True) -> pd.DataFrame:
     """Fine-tune a pretrained checkpoint on every (chosen) fold of a split file.
 
     Parameters
@@ -177,6 +177,8 @@ def fine_tune(checkpoint, cohort, splits, label, *, config=None, folds=None, tas
         ``force``.
     tracker : Tracker, optional
     force, progress : bool
+    allow_pretrained_subjects : bool
+        Fine-tune and test on subjects the encoder was pretrained on (refused by default).
 
     Returns
     -------
@@ -190,6 +192,10 @@ def fine_tune(checkpoint, cohort, splits, label, *, config=None, folds=None, tas
     config = config or FineTuneConfig()
     splits.check_cohort(cohort)
     ckpt = load_checkpoint(checkpoint)
+    if not allow_pretrained_subjects:
+        check_not_pretrained_on((ckpt.get("extra") or {}).get("train_subjects"),
+                                (ckpt.get("data") or {}).get("manifest_hash"), cohort,
+                                splits.subjects, f"fine-tuning of {checkpoint}")
     settings = {**_checkpoint_settings(ckpt), "max_windows": config.max_windows}
     state = (ckpt.get("extra") or {}).get("scaler")
     source = WindowSource(cohort, settings,

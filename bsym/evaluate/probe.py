@@ -28,7 +28,7 @@ import pandas as pd
 
 from bsym.evaluate import EvaluationError
 from bsym.evaluate.results import config_hash, log_evaluation, provenance
-from bsym.evaluate.splits import infer_task
+from bsym.evaluate.splits import check_not_pretrained_on, infer_task
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "balanced_accuracy", "auroc")
 REGRESSION_METRICS = ("mse", "pearson_r", "mae", "r2")
@@ -281,7 +281,8 @@ def fold_rows(units, fold):
 
 def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, config=None,
                  folds=None, model=None, dataset=None, protocol="linear_probe", results=None,
-                 tracker=None, force=False, shuffle_labels=None, progress=True) -> pd.DataFrame:
+                 tracker=None, force=False, shuffle_labels=None, allow_pretrained_subjects=False,
+                 progress=True) -> pd.DataFrame:
     """Linear probe of ``label`` on every fold of a split file.
 
     Parameters
@@ -312,6 +313,8 @@ def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, con
     shuffle_labels : int, optional
         Permute the labels across subjects with this seed (a null check); the task is
         named ``"{label}~shuffled{seed}"``.
+    allow_pretrained_subjects : bool
+        Probe subjects the encoder was pretrained on (refused by default).
     progress : bool
 
     Returns
@@ -325,6 +328,10 @@ def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, con
     cohort.require(labels=[label])
     embeddings.check_cohort(cohort)
     splits.check_cohort(cohort)
+    if not allow_pretrained_subjects:
+        check_not_pretrained_on(embeddings.meta.get("pretrain_subjects"),
+                                embeddings.meta.get("trained_on"), cohort, splits.subjects,
+                                f"probe of {embeddings.meta.get('model')}")
     view = embeddings.view_name(view)
     task = task or infer_task(cohort.subjects[label])
     x, values, units = probe_data(embeddings, cohort, label, splits.subjects, view=view,

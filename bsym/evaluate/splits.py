@@ -563,3 +563,31 @@ def load_splits(path) -> Splits:
             raise SplitError(f"{path}: fold {fold.name} has subjects on both sides "
                              f"({', '.join(sorted(shared)[:3])})")
     return splits
+
+
+def check_not_pretrained_on(pretrained, trained_on, cohort, subjects, where):
+    """Refuse to evaluate subjects a self-supervised encoder was pretrained on.
+
+    Parameters
+    ----------
+    pretrained : sequence of str or None
+        Subjects of the pretraining run (recorded in the checkpoint); None skips the check.
+    trained_on : str or None
+        Manifest hash of the store it was pretrained on: subject ids are compared only
+        within that same store.
+    cohort : Cohort
+    subjects : sequence of str
+        Subjects to be evaluated.
+    where : str
+        What is being evaluated, for the message.
+    """
+    if pretrained is None or trained_on != cohort.manifest_hash:
+        return
+    overlap = sorted(set(map(str, pretrained)) & set(map(str, subjects)))
+    if overlap:
+        raise EvaluationError(
+            f"{where}: {len(overlap)} of the {len(set(subjects))} evaluated subjects were in the "
+            f"encoder's pretraining cohort ({', '.join(overlap[:3])}{', ...' if len(overlap) > 3 else ''}); "
+            "expected held-out subjects. Make the split with the pretraining-cohort file "
+            "(`bsym splits --pretrain-split`), or pass allow_pretrained_subjects / "
+            "--allow-pretrained-subjects to evaluate them knowingly")

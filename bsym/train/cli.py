@@ -206,6 +206,7 @@ def _pretrain(args):
         tracker = Tracker(args.tracking_uri or DEFAULT_URI, args.experiment)
     extra = {"scaler": scaler.state_dict(), "data_path": str(Path(args.data).resolve()),
              "subjects_file": args.subjects_file, "val_subjects_file": args.val_subjects_file,
+             "train_subjects": sorted(train_set.table["subject"].astype(str).unique()),
              "n_train_scans": len(train_set.table),
              "n_val_scans": len(val_set.table) if val_set is not None else 0}
     try:
