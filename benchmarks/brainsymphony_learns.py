@@ -11,6 +11,12 @@ and scores the reconstruction of the hidden entries against
 - **linear interpolation over time**: each ROI's hidden time points from its
   visible neighbours (the per-ROI mean where the whole ROI is hidden).
 
+Two reconstructions of the model are scored: **model**, the Perceiver's (the fMRI
+embeddings' own decoder, every mask at once), and **streams**, each encoder-stage head on
+the mask it was pretrained for (the spatial stream's head where a whole ROI is hidden, the
+temporal stream's where a time point is hidden, the context decoder for single cells), all
+given the same input with every hidden entry zeroed.
+
 Scores (R^2 over the hidden entries, Pearson r, MSE) are reported overall and by
 why an entry was hidden (its ROI, its time point, or only the cell).
 Writes results/benchmarks/brainsymphony_learns_<preset>[_d<dim>].json.
@@ -45,6 +51,21 @@ def _interpolate(x, hidden):
         else:
             out[r, ~seen] = np.interp(t[~seen], t[seen], x[r, seen])
     return out
+
+
+def _stream_heads(model, x, masks):
+    """Each encoder-stage head on its own mask, from the input with every hidden entry zeroed."""
+    from bsym.models.masking import apply_mask
+
+    union = masks["union"]
+    visible = apply_mask(x, union)
+    spatial = model.spatial.head(model.spatial(visible, masks["roi"])[0])
+    temporal = model.temporal.head(model.temporal(visible, masks["time"])[0]).transpose(1, 2)
+    context = torch.zeros_like(x)
+    context[union] = model.context.reconstruct(visible, union)
+    roi = masks["roi"][:, :, None].expand_as(x)
+    time = masks["time"][:, None, :].expand_as(x)
+    return torch.where(roi, spatial, torch.where(time, temporal, context))
 
 
 def _roi_mean(x, hidden):
@@ -115,7 +136,8 @@ def main(argv=None):
 
     model.eval()
     generator = torch.Generator().manual_seed(12345)
-    buckets = {name: {"truth": [], "model": [], "roi_mean": [], "interp": []}
+    methods = ("model", "streams", "roi_mean", "interp")
+    buckets = {name: {"truth": [], **{m: [] for m in methods}}
                for name in ("all", "roi", "time", "cell_only")}
     with torch.no_grad():
         for i in range(len(test_set)):
@@ -124,11 +146,12 @@ def main(argv=None):
             batch = {"bold": x, "sc": item["sc"][None]}
             masks = fmri_masks(1, args.rois, args.window, model.mask_ratio, generator)
             recon = model.reconstruct_fmri(batch, masks)[0].numpy()
+            streams = _stream_heads(model, x, masks)[0].numpy()
             truth = x[0].numpy()
             hidden = masks["union"][0].numpy()
             roi = np.broadcast_to(masks["roi"][0].numpy()[:, None], hidden.shape)
             tim = np.broadcast_to(masks["time"][0].numpy()[None, :], hidden.shape)
-            preds = {"model": recon, "roi_mean": _roi_mean(truth, hidden),
+            preds = {"model": recon, "streams": streams, "roi_mean": _roi_mean(truth, hidden),
                      "interp": _interpolate(truth, hidden)}
             for name, where in (("all", hidden), ("roi", roi), ("time", tim & ~roi),
                                 ("cell_only", hidden & ~roi & ~tim)):
@@ -138,8 +161,7 @@ def main(argv=None):
     scores = {}
     for name, parts in buckets.items():
         truth = np.concatenate(parts["truth"])
-        scores[name] = {key: _scores(truth, np.concatenate(parts[key]))
-                        for key in ("model", "roi_mean", "interp")}
+        scores[name] = {key: _scores(truth, np.concatenate(parts[key])) for key in methods}
 
     report = {
         "benchmark": "brainsymphony_learns",
