@@ -1,10 +1,12 @@
-"""Small file helpers shared by every layer: content hashes and durable renames."""
+"""Small file helpers shared by every layer: content hashes, durable renames, file locks."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from pathlib import Path
 
 
 def file_sha256(path, chunk=1 << 20) -> str:
@@ -34,3 +36,22 @@ def fsync_dir(path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """An exclusive advisory lock on the file ``path`` (created with its folder), held for
+    the ``with`` block; a no-op where ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -77,6 +77,14 @@ def _add_embedding_source(parser):
                      help="connectome features instead of a model (the classical baseline)")
 
 
+def _add_task_options(parser):
+    parser.add_argument("--data", required=True, help="cohort store directory")
+    parser.add_argument("--task", required=True, help="label column to predict")
+    parser.add_argument("--task-type", choices=("classification", "regression"), default=None)
+    parser.add_argument("--dataset", default=None, help="dataset name in the rows (default: "
+                        "the store's folder name)")
+
+
 def _add_training_options(parser):
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--max-steps", type=int, default=500)
@@ -409,10 +417,7 @@ def add_parser(subparsers):
         "(protocol supervised). --params takes per-fold hyper-parameters chosen by "
         "`bsym sweep` on inner folds.")
     _add_baseline_options(p)
-    p.add_argument("--data", required=True, help="cohort store directory")
-    p.add_argument("--task", required=True, help="label column to predict")
-    p.add_argument("--task-type", choices=("classification", "regression"), default=None)
-    p.add_argument("--dataset", default=None)
+    _add_task_options(p)
     p.add_argument("--params", default=None,
                    help="per-fold hyper-parameters (a `bsym sweep` result file)")
     _add_training_options(p)

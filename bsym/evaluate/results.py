@@ -21,7 +21,6 @@ git_sha, config_hash, manifest_hash, split_hash
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import functools
 import math
@@ -35,7 +34,7 @@ import pandas as pd
 
 from bsym import __version__
 from bsym.evaluate import EvaluationError
-from bsym.io import json_sha256
+from bsym.io import file_lock, json_sha256
 
 KEY_COLUMNS = ("model", "view", "dataset", "task", "protocol", "seed", "fold")
 #: Provenance that must match for a stored row to count as done.
@@ -64,23 +63,6 @@ def provenance() -> dict:
     """Columns every row carries besides its key and metrics."""
     return {"git_sha": git_sha(), "bsym_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-
-
-@contextlib.contextmanager
-def _locked(path):
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: last writer wins
-        yield
-        return
-    lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _key(row) -> tuple:
@@ -147,7 +129,7 @@ class ResultTable:
                 raise EvaluationError(f"result row lacks key column(s) {missing}; expected "
                                       f"{list(KEY_COLUMNS)}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self.path):
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
             old = self.read()
             new = pd.DataFrame(rows)
             if not old.empty:

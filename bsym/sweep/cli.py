@@ -102,6 +102,7 @@ def add_parser(subparsers):
     from bsym.evaluate.cli import (
         _add_baseline_options,
         _add_split_options,
+        _add_task_options,
         _add_tracking,
         _add_training_options,
     )
@@ -114,10 +115,7 @@ def add_parser(subparsers):
         "workers, resumable after a kill; every trial is an MLflow run nested under its "
         "study's run. Writes each fold's best parameters for `bsym supervised --params`.")
     _add_baseline_options(p)
-    p.add_argument("--data", required=True, help="cohort store directory")
-    p.add_argument("--task", required=True, help="label column to predict")
-    p.add_argument("--task-type", choices=("classification", "regression"), default=None)
-    p.add_argument("--dataset", default=None)
+    _add_task_options(p)
     s = p.add_argument_group("search")
     s.add_argument("--space", required=True,
                    help="search space: inline JSON or a JSON/YAML file, e.g. "

@@ -19,6 +19,7 @@ import optuna
 from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
+from bsym.io import file_lock
 from bsym.sweep.errors import SweepError
 
 LOCK_SUFFIX = ".bsym-lock"
@@ -106,17 +107,8 @@ def sweep_lock(path):
     if path is None:
         yield
         return
-    try:
-        import fcntl
-    except ImportError:
+    with file_lock(path):
         yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def check_study_attr(study, key, value, what):

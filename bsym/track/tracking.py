@@ -14,6 +14,8 @@ import random
 import time
 from pathlib import Path
 
+from bsym.io import file_lock
+
 DEFAULT_URI = "sqlite:///results/mlflow.db"
 DEFAULT_EXPERIMENT = "bsym"
 
@@ -69,23 +71,6 @@ def _retry(fn, *args, tries=10, **kwargs):
                 raise
             time.sleep(min(2.0, 0.05 * 2 ** attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _file_lock(path):
-    """An exclusive advisory lock on ``path`` (no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: rely on the retry and the already-exists check
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Tracker:
@@ -149,7 +134,7 @@ class Tracker:
         db = _sqlite_path(self.uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
-            lock = _file_lock(db.with_name(db.name + ".lock"))
+            lock = file_lock(db.with_name(db.name + ".lock"))
         else:
             lock = contextlib.nullcontext()
         with lock:  # the first process creates the tables; the others wait for it
