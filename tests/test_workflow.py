@@ -227,3 +227,33 @@ def test_bad_evaluation_config_fails_before_any_job(tmp_path, body, words):
     text = proc.stdout + proc.stderr
     assert all(w in text for w in words), text[-2000:]
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_run_finishes_with_rerun_incomplete(tmp_path):
+    import os
+    import signal
+    import time
+
+    config = ["--configfile", str(ROOT / "workflow/config/test.yaml")]
+    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "2", *config], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    # kill Snakemake and its jobs while pretraining runs
+    running = tmp_path / "results/test/logs/pretrain/tiny"
+    deadline = time.time() + 300
+    while not (running.exists() and any(running.iterdir())) and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "results/test/tables/tiny.parquet").exists()
+
+    # a SIGKILL leaves Snakemake's directory lock behind: unlock, then finish
+    assert _run(["--unlock", *config], tmp_path).returncode == 0
+    finished = _run(["--cores", "2", "--rerun-incomplete", *config], tmp_path)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert (tmp_path / "results/test/report/tiny/report.html").exists()
+    table = pd.read_parquet(tmp_path / "results/test/tables/tiny.parquet")
+    assert len(table) and not table.duplicated(
+        subset=["model", "view", "dataset", "task", "protocol", "seed", "fold"]).any()
