@@ -138,6 +138,10 @@ def test_report_builds_every_figure_and_is_self_contained(built):
     assert any(n.startswith("strip_finetune_sim_sex_auroc") for n in names)
     assert any(n.startswith("pairs_linear_probe_sim_age_pearson_r") for n in names)
     assert any(n.startswith("probe_vs_finetune_sex") for n in names)
+    # every protocol together too, models labelled "model [protocol]"
+    assert "cd_all-protocols.png" in names
+    assert any(n.startswith("pairs_all-protocols_sim_sex_auroc") for n in names)
+    assert "brainnetcnn [finetune]" in (out / "tables" / "pairwise_auroc_all_protocols.csv").read_text()
     for section in ("Leaderboard", "Critical-difference", "Pairwise comparisons",
                     "fusion vs single-modality", "Linear probe vs fine-tuning",
                     "Network identification", "Attention contrast", "published (paper, HCP-Aging)",

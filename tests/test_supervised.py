@@ -60,7 +60,8 @@ def test_rows_are_kept_reused_and_deterministic(cohort, score_splits, tmp_path):
             "git_sha", "preset"} <= set(first.columns)
     fold = score_splits[0]
     assert first["n_test"].iloc[0] == len(fold.test)
-    assert first["n_train"].iloc[0] + first["n_val"].iloc[0] == len(fold.train)
+    assert first["n_train"].iloc[0] == len(fold.train)
+    assert first["n_fit"].iloc[0] + first["n_val"].iloc[0] == len(fold.train)
     again = train_supervised("transformer", cohort, score_splits, "score", folds=[0, 1],
                              model_args={"heads": 2}, config=config, results=table,
                              progress=False, **WINDOWS)

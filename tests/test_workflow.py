@@ -74,7 +74,8 @@ def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
         rows = table[(table["protocol"] == protocol) & (table["model"] != "connectome-fc")]
         assert set(rows["model"]) == set(names), protocol
         assert len(rows) == len(names) * len(cfg["tasks"]) * len(folds), protocol
-        assert (rows["n_train"] + rows["n_val"] + rows["n_test"] == len(split["probe"])).all()
+        assert (rows["n_train"] + rows["n_test"] == len(split["probe"])).all()
+        assert (rows["n_fit"] + rows["n_val"] == rows["n_train"]).all()
     # the swept task's supervised rows use each fold's choice from its own inner folds
     for name, sweep in cfg["sweeps"]["models"].items():
         for task in sweep["tasks"]:

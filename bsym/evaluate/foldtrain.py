@@ -349,8 +349,11 @@ def train_test_folds(make_model, source, labelled, splits, *, config, base, chas
         pooled = frame.groupby("subject", sort=True).mean()
         scores = labelled.score(pooled, target)
         row = {**key, "repeat": fold.repeat, "task_type": labelled.task,
-               **{m: scores[m] for m in labelled.metrics}, "n_train": len(fit),
-               "n_val": len(val), "n_test": len(pooled), "best_step": stopper.best_step,
+               **{m: scores[m] for m in labelled.metrics},
+               # the outer training fold, as for every protocol (paired tests need equal
+               # splits); n_fit of its subjects were trained on, n_val stopped the training
+               "n_train": len(fold.train), "n_fit": len(fit), "n_val": len(val),
+               "n_test": len(pooled), "best_step": stopper.best_step,
                "best_val_loss": stopper.best_loss, "stopped_early": stopper.stopped,
                "runtime_s": time.perf_counter() - started, "test_site": fold.test_site,
                **(row_extra or {}), **provenance()}

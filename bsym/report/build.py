@@ -427,6 +427,16 @@ class _Doc:
 
 
 # --------------------------------------------------------------------------- report
+def _protocol_groups(bench):
+    """``(label, rows, mixed)``: each protocol on its own, then every protocol together
+    (models compared as ``model [protocol]``) when there are several."""
+    protocol = bench["protocol"].astype(str)
+    groups = [(name, rows, False) for name, rows in bench.groupby(protocol, sort=True)]
+    if protocol.nunique() > 1:
+        groups.append(("all protocols", bench, True))
+    return groups
+
+
 def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), attention=None,
                  title: str = "bsym benchmark report", alpha: float = 0.05, rope: float = 0.01) -> dict:
     """Write ``report.html`` (self-contained: figures inlined as base64 PNG), ``report.md``,
@@ -508,10 +518,10 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
     # -- critical difference
     doc.section("Critical-difference diagram (Friedman + Nemenyi)")
     drawn = False
-    for protocol, rows in bench.groupby(bench["protocol"].astype(str), sort=True):
+    for protocol, rows, mixed in _protocol_groups(bench):
         mapping = {t: m for t, m in primary_metrics(rows).items()}
         try:
-            ranks = stats.rank_tests(rows, mapping, alpha=alpha)
+            ranks = stats.rank_tests(rows, mapping, alpha=alpha, mix_protocols=mixed)
         except stats.StatsError as err:
             note(f"{protocol}: rank tests not computed ({err}).")
             continue
@@ -535,21 +545,27 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
     doc.text(f"Lower triangle: Holm-adjusted p of the corrected resampled t-test; upper triangle: "
              f"Bayesian correlated t-test probability that the row model is better (ROPE ±{rope}).")
     any_pairs = False
+    mixes = (False, True) if bench["protocol"].astype(str).nunique() > 1 else (False,)
     for metric in sorted(set(primary.values())):
         rows = bench[bench["task"].astype(str).map(primary) == metric]
-        try:
-            pairs = stats.pairwise_tests(rows, metric, rope=rope)
-        except stats.StatsError as err:
-            note(f"{metric}: pairwise tests not computed ({err}).")
-            continue
-        tables.append(tabdir / f"pairwise_{metric}.csv")
-        pairs.to_csv(tables[-1], index=False)
-        from bsym.report.figures import significance_matrix
+        for mixed in mixes:
+            suffix = "_all_protocols" if mixed else ""
+            try:
+                pairs = stats.pairwise_tests(rows, metric, rope=rope, mix_protocols=mixed)
+            except stats.StatsError as err:
+                note(f"{metric}{' (all protocols)' if mixed else ''}: pairwise tests not computed "
+                     f"({err}).")
+                continue
+            tables.append(tabdir / f"pairwise_{metric}{suffix}.csv")
+            pairs.to_csv(tables[-1], index=False)
+            from bsym.report.figures import significance_matrix
 
-        for (dataset, task, protocol), g in pairs.groupby(["dataset", "task", "protocol"], sort=True):
-            path = figdir / f"pairs_{_slug(protocol, dataset, task, metric)}.png"
-            doc.figure(significance_matrix(g, path, title=f"{dataset} / {task} ({protocol}): {metric}"))
-            any_pairs = True
+            for (dataset, task, protocol), g in pairs.groupby(["dataset", "task", "protocol"],
+                                                              sort=True):
+                label = "all protocols" if mixed else protocol
+                path = figdir / f"pairs_{_slug(label, dataset, task, metric)}.png"
+                doc.figure(significance_matrix(g, path, title=f"{dataset} / {task} ({label}): {metric}"))
+                any_pairs = True
     if not any_pairs and not bench.empty and not any("pairwise" in n for n in notes):
         note("No dataset x task x protocol with two or more models: no pairwise tests.")
 

@@ -256,7 +256,9 @@ def cd_diagram(mean_ranks: pd.Series, cd: float, *, groups=None, path=None, titl
     first = 0.25 + group_step * max(len(groups), 1)
     height = first + step * n_left + 0.1
     if ax is None:
-        fig = Figure(figsize=(6.4, 0.8 + 0.55 * height + (0.25 if title else 0)), layout="constrained")
+        width = 6.4 + 0.4 * max(0, k - 6)  # the names take a fixed share: widen the axis
+        fig = Figure(figsize=(width, 0.8 + 0.55 * height + (0.25 if title else 0)),
+                     layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -267,7 +269,7 @@ def cd_diagram(mean_ranks: pd.Series, cd: float, *, groups=None, path=None, titl
     for tick in np.arange(lo, hi + 0.001, 0.5):
         major = float(tick).is_integer()
         ax.plot([tick, tick], [0, 0.08 if major else 0.045], **line)
-        if major:
+        if major and (k <= 10 or int(tick) % 2 == 1 or tick == hi):
             ax.text(tick, 0.12, f"{int(tick)}", ha="center", va="bottom", fontsize=9)
     ax.text((lo + hi) / 2, 0.36, "mean rank (1 = best)", ha="center", va="bottom", fontsize=8,
             color="0.3")
