@@ -11,11 +11,11 @@ and scores the reconstruction of the hidden entries against
 - **linear interpolation over time**: each ROI's hidden time points from its
   visible neighbours (the per-ROI mean where the whole ROI is hidden).
 
-Two reconstructions of the model are scored: **model**, the Perceiver's (the fMRI
-embeddings' own decoder, every mask at once), and **streams**, each encoder-stage head on
-the mask it was pretrained for (the spatial stream's head where a whole ROI is hidden, the
-temporal stream's where a time point is hidden, the context decoder for single cells), all
-given the same input with every hidden entry zeroed.
+The Perceiver's reconstruction (the fMRI embeddings' own decoder, every mask at once) is
+scored as **model**. The encoder-stage heads are scored on their own pretraining tasks,
+one mask at a time, beside the same baselines given the same visible entries: the
+spatial stream's head on hidden ROIs, the temporal stream's on hidden time points, the
+context decoder on hidden cells (``stream_tasks`` in the JSON).
 
 Scores (R^2 over the hidden entries, Pearson r, MSE) are reported overall and by
 why an entry was hidden (its ROI, its time point, or only the cell).
@@ -54,18 +54,22 @@ def _interpolate(x, hidden):
 
 
 def _stream_heads(model, x, masks):
-    """Each encoder-stage head on its own mask, from the input with every hidden entry zeroed."""
+    """Each encoder-stage head on its own pretraining task: ``{task: (hidden, prediction)}``
+    with only that task's mask hidden (as in the encoder stage)."""
     from bsym.models.masking import apply_mask
 
-    union = masks["union"]
-    visible = apply_mask(x, union)
-    spatial = model.spatial.head(model.spatial(visible, masks["roi"])[0])
-    temporal = model.temporal.head(model.temporal(visible, masks["time"])[0]).transpose(1, 2)
-    context = torch.zeros_like(x)
-    context[union] = model.context.reconstruct(visible, union)
     roi = masks["roi"][:, :, None].expand_as(x)
     time = masks["time"][:, None, :].expand_as(x)
-    return torch.where(roi, spatial, torch.where(time, temporal, context))
+    cell = masks["cell"]
+    spatial = model.spatial.head(model.spatial(x, masks["roi"])[0])
+    temporal = model.temporal.head(model.temporal(x, masks["time"])[0]).transpose(1, 2)
+    context = torch.zeros_like(x)
+    context[cell] = model.context.reconstruct(apply_mask(x, cell), cell)
+    return {"roi": (roi, spatial), "time": (time, temporal), "cell": (cell, context)}
+
+
+def truth_of(x):
+    return x[0].numpy()
 
 
 def _roi_mean(x, hidden):
@@ -90,6 +94,9 @@ def main(argv=None):
     parser.add_argument("--timepoints", type=int, default=600)
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--steps", type=int, default=600, help="total over the three stages")
+    parser.add_argument("--stage-steps", default=None, metavar="STAGE=N,...",
+                        help="steps per stage instead of an even split (e.g. "
+                        "encoders=600,perceiver=0,joint=0)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--held-out", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
@@ -128,7 +135,11 @@ def main(argv=None):
     overrides = {"dim": args.dim} if args.dim else {}
     model = build("brainsymphony", args.preset, n_rois=args.rois, n_timepoints=args.window,
                   **overrides)
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+    stage_steps = None
+    if args.stage_steps:
+        stage_steps = {k: int(v) for k, v in (p.split("=") for p in args.stage_steps.split(","))}
+    config = TrainConfig(steps=args.steps, stage_steps=stage_steps, batch_size=args.batch_size,
+                         lr=args.lr,
                          warmup_steps=20, seed=args.seed, device="cpu", progress=True)
     t0 = time.perf_counter()
     result = train(model, train_set, config, work / "run")
@@ -136,7 +147,9 @@ def main(argv=None):
 
     model.eval()
     generator = torch.Generator().manual_seed(12345)
-    methods = ("model", "streams", "roi_mean", "interp")
+    methods = ("model", "roi_mean", "interp")
+    tasks = {name: {"truth": [], "stream": [], "roi_mean": [], "interp": []}
+             for name in ("roi", "time", "cell")}
     buckets = {name: {"truth": [], **{m: [] for m in methods}}
                for name in ("all", "roi", "time", "cell_only")}
     with torch.no_grad():
@@ -146,12 +159,17 @@ def main(argv=None):
             batch = {"bold": x, "sc": item["sc"][None]}
             masks = fmri_masks(1, args.rois, args.window, model.mask_ratio, generator)
             recon = model.reconstruct_fmri(batch, masks)[0].numpy()
-            streams = _stream_heads(model, x, masks)[0].numpy()
+            for name, (hidden_t, pred) in _stream_heads(model, x, masks).items():
+                hidden_t = hidden_t[0].numpy()
+                tasks[name]["truth"].append(truth_of(x)[hidden_t])
+                tasks[name]["stream"].append(pred[0].numpy()[hidden_t])
+                tasks[name]["roi_mean"].append(_roi_mean(truth_of(x), hidden_t)[hidden_t])
+                tasks[name]["interp"].append(_interpolate(truth_of(x), hidden_t)[hidden_t])
             truth = x[0].numpy()
             hidden = masks["union"][0].numpy()
             roi = np.broadcast_to(masks["roi"][0].numpy()[:, None], hidden.shape)
             tim = np.broadcast_to(masks["time"][0].numpy()[None, :], hidden.shape)
-            preds = {"model": recon, "streams": streams, "roi_mean": _roi_mean(truth, hidden),
+            preds = {"model": recon, "roi_mean": _roi_mean(truth, hidden),
                      "interp": _interpolate(truth, hidden)}
             for name, where in (("all", hidden), ("roi", roi), ("time", tim & ~roi),
                                 ("cell_only", hidden & ~roi & ~tim)):
@@ -162,6 +180,11 @@ def main(argv=None):
     for name, parts in buckets.items():
         truth = np.concatenate(parts["truth"])
         scores[name] = {key: _scores(truth, np.concatenate(parts[key])) for key in methods}
+    stream_tasks = {}
+    for name, parts in tasks.items():
+        truth = np.concatenate(parts["truth"])
+        stream_tasks[name] = {key: _scores(truth, np.concatenate(parts[key]))
+                              for key in ("stream", "roi_mean", "interp")}
 
     report = {
         "benchmark": "brainsymphony_learns",
@@ -174,6 +197,7 @@ def main(argv=None):
         "simulate_s": simulate_s, "train_s": train_s,
         "final_train_loss": result.final_loss,
         "scores": scores,
+        "stream_tasks": stream_tasks,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +211,11 @@ def main(argv=None):
         for key, s in by.items():
             print(f"{name:<10}{key:<10}{s['r2']:>8.3f}{s['pearson_r']:>8.3f}{s['mse']:>8.3f}"
                   f"{s['n']:>9}")
+    print("encoder-stage heads on their own tasks (one mask at a time):")
+    for name, by in stream_tasks.items():
+        for key, sc in by.items():
+            print(f"{name:<10}{key:<10}{sc['r2']:>8.3f}{sc['pearson_r']:>8.3f}{sc['mse']:>8.3f}"
+                  f"{sc['n']:>9}")
     print(f"wrote {path}")
 
 
