@@ -198,6 +198,15 @@ def test_lint_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_snakefmt_is_clean():
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    if not snakefmt.exists():
+        pytest.skip("snakefmt not installed")
+    proc = subprocess.run([str(snakefmt), "--check", "Snakefile", "workflow"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_bad_config_names_the_key_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("datasets:\n  x:\n    source: nowhere\n")
@@ -217,6 +226,10 @@ def test_bad_config_names_the_key_before_any_job(tmp_path):
     ("datasets:\n  x: {source: simulate}\npretrain: {fraction: 1.5}\n", ["fraction", "1.5"]),
     ("datasets:\n  x: {source: simulate}\nfinetune: {models: [nope]}\n",
      ["finetune.models", "nope"]),
+    ("datasets:\n  x: {source: simulate}\nmodels: {brainsymfony: {}}\n",
+     ["brainsymfony", "brainsymphony", "bnt"]),
+    ("datasets:\n  x: {source: simulate}\nsupervised: {models: {bnn: {}}}\n",
+     ["supervised.models", "bnn", "brainnetcnn"]),
     ("datasets:\n  x: {source: simulate}\nsupervised: {training: {max_steps: 0}}\n",
      ["max_steps", "0"]),
 ])

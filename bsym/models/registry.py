@@ -88,6 +88,12 @@ def _load_all():
             _BROKEN.pop(entry.name, None)
 
 
+def registered_names() -> list:
+    """Names of built-in models and installed plugins, without importing any of them."""
+    plugins = {entry.name for entry in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(set(_BUILTIN) | plugins | set(_REGISTRY))
+
+
 def available() -> list:
     """Names of every model that can be built."""
     _load_all()

@@ -300,6 +300,22 @@ def _check_task_datasets():
             )
 
 
+def _check_model_names():
+    # the registry lists names without importing any model (no torch at DAG start)
+    if workflow.basedir not in sys.path:
+        sys.path.insert(0, workflow.basedir)
+    from bsym.models.registry import registered_names
+
+    known = registered_names()
+    for block, names in (("models", SSL_MODELS), ("supervised.models", BASELINES)):
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(
+                f"config: {block} names unknown model(s) {unknown}; registered models are "
+                f"{known} (see `bsym models list`)"
+            )
+
+
 def _check_model_lists():
     for block in ("finetune", "attention"):
         unknown = sorted(set(config.get(block, {}).get("models", [])) - set(SSL_MODELS))
@@ -326,4 +342,5 @@ def _check_model_lists():
 
 
 _check_task_datasets()
+_check_model_names()
 _check_model_lists()
