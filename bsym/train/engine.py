@@ -853,7 +853,9 @@ def _open_tracking(stack, tracker, model, config, data, mode, ckpt, run_name, ex
     if not tracker.enabled:
         return None
     identity = model_identity(model)
-    tags = {"bsym.mode": mode, "bsym.model": identity["name"],
+    # "model" and "protocol" as the evaluation runs tag them, so one filter finds both
+    tags = {"model": identity["name"], "protocol": mode,
+            "bsym.mode": mode, "bsym.model": identity["name"],
             "bsym.preset": str(identity["preset"]), "bsym.version": __version__,
             "bsym.data.manifest_hash": str(data.get("manifest_hash"))}
     if tracker.run_id is not None:  # log into the caller's run
