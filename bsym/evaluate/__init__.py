@@ -27,8 +27,7 @@ results
     The long result table (Parquet, one row per fold) and MLflow logging.
 """
 
-from importlib import import_module
-
+from bsym._lazy import lazy_exports
 from bsym.errors import BsymError
 
 
@@ -68,13 +67,4 @@ _EXPORTS = {
 __all__ = ["EvaluationError", *_EXPORTS]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'bsym.evaluate' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

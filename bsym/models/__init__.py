@@ -5,7 +5,7 @@ torch-free submodules (``bsym.models.registry``, ``bsym.models.cli``) does not
 import torch.
 """
 
-from importlib import import_module
+from bsym._lazy import lazy_exports
 
 _EXPORTS = {
     "BrainModel": "bsym.models.base",
@@ -20,13 +20,4 @@ _EXPORTS = {
 __all__ = ["BrainModel", "Embeddings", "ModelSpec", "available", "build", "get_spec", "register"]
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'bsym.models' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -20,7 +20,7 @@ Examples
 >>> write_summary(result, "results/sweeps/probe.json")              # doctest: +SKIP
 """
 
-from importlib import import_module
+from bsym._lazy import lazy_exports
 
 # Names resolve lazily (PEP 562): the command line imports bsym.sweep.cli without Optuna.
 _EXPORTS = {
@@ -48,13 +48,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'bsym.sweep' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
