@@ -145,6 +145,15 @@ def _splits(args, cohort, label):
     return make_splits(cohort, path, label=label, **given)
 
 
+def _cohort_and_splits(args):
+    """The store and the task's split file; a missing label fails before any work."""
+    from bsym.data import open_cohort
+
+    cohort = open_cohort(args.data)
+    cohort.require(labels=[args.task])
+    return cohort, _splits(args, cohort, args.task)
+
+
 def _embeddings(args, cohort):
     from bsym.evaluate.embeddings import feature_embeddings, load_embeddings
 
@@ -212,14 +221,11 @@ def _probe(args):
 
 
 def _finetune(args):
-    from bsym.data import open_cohort
     from bsym.evaluate.finetune import FineTuneConfig, fine_tune
     from bsym.evaluate.probe import CLASSIFICATION_METRICS, REGRESSION_METRICS
     from bsym.evaluate.results import ResultTable
 
-    cohort = open_cohort(args.data)
-    cohort.require(labels=[args.task])
-    splits = _splits(args, cohort, args.task)
+    cohort, splits = _cohort_and_splits(args)
     config = FineTuneConfig(**_training_fields(args), view=args.view,
                             freeze_encoder=args.freeze_encoder, max_windows=args.max_windows)
     frame = fine_tune(args.checkpoint, cohort, splits, args.task, config=config,
@@ -234,15 +240,12 @@ def _finetune(args):
 
 
 def _supervised(args):
-    from bsym.data import open_cohort
     from bsym.evaluate.foldtrain import TrainingConfig
     from bsym.evaluate.probe import CLASSIFICATION_METRICS, REGRESSION_METRICS
     from bsym.evaluate.results import ResultTable
     from bsym.evaluate.supervised import train_supervised
 
-    cohort = open_cohort(args.data)
-    cohort.require(labels=[args.task])
-    splits = _splits(args, cohort, args.task)
+    cohort, splits = _cohort_and_splits(args)
     params = _read_fold_params(args.params) if args.params else None
     frame = train_supervised(args.model, cohort, splits, args.task, preset=args.preset,
                              model_args=dict(args.model_arg),

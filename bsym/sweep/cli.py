@@ -34,8 +34,7 @@ def study_name(dataset, model, task, seed, fold):
 
 def sweep_folds(args):
     """Run (or resume) one study per chosen outer fold; returns the result document."""
-    from bsym.data import open_cohort
-    from bsym.evaluate.cli import _splits, _tracker, _training_fields
+    from bsym.evaluate.cli import _cohort_and_splits, _tracker, _training_fields
     from bsym.evaluate.foldtrain import TrainingConfig
     from bsym.evaluate.supervised import split_params, supervised_objective
     from bsym.sweep import SweepError, parse_space, run_sweep
@@ -44,9 +43,7 @@ def sweep_folds(args):
     space = parse_space(space_spec)
     for name in space.names:
         split_params({name: None})  # every name is a training field or model.<argument>
-    cohort = open_cohort(args.data)
-    cohort.require(labels=[args.task])
-    splits = _splits(args, cohort, args.task)
+    cohort, splits = _cohort_and_splits(args)
     dataset = args.dataset or cohort.path.name
     config = TrainingConfig(**_training_fields(args))
     tracker = _tracker(args)
