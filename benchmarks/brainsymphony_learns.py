@@ -103,6 +103,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--preset", default="tiny", help="BrainSymphony preset (tiny, paper)")
     parser.add_argument("--dim", type=int, default=None, help="override the width")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=INT",
+                        help="override another integer model argument (e.g. heads=4)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--out", default="results/benchmarks")
     args = parser.parse_args(argv)
@@ -133,6 +135,7 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     overrides = {"dim": args.dim} if args.dim else {}
+    overrides.update({k: int(v) for k, v in (item.split("=") for item in args.set)})
     model = build("brainsymphony", args.preset, n_rois=args.rois, n_timepoints=args.window,
                   **overrides)
     stage_steps = None
