@@ -44,8 +44,8 @@ class FineTuneConfig(TrainingConfig):
     freeze_encoder : bool
         Train the head only (a linear probe trained by gradient descent).
     max_windows : int, optional
-        At most this many of the checkpoint's windows per scan (evenly spread), in training,
-        validation and test alike (default all).
+        At most this many of the checkpoint's windows per scan (evenly spread) in training
+        and validation (default all); the test always uses every window.
     """
 
     view: str | None = None

@@ -166,14 +166,17 @@ class WindowSource:
         self.scaler = scaler
         self.scans_of = cohort.subjects.groupby("subject")["scan"].apply(list)
 
-    def windows(self, subjects, label=None, scaler=None):
+    def windows(self, subjects, label=None, scaler=None, every_window=False):
+        """Windows of these subjects' scans (all of them with ``every_window``, else at most
+        ``settings["max_windows"]`` per scan)."""
         from bsym.data.dataset import WindowDataset
         from bsym.data.preprocess import SignalCleaning
 
         s = self.settings
         scans = [scan for subject in subjects for scan in self.scans_of[subject]]
         return WindowDataset(self.cohort, s["window"], scans=scans, scaler=scaler,
-                             stride=s.get("stride"), max_windows=s.get("max_windows"),
+                             stride=s.get("stride"),
+                             max_windows=None if every_window else s.get("max_windows"),
                              labels=[label] if label else (), target_tr=s.get("target_tr"),
                              cleaning=SignalCleaning(**(s.get("cleaning") or {})),
                              sc_transform=s.get("sc_transform", "log1p"))
@@ -342,7 +345,10 @@ def train_test_folds(make_model, source, labelled, splits, *, config, base, chas
         model, stopper = fit_early_stopped(functools.partial(make_model, fold_index=index), target, fit_set,
                                            val_set, labelled.label, settings)
         device = next(model.parameters()).device
-        outputs, subjects = predict_windows(model, source.windows(test, scaler=scaler),
+        # every test window counts (as in the embeddings a probe reads); training and
+        # validation read at most max_windows per scan
+        outputs, subjects = predict_windows(model, source.windows(test, scaler=scaler,
+                                                                  every_window=True),
                                             settings.batch_size, device)
         frame = pd.DataFrame(outputs)
         frame["subject"] = subjects
