@@ -108,12 +108,12 @@ def _training_fields(args):
 
 
 def _add_baseline_options(parser):
-    from bsym.train.cli import _model_arg
+    from bsym.train.cli import model_arg
 
     parser.add_argument("--model", required=True,
                         help="supervised baseline (bnt, brainnetcnn, braingnn, transformer)")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--model-arg", type=_model_arg, action="append", default=[],
+    parser.add_argument("--model-arg", type=model_arg, action="append", default=[],
                         metavar="KEY=VALUE", help="model argument over the preset (JSON value; "
                         "repeatable)")
     data = parser.add_argument_group("windows")

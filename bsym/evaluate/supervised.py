@@ -130,12 +130,18 @@ class SupervisedBaseline:
         return make_model
 
 
-def _settings(cohort, window, target_tr, max_windows):
+def _prepare(name, preset, model_args, cohort, splits, label, task, window, target_tr,
+             max_windows):
+    """``(baseline, labelled cohort, window source)`` after checking the inputs."""
+    baseline = SupervisedBaseline(name, preset, model_args)
+    splits.check_cohort(cohort)
+    labelled = LabelledCohort(cohort, label, task or infer_task(cohort.subjects[label]))
     tr = set(cohort.subjects["tr"].round(6))
     if target_tr is None and len(tr) > 1:
         raise EvaluationError(f"the cohort mixes TRs {sorted(tr)}; give target_tr so every "
                               "model sees one sampling rate")
-    return {"window": int(window), "target_tr": target_tr, "max_windows": max_windows}
+    settings = {"window": int(window), "target_tr": target_tr, "max_windows": max_windows}
+    return baseline, labelled, WindowSource(cohort, settings)
 
 
 def train_supervised(name, cohort, splits, label, *, preset="tiny", model_args=None,
@@ -170,11 +176,9 @@ def train_supervised(name, cohort, splits, label, *, preset="tiny", model_args=N
         One row per fold.
     """
     config = config or TrainingConfig()
-    baseline = SupervisedBaseline(name, preset, model_args)
-    splits.check_cohort(cohort)
-    task = task or infer_task(cohort.subjects[label])
-    labelled = LabelledCohort(cohort, label, task)
-    source = WindowSource(cohort, _settings(cohort, window, target_tr, max_windows))
+    baseline, labelled, source = _prepare(name, preset, model_args, cohort, splits, label,
+                                          task, window, target_tr, max_windows)
+    task = labelled.task
     params = {int(k): v for k, v in (params or {}).items()}
 
     def fold_params(index):
@@ -214,10 +218,8 @@ def supervised_objective(name, cohort, splits, label, fold_index, *, preset="tin
     """A sweep objective: ``objective(params, report) -> mean inner validation loss`` of one
     outer fold (its test subjects are never read)."""
     config = config or TrainingConfig()
-    baseline = SupervisedBaseline(name, preset, model_args)
-    splits.check_cohort(cohort)
-    labelled = LabelledCohort(cohort, label, task or infer_task(cohort.subjects[label]))
-    source = WindowSource(cohort, _settings(cohort, window, target_tr, max_windows))
+    baseline, labelled, source = _prepare(name, preset, model_args, cohort, splits, label,
+                                          task, window, target_tr, max_windows)
     fold = splits[int(fold_index)]
 
     def objective(params, report=None):

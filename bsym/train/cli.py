@@ -25,7 +25,7 @@ def _stage_steps(text):
     return out
 
 
-def _model_arg(text):
+def model_arg(text):
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -51,7 +51,7 @@ def add_parser(subparsers):
     p.add_argument("--out", required=True, help="run directory (must not hold a run unless "
                    "--resume)")
     p.add_argument("--preset", default="tiny", help="model preset (default tiny)")
-    p.add_argument("--model-arg", type=_model_arg, action="append", default=[],
+    p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE", help="model constructor override (repeatable)")
     data = p.add_argument_group("data")
     data.add_argument("--window", type=int, default=None,

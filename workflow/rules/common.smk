@@ -109,6 +109,19 @@ def tracking_marker(wildcards):
     return [TRACKING_MARKER] if TRACKING.get("enabled", True) else []
 
 
+def window_and_model_args(wildcards, block, model):
+    """--max-windows of a config block, the dataset's --target-tr, the model's --model-arg."""
+    args = []
+    if block.get("max_windows"):
+        args.append(f"--max-windows {block['max_windows']}")
+    target_tr = dataset_config(wildcards).get("target_tr")
+    if target_tr:
+        args.append(f"--target-tr {target_tr}")
+    for key, value in model.get("args", {}).items():
+        args.append(f"--model-arg {shlex.quote(f'{key}={json.dumps(value)}')}")
+    return args
+
+
 def pretrain_args(wildcards):
     """`bsym pretrain` options from the model entry, the pretrain block and the dataset."""
     model = model_config(wildcards)
@@ -125,14 +138,7 @@ def pretrain_args(wildcards):
     window = model.get("window") or PRETRAIN.get("window")
     if window:
         args.append(f"--window {window}")
-    if PRETRAIN.get("max_windows"):
-        args.append(f"--max-windows {PRETRAIN['max_windows']}")
-    target_tr = dataset_config(wildcards).get("target_tr")
-    if target_tr:
-        args.append(f"--target-tr {target_tr}")
-    for key, value in model.get("args", {}).items():
-        args.append(f"--model-arg {shlex.quote(f'{key}={json.dumps(value)}')}")
-    return " ".join(args)
+    return " ".join([*args, *window_and_model_args(wildcards, PRETRAIN, model)])
 
 
 def split_args(wildcards):
@@ -218,14 +224,7 @@ def baseline_args(wildcards):
         f"--window {SUPERVISED.get('window', 200)}",
         training_args(SUPERVISED),
     ]
-    if SUPERVISED.get("max_windows"):
-        args.append(f"--max-windows {SUPERVISED['max_windows']}")
-    target_tr = dataset_config(wildcards).get("target_tr")
-    if target_tr:
-        args.append(f"--target-tr {target_tr}")
-    for key, value in baseline.get("args", {}).items():
-        args.append(f"--model-arg {shlex.quote(f'{key}={json.dumps(value)}')}")
-    return " ".join(args)
+    return " ".join([*args, *window_and_model_args(wildcards, SUPERVISED, baseline)])
 
 
 def sweep_args(wildcards):
