@@ -106,6 +106,10 @@ def main(argv=None):
     parser.add_argument("--set", action="append", default=[], metavar="KEY=INT",
                         help="override another integer model argument (e.g. heads=4)")
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default: the evidence asked for is CPU minutes), cuda or auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--out", default="results/benchmarks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -143,12 +147,14 @@ def main(argv=None):
         stage_steps = {k: int(v) for k, v in (p.split("=") for p in args.stage_steps.split(","))}
     config = TrainConfig(steps=args.steps, stage_steps=stage_steps, batch_size=args.batch_size,
                          lr=args.lr,
-                         warmup_steps=20, seed=args.seed, device="cpu", progress=True)
+                         warmup_steps=20, seed=args.seed, device=args.device,
+                         precision=args.precision, progress=True)
     t0 = time.perf_counter()
     result = train(model, train_set, config, work / "run")
     train_s = time.perf_counter() - t0
 
     model.eval()
+    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(12345)
     methods = ("model", "roi_mean", "interp")
     tasks = {name: {"truth": [], "stream": [], "roi_mean": [], "interp": []}
@@ -159,13 +165,15 @@ def main(argv=None):
         for i in range(len(test_set)):
             item = test_set[i]
             x = item["bold"][None]
-            batch = {"bold": x, "sc": item["sc"][None]}
+            batch = {"bold": x.to(device), "sc": item["sc"][None].to(device)}
             masks = fmri_masks(1, args.rois, args.window, model.mask_ratio, generator)
-            recon = model.reconstruct_fmri(batch, masks)[0].numpy()
-            for name, (hidden_t, pred) in _stream_heads(model, x, masks).items():
-                hidden_t = hidden_t[0].numpy()
+            on_device = {k: v.to(device) for k, v in masks.items()}
+            recon = model.reconstruct_fmri(batch, on_device)[0].float().cpu().numpy()
+            heads = _stream_heads(model, batch["bold"], on_device)
+            for name, (hidden_t, pred) in heads.items():
+                hidden_t = hidden_t[0].cpu().numpy()
                 tasks[name]["truth"].append(truth_of(x)[hidden_t])
-                tasks[name]["stream"].append(pred[0].numpy()[hidden_t])
+                tasks[name]["stream"].append(pred[0].float().cpu().numpy()[hidden_t])
                 tasks[name]["roi_mean"].append(_roi_mean(truth_of(x), hidden_t)[hidden_t])
                 tasks[name]["interp"].append(_interpolate(truth_of(x), hidden_t)[hidden_t])
             truth = x[0].numpy()
@@ -192,6 +200,8 @@ def main(argv=None):
     report = {
         "benchmark": "brainsymphony_learns",
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "device": str(device) if device.type == "cpu" else
+                    torch.cuda.get_device_name(device),
                     "platform": platform.platform(), "torch": torch.__version__},
         "setup": {**vars(args), "n_train_subjects": len(subjects) - len(held),
                   "n_held_out_subjects": len(held), "n_train_windows": len(train_set),

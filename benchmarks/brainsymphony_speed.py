@@ -16,6 +16,12 @@ bf16 autocast, and the model FLOPs utilisation (FLOPs of one step counted with
 
     python benchmarks/brainsymphony_speed.py                      # everything, 2 threads
     python benchmarks/brainsymphony_speed.py --presets paper --branches fmri --batches 8
+    python benchmarks/brainsymphony_speed.py --device cuda --batches 1,8,32 --compile
+
+On CUDA, ``--precision fp32`` turns bf16 autocast off (TF32 matrix products stay
+off too, PyTorch's default), ``--attention factorised`` times the CPU kernel of
+the Perceiver instead of SDPA, and ``--compile`` wraps the loss in
+``torch.compile`` (inductor; the compilation happens in the warm-up steps).
 
 The workers run with ``OMP_WAIT_POLICY=PASSIVE`` (``--omp-wait active`` to
 change): on a CPU shared with other jobs, OpenMP threads that spin at every
@@ -96,20 +102,19 @@ def worker(args):
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = build("brainsymphony", preset=args.preset, branches=args.branch).to(device).train()
+    model = build("brainsymphony", preset=args.preset, branches=args.branch,
+                  attention=args.attention).to(device).train()
     batch = _batch(args.preset, args.batch, device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     gen = torch.Generator(device=device).manual_seed(0)
     cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
+    loss_fn = torch.compile(model.pretrain_loss) if args.compile else model.pretrain_loss
 
-    def step():
+    def step(fn=loss_fn):
         opt.zero_grad(set_to_none=True)
-        if cuda:
-            with autocast:
-                loss = model.pretrain_loss(batch, generator=gen)
-        else:
-            loss = model.pretrain_loss(batch, generator=gen)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = fn(batch, generator=gen)
         loss.float().backward()
         opt.step()
         if cuda:
@@ -132,6 +137,8 @@ def worker(args):
     per_step = statistics.median(times)
     result = {
         "preset": args.preset, "branch": args.branch, "batch": args.batch,
+        "precision": "bf16" if bf16 else "fp32", "compile": args.compile,
+        "attention": model.perceiver._impl(device) if model.has_fmri else None,
         "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
         "threads": torch.get_num_threads(), "steps": args.steps, "s_per_step": per_step,
         "s_per_step_all": times, "samples_per_s": args.batch / per_step,
@@ -149,7 +156,7 @@ def worker(args):
         result["alloc_rise_mb"] = (torch.cuda.max_memory_allocated() - base_alloc) / 2**20
         counter = FlopCounterMode(display=False)
         with counter:
-            step()
+            step(model.pretrain_loss)  # eager: the same arithmetic, visible to the counter
         flops = counter.get_total_flops()
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
@@ -160,11 +167,16 @@ def worker(args):
 
 
 def run_config(preset, branch, batch, args):
-    steps = args.steps or (10 if preset == "tiny" else 5)
+    steps = args.steps or (10 if preset == "tiny" or args.device != "cpu" else 5)
     warmup = 2 if preset == "tiny" else 1
+    if args.device != "cpu":
+        warmup = 3  # CUDA context, cuBLAS handles, autotuning (and compilation)
     cmd = [sys.executable, __file__, "--worker", "--preset", preset, "--branch", branch,
            "--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup),
-           "--threads", str(args.threads), "--device", args.device]
+           "--threads", str(args.threads), "--device", args.device,
+           "--precision", args.precision, "--attention", args.attention]
+    if args.compile:
+        cmd.append("--compile")
     env = {**os.environ, "OMP_WAIT_POLICY": args.omp_wait.upper()}
     if args.thp:
         env["THP_MEM_ALLOC_ENABLE"] = "1"
@@ -180,6 +192,12 @@ def run_config(preset, branch, batch, args):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["load_before"] = load
     return result
+
+
+def _torch_version():
+    import torch
+
+    return torch.__version__
 
 
 def _best(runs):
@@ -212,7 +230,7 @@ def compare(results):
 
 def table(results):
     cuda = any("mfu" in r for r in results)
-    head = f"{'preset':<6} {'branch':<6} {'B':>2} {'s/step':>8} {'cpu s':>7} {'samples/s':>10} "
+    head = f"{'preset':<6} {'branch':<6} {'mode':<12} {'B':>2} {'s/step':>8} {'cpu s':>7} {'samples/s':>10} "
     head += f"{'peak MB':>9} {'rise MB':>9}" + (f" {'TFLOP/s':>8} {'MFU':>6}" if cuda else "")
     lines = [head]
     for r in results:
@@ -221,7 +239,8 @@ def table(results):
             continue
         peak = r.get("peak_alloc_mb", r["peak_rss_mb"])
         rise = r.get("alloc_rise_mb", r["rss_rise_mb"])
-        line = (f"{r['preset']:<6} {r['branch']:<6} {r['batch']:>2} {r['s_per_step']:>8.3f} "
+        mode = f"{r['precision']}{'+compile' if r['compile'] else ''}"
+        line = (f"{r['preset']:<6} {r['branch']:<6} {mode:<12} {r['batch']:>2} {r['s_per_step']:>8.3f} "
                 f"{r['cpu_s_per_step']:>7.2f} {r['samples_per_s']:>10.2f} {peak:>9.0f} {rise:>9.0f}")
         if cuda:
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
@@ -278,6 +297,11 @@ def main(argv=None):
                         help="timed steps per configuration (default 10 tiny, 5 paper)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--attention", choices=("auto", "factorised", "sdpa", "naive"),
+                        default="auto", help="Perceiver cross-attention (auto: SDPA on CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the loss")
     parser.add_argument("--omp-wait", choices=("passive", "active"), default="passive",
                         help="OMP_WAIT_POLICY of the workers (default passive)")
     parser.add_argument("--thp", action="store_true",
@@ -312,6 +336,8 @@ def main(argv=None):
     comparison = compare(results)
     payload = {"meta": {"python": platform.python_version(), "machine": platform.machine(),
                         "cpus": os.cpu_count(), "threads": args.threads, "device": args.device,
+                        "precision": args.precision, "attention": args.attention,
+                        "compile": args.compile, "torch": _torch_version(),
                         "omp_wait_policy": args.omp_wait, "thp": args.thp,
                         "repeat": args.repeat,
                         "step": "forward + backward + AdamW of pretrain_loss (last stage)"},
