@@ -212,11 +212,14 @@ def _best(runs):
 
 
 def compare(results):
-    """Ratios against the reference at paper size (same batch): speed-up and memory share."""
+    """Ratios against the reference at paper size (same batch): speed-up and memory share.
+
+    CPU runs only: the reference figures were measured on a 2-core CPU.
+    """
     rows = []
     for r in results:
         ref = REFERENCE.get((r.get("branch"), r.get("batch")))
-        if r.get("preset") != "paper" or ref is None or "error" in r:
+        if r.get("preset") != "paper" or ref is None or "error" in r or "mfu" in r:
             continue
         row = {"branch": r["branch"], "batch": r["batch"], "ours_s": r["s_per_step"],
                "reference_s": ref["s_per_step"], "speedup": ref["s_per_step"] / r["s_per_step"]}
