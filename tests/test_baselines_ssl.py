@@ -8,8 +8,9 @@ from conftest import write_toy_store
 
 from bsym.data.dataset import WindowDataset
 from bsym.models import available, build, get_spec
-from bsym.models.brainjepa import ema_momentum, spatiotemporal_masks
+from bsym.models.brainjepa import spatiotemporal_masks
 from bsym.models.brainmass import pearson
+from bsym.models.ema import ema_momentum
 from bsym.models.gradients import fc_gradients, group_fc
 from bsym.train import TrainConfig, train
 

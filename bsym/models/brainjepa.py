@@ -63,6 +63,7 @@ from torch import nn
 
 from bsym.models.base import BrainModel, Embeddings
 from bsym.models.brainlm import bold_input, check_heads, gather_tokens
+from bsym.models.ema import ema_momentum, ema_update_
 from bsym.models.layers import (
     TransformerEncoder,
     check_choice,
@@ -75,34 +76,6 @@ from bsym.models.registry import ModelSpec
 POSITIONS = ("gradient", "learnable")
 LOSSES = ("smooth_l1", "mse")
 EMBED_ENCODERS = ("target", "context")
-
-
-# -- EMA (shared with BrainMass) ---------------------------------------------------------
-def ema_momentum(step, total_steps, start, end, shape="linear"):
-    """Momentum after ``step`` of ``total_steps`` optimizer steps.
-
-    ``linear`` (I-JEPA / Brain-JEPA) or ``cosine`` (BYOL) from ``start`` to
-    ``end``; ``start`` when ``total_steps`` is unknown.
-    """
-    if total_steps is None or total_steps <= 0 or start == end:
-        return float(start)
-    frac = min(max(step / total_steps, 0.0), 1.0)
-    if shape == "linear":
-        return float(start + (end - start) * frac)
-    return float(end - (end - start) * (math.cos(math.pi * frac) + 1.0) / 2.0)
-
-
-@torch.no_grad()
-def ema_update_(target, online, momentum):
-    """``target <- momentum * target + (1 - momentum) * online``; buffers are copied."""
-    t_params = [p for p in target.parameters()]
-    o_params = [p.detach() for p in online.parameters()]
-    if len(t_params) != len(o_params):
-        raise RuntimeError("EMA target and online network have different parameters")
-    torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
-    for tb, ob in zip(target.buffers(), online.buffers()):
-        tb.copy_(ob)
 
 
 def init_vit_(module, layers):
@@ -531,5 +504,4 @@ SPEC = ModelSpec(
                 "positioning, spatiotemporal masking, EMA target (self-supervised)",
 )
 
-__all__ = ["LOSSES", "POSITIONS", "PRESETS", "SPEC", "BrainJEPA", "ema_momentum",
-           "ema_update_", "spatiotemporal_masks"]
+__all__ = ["LOSSES", "POSITIONS", "PRESETS", "SPEC", "BrainJEPA", "spatiotemporal_masks"]

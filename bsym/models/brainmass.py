@@ -62,8 +62,8 @@ from torch import nn
 
 from bsym.models import masking
 from bsym.models.base import BrainModel, Embeddings
-from bsym.models.brainjepa import ema_momentum, ema_update_
 from bsym.models.brainlm import bold_input
+from bsym.models.ema import ema_momentum, ema_update_
 from bsym.models.layers import (
     TransformerEncoder,
     check_choice,
