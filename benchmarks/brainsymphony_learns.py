@@ -19,7 +19,7 @@ context decoder on hidden cells (``stream_tasks`` in the JSON).
 
 Scores (R^2 over the hidden entries, Pearson r, MSE) are reported overall and by
 why an entry was hidden (its ROI, its time point, or only the cell).
-Writes results/benchmarks/brainsymphony_learns_<preset>[_d<dim>].json.
+Writes results/benchmarks/brainsymphony_learns_<preset>[_d<dim>].json and a bar chart (.png).
 
     python benchmarks/brainsymphony_learns.py [--subjects 100] [--steps 600] [--dim 128]
 """
@@ -85,6 +85,50 @@ def _scores(truth, pred):
     sst = float(((truth - truth.mean()) ** 2).sum())
     r = float(np.corrcoef(truth, pred)[0, 1]) if pred.std() > 0 else 0.0
     return {"r2": 1 - sse / sst, "pearson_r": r, "mse": sse / truth.size, "n": int(truth.size)}
+
+
+def plot(report, path):
+    """Held-out R^2 by why an entry was hidden: the model beside both baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [("all", "pooled"), ("roi", "hidden ROIs"), ("time", "hidden time points"),
+              ("cell_only", "hidden cells")]
+    methods = [("model", "BrainSymphony (Perceiver)", "C0"), ("interp", "interpolation", "C1"),
+               ("roi_mean", "per-ROI mean", "C7")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [4, 3]})
+    width = 0.8 / len(methods)
+    for k, (key, label, colour) in enumerate(methods):
+        values = [report["scores"][g][key]["r2"] for g, _ in groups]
+        axes[0].bar([i + (k - 1) * width for i in range(len(groups))], values, width,
+                    label=label, color=colour)
+    axes[0].set_xticks(range(len(groups)), [name for _, name in groups])
+    axes[0].set(ylabel="held-out R$^2$", title="all three masks at once (the model's decoder)")
+    tasks = [("roi", "hidden ROIs\n(spatial stream)"), ("time", "hidden time points\n(temporal)"),
+             ("cell", "hidden cells\n(context)")]
+    heads = [("stream", "encoder-stage head", "C2"), ("interp", "interpolation", "C1"),
+             ("roi_mean", "per-ROI mean", "C7")]
+    for k, (key, label, colour) in enumerate(heads):
+        values = [report["stream_tasks"][t][key]["r2"] for t, _ in tasks]
+        axes[1].bar([i + (k - 1) * width for i in range(len(tasks))], values, width,
+                    label=label, color=colour)
+    axes[1].set_xticks(range(len(tasks)), [name for _, name in tasks])
+    setup = report["setup"]
+    budgets = dict(item.split("=") for item in (setup["stage_steps"] or "").split(",") if item)
+    joint = int(budgets["joint"]) if budgets else setup["steps"] >= 3
+    axes[1].set(title="each encoder-stage head on its own mask" +
+                ("\n(after the joint stage, which does not train these heads)" if joint else ""))
+    fig.suptitle(f"{setup['n_held_out_subjects']} held-out subjects; {setup['steps']} steps, "
+                 f"{report['train_s']:.0f} s on {report['machine']['device']}", fontsize=10)
+    for ax in axes:
+        ax.axhline(0, color="k", lw=0.5)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -216,6 +260,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"brainsymphony_learns_{args.preset}{'_d' + str(args.dim) if args.dim else ''}.json"
     path.write_text(json.dumps(report, indent=2))
+    plot(report, path.with_suffix(".png"))
     print(f"pretrained {args.steps} steps in {train_s:.0f} s on {len(train_set)} windows of "
           f"{len(subjects) - len(held)} subjects; held out {len(held)} subjects "
           f"({len(test_set)} windows)")
@@ -229,7 +274,7 @@ def main(argv=None):
         for key, sc in by.items():
             print(f"{name:<10}{key:<10}{sc['r2']:>8.3f}{sc['pearson_r']:>8.3f}{sc['mse']:>8.3f}"
                   f"{sc['n']:>9}")
-    print(f"wrote {path}")
+    print(f"wrote {path} and {path.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
