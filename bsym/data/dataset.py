@@ -13,6 +13,7 @@ from bsym.data.errors import CohortError
 from bsym.data.preprocess import SignalCleaning, resample_tr, resampled_length
 
 SC_TRANSFORMS = ("log1p", "none")
+SAMPLINGS = ("grid", "random")
 
 
 class WindowDataset(Dataset):
@@ -33,7 +34,19 @@ class WindowDataset(Dataset):
     stride : int, optional
         Step between window starts (default ``window``: non-overlapping).
     max_windows : int, optional
-        At most this many windows per scan (evenly spread).
+        At most this many windows per scan (evenly spread; with ``sampling="random"``,
+        this many draws per scan and epoch).
+    sampling : {"grid", "random"}
+        ``grid``: windows at fixed starts every ``stride`` points. ``random``: every item
+        is a window at a start drawn uniformly over the whole scan, anew each epoch
+        (see :meth:`set_epoch`), from ``seed``, the epoch and the item index, so an epoch
+        is reproducible; a scan serves as many items per epoch as it has grid windows
+        (at most ``max_windows``). Pretraining uses it: every part of a scan is reachable.
+    cover_end : bool
+        With ``grid``, add a last window that ends at the scan's last time point when the
+        grid leaves a remainder, so the windows tile the whole scan (embeddings, tests).
+    seed : int
+        Seed of the random starts.
     labels : sequence of str
         Label columns to attach; every served scan must have them.
     target_tr : float, optional
@@ -55,11 +68,18 @@ class WindowDataset(Dataset):
 
     def __init__(self, cohort, window, *, scans=None, stride=None, max_windows=None,
                  labels=(), target_tr=None, cleaning=None, scaler=None, with_sc=True,
-                 sc_transform="log1p", cache_mb=512):
+                 sc_transform="log1p", cache_mb=512, sampling="grid", cover_end=False,
+                 seed=0):
         self.cohort = cohort
         self.window = int(window)
         self.stride = int(stride) if stride else self.window
         self.max_windows = max_windows
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        self.sampling = sampling
+        self.cover_end = bool(cover_end)
+        self.seed = int(seed)
+        self.epoch = 0
         self.labels = tuple(labels)
         self.target_tr = target_tr
         self.cleaning = cleaning or SignalCleaning()
@@ -123,11 +143,27 @@ class WindowDataset(Dataset):
                     fix="use a shorter window or exclude the short scans",
                 )
             starts = np.arange(0, n - self.window + 1, self.stride)
+            if self.cover_end and self.sampling == "grid" and starts[-1] + self.window < n:
+                starts = np.append(starts, n - self.window)
             if self.max_windows is not None and len(starts) > self.max_windows:
                 pick = np.linspace(0, len(starts) - 1, self.max_windows).round().astype(int)
                 starts = starts[pick]
-            index.extend((row["scan"], int(s)) for s in starts)
+            if self.sampling == "random":  # the start is drawn per item and epoch
+                index.extend((row["scan"], -(n - self.window + 1)) for _ in starts)
+            else:
+                index.extend((row["scan"], int(s)) for s in starts)
         return index
+
+    def set_epoch(self, epoch):
+        """Draw the random starts of epoch ``epoch`` (the training engine calls it)."""
+        self.epoch = int(epoch)
+
+    def _start(self, i):
+        scan, start = self.index[i]
+        if start >= 0:
+            return scan, start
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        return scan, int(rng.integers(0, -start))
 
     # -- series access -----------------------------------------------------------
     @property
@@ -177,7 +213,7 @@ class WindowDataset(Dataset):
         return torch.from_numpy(np.array(sc))
 
     def __getitem__(self, i):
-        scan, start = self.index[i]
+        scan, start = self._start(i)
         bold = np.array(self.series(scan)[:, start:start + self.window], dtype=np.float32)
         if self.scaler is not None:
             bold = self.scaler.transform(bold)
@@ -193,6 +229,7 @@ class WindowDataset(Dataset):
     def describe(self) -> dict:
         """Parameters that define the windows (for provenance)."""
         return {"window": self.window, "stride": self.stride, "max_windows": self.max_windows,
+                "sampling": self.sampling, "cover_end": self.cover_end, "seed": self.seed,
                 "tr": self.tr, "cleaning": self.cleaning.to_dict(),
                 "sc_transform": self.sc_transform, "n_scans": len(self.table),
                 "n_windows": len(self)}

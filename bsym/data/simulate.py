@@ -747,7 +747,7 @@ def simulate(*, n_subjects=200, n_rois=100, n_timepoints=1200, n_networks=7, n_s
 
 def simulate_cohort(out, *, n_subjects=200, n_rois=100, n_timepoints=1200, n_networks=7,
                     n_sites=3, site_trs=None, sessions=2, seed=0, config=None,
-                    overwrite=False, progress=True):
+                    overwrite=False, progress=True, roi_order="original", roi_seed=0):
     """Simulate the built-in cohort and write it as a cohort store.
 
     Parameters
@@ -776,6 +776,11 @@ def simulate_cohort(out, *, n_subjects=200, n_rois=100, n_timepoints=1200, n_net
         Replace an existing store at ``out``.
     progress : bool
         Show a progress bar over integration steps.
+    roi_order : {"original", "shuffled"}
+        Store the ROIs in the source's order, or in a fixed permutation drawn from
+        ``roi_seed`` (recorded in the manifest; see :class:`bsym.data.store.CohortWriter`).
+    roi_seed : int
+        Seed of the shuffled order.
 
     Returns
     -------
@@ -803,7 +808,8 @@ def simulate_cohort(out, *, n_subjects=200, n_rois=100, n_timepoints=1200, n_net
     preprocessing = {"units": "percent signal change x site scale",
                      "sc": "streamline counts", "lengths": "mm"}
     with CohortWriter(out, source=sim.source, atlas=f"simulated-{n_rois}",
-                      preprocessing=preprocessing, overwrite=overwrite) as writer:
+                      preprocessing=preprocessing, overwrite=overwrite, roi_order=roi_order,
+                      roi_seed=roi_seed) as writer:
         writer.set_rois(rois["name"], networks=rois["network"],
                         coords=rois[["x", "y", "z"]].to_numpy())
         for row, bold in zip(sim.scans.itertuples(index=False), sim.bold):

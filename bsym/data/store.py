@@ -47,6 +47,9 @@ RESERVED_COLUMNS = (
     "bold_file", "confounds_file",
 )
 MATRIX_KINDS = ("sc", "lengths")
+#: How ROIs are numbered in a store: as the source gives them, or by a fixed, seeded
+#: permutation (so that an ROI's index carries no information about its network).
+ROI_ORDERS = ("original", "shuffled")
 
 
 def _bsym_version() -> str:
@@ -76,6 +79,14 @@ class CohortWriter:
         Whether structural matrices must be symmetric.
     overwrite : bool
         Replace an existing store at ``path``.
+    roi_order : {"original", "shuffled"}
+        ``shuffled`` stores the ROIs in a fixed permutation drawn from ``roi_seed``:
+        fMRI rows, matrix rows and columns and the ROI table are reordered alike, the ROI
+        table keeps each ROI's ``source_index`` and the manifest records the permutation.
+        Atlases (and the simulator) number ROIs network by network, so in the source
+        order a model's ROI position code alone can "identify" networks.
+    roi_seed : int
+        Seed of the ``shuffled`` permutation.
 
     Examples
     --------
@@ -86,13 +97,18 @@ class CohortWriter:
     """
 
     def __init__(self, path, *, source, atlas, preprocessing=None, sc_symmetric=True,
-                 overwrite=False):
+                 overwrite=False, roi_order="original", roi_seed=0):
         self.path = Path(path)
         self.source = dict(source)
         self.atlas = str(atlas)
         self.preprocessing = dict(preprocessing or {})
         self.sc_symmetric = bool(sc_symmetric)
         self.overwrite = overwrite
+        if roi_order not in ROI_ORDERS:
+            raise ValueError(f"roi_order must be one of {ROI_ORDERS}, received {roi_order!r}")
+        self.roi_order = roi_order
+        self.roi_seed = int(roi_seed)
+        self._permutation = None
         if self.path.exists() and not overwrite:
             raise CohortError(
                 "a store already exists here", file=self.path,
@@ -129,6 +145,16 @@ class CohortWriter:
     def n_rois(self):
         return self._n_rois
 
+    def _order(self, n_rois):
+        """Stored position -> source index (the identity unless shuffled)."""
+        if self._permutation is None:
+            if self.roi_order == "shuffled":
+                rng = np.random.default_rng([self.roi_seed, n_rois])
+                self._permutation = rng.permutation(n_rois)
+            else:
+                self._permutation = np.arange(n_rois)
+        return self._permutation
+
     def set_rois(self, names, networks=None, coords=None, *, file=None):
         """Declare the ROIs: names, optional network labels and (x, y, z) coordinates."""
         names = [str(n) for n in names]
@@ -155,6 +181,10 @@ class CohortWriter:
                 f"the ROI table has {len(names)} ROIs but the data have {self._n_rois}",
                 file=file or "ROI table", fix="use the ROI table of the atlas the data were made with",
             )
+        order = self._order(len(names))
+        table = table.iloc[order].reset_index(drop=True)
+        table["source_index"] = order
+        table["index"] = np.arange(len(names))
         self._rois = table
         self._n_rois = len(names)
 
@@ -183,11 +213,13 @@ class CohortWriter:
                 f"duplicate scan id {scan!r}", file=origin, subject=subject,
                 fix="give every scan a unique subject/session pair",
             )
-        names = None if self._rois is None else self._rois["name"].tolist()
+        names = None if self._rois is None else \
+            self._rois.sort_values("source_index")["name"].tolist()  # the source's order
         bold = check_bold(bold, file=origin, subject=subject, n_rois=self._n_rois,
                           roi_names=names)
         if self._n_rois is None:
             self._n_rois = bold.shape[0]
+        bold = bold[self._order(self._n_rois)]
         tr = check_tr(tr, file=origin, subject=subject)
         row = {"scan": scan, "subject": subject, "session": session, "site": str(site),
                "tr": tr, "n_timepoints": int(bold.shape[1])}
@@ -235,6 +267,8 @@ class CohortWriter:
                               symmetric=self.sc_symmetric or kind == "lengths")
         if self._n_rois is None:
             self._n_rois = matrix.shape[0]
+        order = self._order(self._n_rois)
+        matrix = matrix[np.ix_(order, order)]
         index = len(self._matrices[kind])
         self._matrices[kind][subject] = self._save(kind, index, matrix)
 
@@ -283,6 +317,8 @@ class CohortWriter:
             "atlas": self.atlas,
             "preprocessing": self.preprocessing,
             "sc_symmetric": self.sc_symmetric,
+            "roi_order": {"order": self.roi_order, "seed": self.roi_seed,
+                          "source_index": [int(i) for i in self._order(self._n_rois)]},
             "n_rois": int(self._n_rois),
             "n_scans": len(subjects),
             "n_subjects": int(subjects["subject"].nunique()),
@@ -578,6 +614,13 @@ class Cohort:
                 self.matrix(kind, None)
         return self
 
+    def roi_order_text(self) -> str:
+        """``original`` or ``shuffled (seed S)``, as the manifest records it."""
+        order = self.manifest.get("roi_order") or {"order": "original"}
+        if order.get("order") == "shuffled":
+            return f"shuffled (seed {order.get('seed')})"
+        return str(order.get("order"))
+
     def summary(self) -> str:
         """Human-readable description (``bsym data info``)."""
         m, t = self.manifest, self.subjects
@@ -595,6 +638,7 @@ class Cohort:
             f"time points   min {int(t['n_timepoints'].min())}  median "
             f"{int(t['n_timepoints'].median())}  max {int(t['n_timepoints'].max())}",
             f"matrices      {', '.join(m['matrices']) or 'none'}",
+            f"ROI order     {self.roi_order_text()}",
         ]
         if "network" in self.rois.columns:
             nets = self.rois["network"].value_counts().sort_index()

@@ -386,7 +386,8 @@ def import_bids(derivatives, out, *, atlas, atlas_labels=None, connectomes=None,
                 participants=None,
                 confounds=("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
                            "csf", "white_matter"),
-                standardize=False, overwrite=False, progress=True):
+                standardize=False, overwrite=False, progress=True, roi_order="original",
+                roi_seed=0):
     """Parcellate fMRIPrep derivatives with a label atlas and import them.
 
     See :mod:`bsym.data.sources.bids` for the expected layout.
@@ -413,6 +414,11 @@ def import_bids(derivatives, out, *, atlas, atlas_labels=None, connectomes=None,
         Replace an existing store at ``out``.
     progress : bool
         Show a progress bar over scans.
+    roi_order : {"original", "shuffled"}
+        Store the ROIs in the source's order, or in a fixed permutation drawn from
+        ``roi_seed`` (recorded in the manifest; see :class:`bsym.data.store.CohortWriter`).
+    roi_seed : int
+        Seed of the shuffled order.
 
     Returns
     -------
@@ -440,7 +446,8 @@ def import_bids(derivatives, out, *, atlas, atlas_labels=None, connectomes=None,
         "detrend": False, "filter": None, "atlas_label_values": values,
     }
     with CohortWriter(out, source=source, atlas=atlas_name, preprocessing=preprocessing,
-                      sc_symmetric=True, overwrite=overwrite) as writer:
+                      sc_symmetric=True, overwrite=overwrite, roi_order=roi_order,
+                      roi_seed=roi_seed) as writer:
         writer.set_rois(names, networks=networks, coords=coords, file=atlas_name)
         for subject, path in sc_files.items():
             matrix = read_array(path, subject=subject, kind="sc")

@@ -101,7 +101,7 @@ def _drop_flat(records, names):
     return records, [names[i] for i in keep], note
 
 
-def _write(out, records, *, source, atlas, preprocessing, rois, overwrite, progress):
+def _write(out, records, *, source, atlas, preprocessing, rois, options, progress):
     names, networks, coords = rois
     records, kept, dropped = _drop_flat(records, names)
     if dropped:
@@ -112,7 +112,7 @@ def _write(out, records, *, source, atlas, preprocessing, rois, overwrite, progr
         preprocessing["dropped_rois_reason"] = ("constant (e.g. all zero) in the listed "
                                                 "scans; dropped for every scan")
     with CohortWriter(out, source=source, atlas=atlas, preprocessing=preprocessing,
-                      overwrite=overwrite) as writer:
+                      **options) as writer:
         writer.set_rois(kept, networks=networks, coords=coords, file=atlas)
         for rec in progress_bar(records, desc="storing", progress=progress):
             writer.add_scan(rec["scan"], subject=rec["subject"], session="1",
@@ -153,7 +153,7 @@ def _abide_series(entry, subject):
     return np.asarray(entry, dtype=np.float64), None
 
 
-def _import_abide(out, n_subjects, data_dir, overwrite, progress):
+def _import_abide(out, n_subjects, data_dir, options, progress):
     from nilearn import datasets
 
     bunch = _fetch(datasets.fetch_abide_pcp, "ABIDE Preprocessed", data_dir,
@@ -191,7 +191,7 @@ def _import_abide(out, n_subjects, data_dir, overwrite, progress):
     return _write(out, records, source={"name": "abide", "fetcher": "fetch_abide_pcp"},
                   atlas="CC200 (Craddock 2012)", preprocessing=preprocessing,
                   rois=([f"cc200_{i:03d}" for i in range(1, n_rois + 1)], None, None),
-                  overwrite=overwrite, progress=progress)
+                  options=options, progress=progress)
 
 
 # -- ADHD and development: NIfTI + MSDL -----------------------------------------------
@@ -285,7 +285,7 @@ def _development_labels(row):
             "handedness": _text(row.get("Handedness"))}
 
 
-def _import_adhd(out, n_subjects, data_dir, overwrite, progress):
+def _import_adhd(out, n_subjects, data_dir, options, progress):
     from nilearn import datasets
 
     kwargs = {} if n_subjects is None else {"n_subjects": n_subjects}
@@ -297,10 +297,10 @@ def _import_adhd(out, n_subjects, data_dir, overwrite, progress):
                              lambda row: str(_text(row.get("site")) or "unknown"), progress)
     return _write(out, records, source={"name": "adhd", "fetcher": "fetch_adhd"},
                   atlas="MSDL (39 regions)", preprocessing=_nifti_preprocessing(),
-                  rois=rois, overwrite=overwrite, progress=progress)
+                  rois=rois, options=options, progress=progress)
 
 
-def _import_development(out, n_subjects, data_dir, overwrite, progress):
+def _import_development(out, n_subjects, data_dir, options, progress):
     from nilearn import datasets
 
     bunch = _fetch(datasets.fetch_development_fmri, "the development fMRI dataset", data_dir,
@@ -315,7 +315,7 @@ def _import_development(out, n_subjects, data_dir, overwrite, progress):
     return _write(out, records, source={"name": "development",
                                         "fetcher": "fetch_development_fmri"},
                   atlas="MSDL (39 regions)", preprocessing=preprocessing, rois=rois,
-                  overwrite=overwrite, progress=progress)
+                  options=options, progress=progress)
 
 
 def _nifti_preprocessing():
@@ -328,7 +328,7 @@ def _nifti_preprocessing():
 
 
 def import_fetched(name, out, *, n_subjects=None, data_dir=None, overwrite=False,
-                   progress=True):
+                   progress=True, roi_order="original", roi_seed=0):
     """Download a public dataset with nilearn and import it.
 
     Parameters
@@ -345,6 +345,11 @@ def import_fetched(name, out, *, n_subjects=None, data_dir=None, overwrite=False
         Replace an existing store at ``out``.
     progress : bool
         Show progress bars.
+    roi_order : {"original", "shuffled"}
+        Store the ROIs in the source's order, or in a fixed permutation drawn from
+        ``roi_seed`` (recorded in the manifest; see :class:`bsym.data.store.CohortWriter`).
+    roi_seed : int
+        Seed of the shuffled order.
 
     Returns
     -------
@@ -358,4 +363,5 @@ def import_fetched(name, out, *, n_subjects=None, data_dir=None, overwrite=False
     if n_subjects is not None and (int(n_subjects) != n_subjects or n_subjects < 1):
         raise ValueError(f"n_subjects must be a positive integer, received {n_subjects!r}")
     _check_out(out, overwrite)
-    return importers[name](out, n_subjects, data_dir, overwrite, progress)
+    options = {"overwrite": overwrite, "roi_order": roi_order, "roi_seed": roi_seed}
+    return importers[name](out, n_subjects, data_dir, options, progress)

@@ -201,7 +201,8 @@ def _confounds(folder: Path, scan: dict, n_timepoints: int, columns):
     return values, names
 
 
-def import_folder(folder, out, *, sc_symmetric=True, overwrite=False, progress=True):
+def import_folder(folder, out, *, sc_symmetric=True, overwrite=False, progress=True,
+                  roi_order="original", roi_seed=0):
     """Import a folder laid out as described in :mod:`bsym.data.sources.folder`.
 
     Parameters
@@ -216,6 +217,11 @@ def import_folder(folder, out, *, sc_symmetric=True, overwrite=False, progress=T
         Replace an existing store at ``out``.
     progress : bool
         Show a progress bar over scans.
+    roi_order : {"original", "shuffled"}
+        Store the ROIs in the source's order, or in a fixed permutation drawn from
+        ``roi_seed`` (recorded in the manifest; see :class:`bsym.data.store.CohortWriter`).
+    roi_seed : int
+        Seed of the shuffled order.
 
     Returns
     -------
@@ -240,7 +246,7 @@ def import_folder(folder, out, *, sc_symmetric=True, overwrite=False, progress=T
     preprocessing["orientation_on_disk"] = orientation
     with CohortWriter(out, source=source, atlas=options.get("atlas", "unknown"),
                       preprocessing=preprocessing, sc_symmetric=sc_symmetric,
-                      overwrite=overwrite) as writer:
+                      overwrite=overwrite, roi_order=roi_order, roi_seed=roi_seed) as writer:
         if rois is not None:
             names, networks, coords = rois
             writer.set_rois(names, networks=networks, coords=coords, file=folder / "rois.tsv")

