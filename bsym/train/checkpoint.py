@@ -24,6 +24,9 @@ from bsym.io import fsync_dir
 FORMAT = "bsym-checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
+#: Kept weights at chosen fractions of a run (never pruned): the initial weights (the
+#: random-initialisation control) and the points of the score-against-compute curve.
+SNAPSHOT_DIR = "snapshots"
 FINAL_NAME = "final.pt"
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
 
@@ -94,13 +97,26 @@ def checkpoint_path(out_dir, step) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / f"step-{int(step):08d}.pt"
 
 
-def list_checkpoints(out_dir) -> list:
-    """``[(step, path), ...]`` of a run's periodic checkpoints, oldest first."""
-    folder = Path(out_dir) / CHECKPOINT_DIR
+def _step_files(folder) -> list:
+    folder = Path(folder)
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
     return sorted(found)
+
+
+def list_checkpoints(out_dir) -> list:
+    """``[(step, path), ...]`` of a run's periodic checkpoints, oldest first."""
+    return _step_files(Path(out_dir) / CHECKPOINT_DIR)
+
+
+def snapshot_path(out_dir, step) -> Path:
+    return Path(out_dir) / SNAPSHOT_DIR / f"step-{int(step):08d}.pt"
+
+
+def list_snapshots(out_dir) -> list:
+    """``[(step, path), ...]`` of a run's kept snapshots, oldest first."""
+    return _step_files(Path(out_dir) / SNAPSHOT_DIR)
 
 
 def latest_checkpoint(out_dir):

@@ -25,6 +25,14 @@ def _stage_steps(text):
     return out
 
 
+def _fractions(text):
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") \
+            from None
+
+
 def model_arg(text):
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -59,7 +67,11 @@ def add_parser(subparsers):
     data.add_argument("--stride", type=int, default=None, help="step between windows "
                       "(default: the window, no overlap)")
     data.add_argument("--max-windows", type=int, default=None, help="at most this many windows "
-                      "per scan")
+                      "per scan and epoch")
+    data.add_argument("--window-sampling", choices=("random", "grid"), default="random",
+                      help="random (default): each window starts at a random point of its scan, "
+                      "drawn anew every epoch, so all of a scan is reachable; grid: fixed starts "
+                      "every --stride points")
     data.add_argument("--target-tr", type=float, default=None,
                       help="resample every scan to this TR (seconds) first")
     data.add_argument("--subjects-file", default=None,
@@ -72,6 +84,13 @@ def add_parser(subparsers):
                      "(default 1000)")
     opt.add_argument("--stage-steps", type=_stage_steps, default=None, metavar="STAGE=N,...",
                      help="steps per stage instead of the even split")
+    budget = opt.add_mutually_exclusive_group()
+    budget.add_argument("--budget-timepoints", type=float, default=None, metavar="N",
+                        help="instead of --steps: as many steps as it takes to see N window "
+                        "time points (batch x window per step), to match models by data seen")
+    budget.add_argument("--budget-flops", type=float, default=None, metavar="F",
+                        help="instead of --steps: as many steps as F training FLOPs buy "
+                        "(forward + backward, counted on one step per stage)")
     opt.add_argument("--batch-size", type=int, default=16, help="per process (default 16)")
     opt.add_argument("--accumulate", type=int, default=1, help="micro-batches per step")
     opt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
@@ -90,7 +109,14 @@ def add_parser(subparsers):
     run.add_argument("--checkpoint-every", type=int, default=500,
                      help="steps between checkpoints (default 500)")
     run.add_argument("--keep-checkpoints", type=int, default=3)
+    run.add_argument("--snapshots", type=_fractions, default=(0.0,), metavar="F,F,...",
+                     help="fractions of the run whose weights are kept in OUT/snapshots "
+                     "(default 0: the initial weights, for the random-initialisation control; "
+                     "e.g. 0,0.25,0.5 for the score-against-compute curve)")
     run.add_argument("--log-every", type=int, default=10)
+    run.add_argument("--eval-every", type=int, default=0,
+                     help="steps between validation losses with --val-subjects-file (default 0: "
+                     "at the end of each stage)")
     run.add_argument("--tracking-uri", default=None,
                      help="MLflow tracking URI (default sqlite:///results/mlflow.db)")
     run.add_argument("--experiment", default="bsym", help="MLflow experiment (default bsym)")
@@ -100,7 +126,9 @@ def add_parser(subparsers):
     return p
 
 
-def _read_ids(path, what):
+def read_subject_ids(path, what):
+    """Subject ids of a text file (one a line, ``#`` comments); ``what`` names the option in
+    errors."""
     from bsym.data import CohortError
 
     file = Path(path)
@@ -120,7 +148,7 @@ def _scans_of(cohort, path, what):
 
     if path is None:
         return None
-    ids = _read_ids(path, what)
+    ids = read_subject_ids(path, what)
     table = cohort.subjects
     unknown = sorted(set(ids) - set(table["subject"].astype(str)))
     if unknown:
@@ -141,6 +169,24 @@ def _model_overrides(spec, preset, n_rois, window):
         if key in accepted or key in preset or takes_any:
             overrides[key] = value
     return overrides
+
+
+def _budget_request(args, model, train_set, window):
+    """``{"unit", "amount", "steps"}`` of --budget-timepoints / --budget-flops, or None."""
+    from bsym.train.budget import measure_step_flops, steps_for_budget
+
+    if args.budget_timepoints is None and args.budget_flops is None:
+        return None
+    per_step = args.batch_size * args.accumulate
+    stages = [str(s) for s in model.stages()]
+    if args.budget_timepoints is not None:
+        unit, amount, flops = "timepoints", args.budget_timepoints, None
+    else:
+        unit, amount = "flops", args.budget_flops
+        flops = measure_step_flops(model, train_set, batch_size=per_step, stages=stages)
+    steps = steps_for_budget(unit, amount, batch_size=per_step, window=window,
+                             flops_per_step=flops, n_stages=len(stages))
+    return {"unit": unit, "amount": float(amount), "steps": steps}
 
 
 def _error(message):
@@ -180,7 +226,8 @@ def _pretrain(args):
         scans = [s for s in cohort.scans if s not in set(val_scans)]
     window_args = {"stride": args.stride, "max_windows": args.max_windows,
                    "target_tr": args.target_tr}
-    train_set = WindowDataset(cohort, window, scans=scans, **window_args)
+    train_set = WindowDataset(cohort, window, scans=scans, sampling=args.window_sampling,
+                              seed=args.seed, **window_args)
     scaler = train_set.fit_scaler(RobustScaler())
     val_set = None
     if val_scans:
@@ -196,8 +243,11 @@ def _pretrain(args):
             device=args.device, precision=args.precision, compile=args.compile,
             num_workers=args.num_workers, checkpoint_every=args.checkpoint_every,
             keep_checkpoints=args.keep_checkpoints, log_every=args.log_every,
-            progress=not args.quiet)
+            progress=not args.quiet, snapshots=args.snapshots, eval_every=args.eval_every)
         model = build(args.model, preset=args.preset, **overrides)
+        budget = _budget_request(args, model, train_set, int(window))
+        if budget is not None:
+            config.steps, config.stage_steps = budget["steps"], None
     except (TypeError, ValueError) as err:
         _error(str(err))
     if args.no_tracking:
@@ -208,7 +258,8 @@ def _pretrain(args):
              "subjects_file": args.subjects_file, "val_subjects_file": args.val_subjects_file,
              "train_subjects": sorted(train_set.table["subject"].astype(str).unique()),
              "n_train_scans": len(train_set.table),
-             "n_val_scans": len(val_set.table) if val_set is not None else 0}
+             "n_val_scans": len(val_set.table) if val_set is not None else 0,
+             "budget_request": budget}
     try:
         result = train(model, train_set, config, args.out, val_dataset=val_set,
                        resume=args.resume, tracker=tracker, extra=extra,

@@ -30,6 +30,7 @@ from torch.utils.data._utils.collate import default_collate
 from bsym import __version__
 from bsym.track import NullTracker
 from bsym.train import devices
+from bsym.train.budget import Consumption, StepFlops
 from bsym.train.checkpoint import (
     CHECKPOINT_DIR,
     FINAL_NAME,
@@ -42,10 +43,12 @@ from bsym.train.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
     list_checkpoints,
+    list_snapshots,
     load_checkpoint,
     model_identity,
     prune_checkpoints,
     save_checkpoint,
+    snapshot_path,
 )
 from bsym.train.schedule import WarmupCosine
 
@@ -80,6 +83,12 @@ class TrainConfig:
         Micro-batches per optimizer step.
     checkpoint_every : int
         Write a checkpoint every this many optimizer steps (0: only at stage ends).
+    snapshots : tuple of float
+        Fractions of the run's steps (0 <= f < 1) whose weights are kept for good in
+        ``snapshots/step-N.pt`` (0: the initial weights, the random-initialisation
+        control); the final weights are ``final.pt``.
+    count_flops : bool
+        Count the FLOPs of the first step of each stage (see :mod:`bsym.train.budget`).
     keep_checkpoints : int
         Periodic checkpoints kept (the newest).
     seed : int
@@ -121,6 +130,8 @@ class TrainConfig:
     accumulate: int = 1
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    snapshots: tuple = ()
+    count_flops: bool = True
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -138,10 +149,14 @@ class TrainConfig:
     #: or change it only as the hardware does).
     RUNTIME_KEYS = ("device", "precision", "compile", "num_workers", "log_every", "eval_every",
                     "eval_batches", "progress", "checkpoint_every", "keep_checkpoints",
-                    "deterministic", "find_unused_parameters")
+                    "deterministic", "find_unused_parameters", "snapshots", "count_flops")
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
+        self.snapshots = tuple(sorted({float(f) for f in self.snapshots}))
+        if any(not 0.0 <= f < 1.0 for f in self.snapshots):
+            raise ValueError(f"TrainConfig.snapshots are fractions of the run in [0, 1), got "
+                             f"{self.snapshots}")
         positive = {"steps": self.steps, "batch_size": self.batch_size,
                     "accumulate": self.accumulate, "log_every": self.log_every,
                     "keep_checkpoints": self.keep_checkpoints}
@@ -166,6 +181,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         out = asdict(self)
         out["betas"] = list(self.betas)
+        out["snapshots"] = list(self.snapshots)
         return out
 
     @classmethod
@@ -224,6 +240,8 @@ class TrainResult:
         MLflow run id, when tracked.
     stopped_early : bool
         A callback ended training before the step budget.
+    budget : dict
+        What the run consumed (:class:`~bsym.train.budget.Consumption`).
     """
 
     final_path: Path | None
@@ -236,6 +254,7 @@ class TrainResult:
     resumed_from: Path | None = None
     run_id: str | None = None
     stopped_early: bool = False
+    budget: dict = field(default_factory=dict)
 
     @property
     def final_loss(self):
@@ -294,6 +313,8 @@ class _BatchStream:
     def _open(self):
         epoch, offset = divmod(self.consumed, self.per_epoch)
         self.sampler.set_epoch(epoch, skip=offset * self.batch_size)
+        if hasattr(self.dataset, "set_epoch"):  # random window starts, drawn per epoch
+            self.dataset.set_epoch(epoch)
         gen = torch.Generator().manual_seed(derive(self.seed, _SEED_LOADER, epoch, 1))
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                             drop_last=True, num_workers=self.num_workers,
@@ -513,7 +534,7 @@ def _check_out_dir(out_dir, resume):
         final = out_dir / FINAL_NAME
         return final if final.exists() else latest_checkpoint(out_dir)
     held = [p for p in (out_dir / FINAL_NAME, out_dir / RUN_SUMMARY) if p.exists()]
-    held += [p for _, p in list_checkpoints(out_dir)]
+    held += [p for _, p in list_checkpoints(out_dir) + list_snapshots(out_dir)]
     if held:
         finished = (out_dir / FINAL_NAME).exists()
         raise RunExistsError(
@@ -679,7 +700,9 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
     session = {"steps": 0, "seconds": 0.0}
     last_ckpt = ckpt_path
     meta = {"mode": mode, "label": label, "classes": classes, "identity": identity,
-            "data": data, "budgets": budgets, "env": env, "config": config, "extra": extra}
+            "data": data, "budgets": budgets, "env": env, "config": config, "extra": extra,
+            "consumption": Consumption.from_dict((ckpt or {}).get("budget"))}
+    snapshot_steps = {round(f * total_steps) for f in config.snapshots}
 
     tracking = contextlib.ExitStack()
     run_id = None
@@ -695,6 +718,9 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                                 "experiment": getattr(tracker, "experiment", None),
                                 "run_id": run_id if tracker.enabled else None}
             stop = False
+            if ckpt is None and 0 in snapshot_steps and out_dir is not None and is_main:
+                _save_snapshot(model, meta, out_dir, budgets[0][0], 0, 0, history,
+                               val_history, prior_wall)
             for si, (stage, budget) in enumerate(budgets):
                 if stop:
                     break
@@ -733,18 +759,26 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                     lr = optimizer.param_groups[0]["lr"]
                     optimizer.zero_grad(set_to_none=True)
                     loss_sum = torch.zeros((), device=device)
-                    for micro in range(config.accumulate):
-                        batch = to_device(next(stream), device)
-                        y = _targets(batch, label, classes, device) if label is not None else None
-                        sync = (ddp is None or micro == config.accumulate - 1)
-                        with contextlib.nullcontext() if sync else ddp.no_sync():
-                            with devices.autocast(device, dtype):
-                                loss = runner(batch, y, mask_gen, stage)
-                            if loss.ndim != 0:
-                                raise ValueError(f"the loss must be a scalar tensor, received "
-                                                 f"shape {tuple(loss.shape)}")
-                            (loss.float() / config.accumulate).backward()
-                        loss_sum += loss.detach().float()
+                    consumption = meta["consumption"]
+                    count = (config.count_flops and not config.compile and
+                             stage not in consumption.flops_per_step)
+                    with StepFlops(enabled=count) as flops:
+                        for micro in range(config.accumulate):
+                            batch = to_device(next(stream), device)
+                            y = _targets(batch, label, classes, device) if label is not None \
+                                else None
+                            sync = (ddp is None or micro == config.accumulate - 1)
+                            with contextlib.nullcontext() if sync else ddp.no_sync():
+                                with devices.autocast(device, dtype):
+                                    loss = runner(batch, y, mask_gen, stage)
+                                if loss.ndim != 0:
+                                    raise ValueError(f"the loss must be a scalar tensor, "
+                                                     f"received shape {tuple(loss.shape)}")
+                                (loss.float() / config.accumulate).backward()
+                            loss_sum += loss.detach().float()
+                    if stage not in consumption.flops_per_step:
+                        consumption.flops_per_step[stage] = (
+                            flops.total * env.world_size if flops.total is not None else None)
                     mean_loss = loss_sum / config.accumulate
                     if env.distributed:
                         torch.distributed.all_reduce(mean_loss)
@@ -770,6 +804,8 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                     window_steps += 1
                     samples = config.batch_size * config.accumulate * env.world_size
                     sps = samples / max(dt, 1e-9)
+                    consumption.add_step(stage, samples, data["window"])
+                    consumption.wall_s = prior_wall + time.perf_counter() - started
                     history["step"].append(step)
                     history["stage"].append(stage)
                     history["loss"].append(loss_value)
@@ -809,6 +845,10 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                                 prior_wall + time.perf_counter() - started, finished=False)
                             last_ckpt = save_checkpoint(state, checkpoint_path(out_dir, step))
                             prune_checkpoints(out_dir, config.keep_checkpoints)
+                    if step in snapshot_steps and out_dir is not None and is_main:
+                        _save_snapshot(model, meta, out_dir, stage, si, stage_step, history,
+                                       val_history, prior_wall + time.perf_counter() - started,
+                                       step=step, consumed=stream.consumed)
                     info = StepInfo(step, stage, stage_step, loss_value, lr, sps, model, val)
                     stop = any([callback(info) is True for callback in callbacks])
                     if env.distributed:
@@ -826,10 +866,11 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                                  steps=step, samples_per_s=throughput,
                                  wall_s=time.perf_counter() - started, checkpoint=last_ckpt,
                                  resumed_from=ckpt_path, run_id=run_id if tracker.enabled
-                                 else None, stopped_early=stop)
+                                 else None, stopped_early=stop,
+                                 budget=meta["consumption"].to_dict())
             tracker.log_metrics({"final_train_loss": result.final_loss or float("nan"),
-                                 "train_samples_per_s": throughput, "train_wall_s": wall},
-                                step=step)
+                                 "train_samples_per_s": throughput, "train_wall_s": wall,
+                                 **_budget_metrics(meta["consumption"])}, step=step)
             if out_dir is not None and is_main:
                 final = _checkpoint_state(model, None, None, None, meta, budgets[-1][0],
                                           len(budgets) - 1, budgets[-1][1], step,
@@ -916,7 +957,23 @@ def _checkpoint_state(model, optimizer, schedule, rng, meta, stage, stage_index,
         "history": history, "val_history": val_history, "wall_s": float(wall),
         "tracking": meta.get("tracking"),
         "extra": meta["extra"] or {},
+        "budget": meta["consumption"].to_dict(),
     }
+
+
+def _save_snapshot(model, meta, out_dir, stage, stage_index, stage_step, history, val_history,
+                   wall, *, step=0, consumed=0):
+    state = _checkpoint_state(model, None, None, None, meta, stage, stage_index, stage_step,
+                              step, consumed, history, val_history, wall, finished=False)
+    state["kind"] = "snapshot"
+    return save_checkpoint(state, snapshot_path(out_dir, step))
+
+
+def _budget_metrics(consumption):
+    out = {"budget_samples": consumption.samples, "budget_timepoints": consumption.timepoints}
+    if consumption.flops is not None:
+        out["budget_flops"] = consumption.flops
+    return out
 
 
 def _summary(result, meta, out_dir):
@@ -944,6 +1001,8 @@ def _summary(result, meta, out_dir):
         "checkpoints": [str(p.relative_to(out_dir)) for _, p in list_checkpoints(out_dir)],
         "extra": {k: v for k, v in (meta["extra"] or {}).items() if k != "scaler"},
         "mlflow_run_id": result.run_id,
+        "budget": result.budget,
+        "snapshots": [str(p.relative_to(out_dir)) for _, p in list_snapshots(out_dir)],
         "resumed_from": str(result.resumed_from) if result.resumed_from else None,
     }
 
@@ -955,7 +1014,8 @@ def _finished_result(ckpt, path, out_dir):
                        val_history=[dict(v) for v in ckpt["val_history"]],
                        steps=int(ckpt["step"]), wall_s=0.0, checkpoint=path,
                        resumed_from=path,
-                       run_id=(ckpt.get("tracking") or {}).get("run_id"))
+                       run_id=(ckpt.get("tracking") or {}).get("run_id"),
+                       budget=dict(ckpt.get("budget") or {}))
 
 
 __all__ = ["CHECKPOINT_DIR", "FINAL_NAME", "RUN_SUMMARY", "ResumableSampler", "StepInfo",
