@@ -7,9 +7,12 @@ every held-out window with fixed seeded masks (ratio 0.15 each, as in training)
 and scores the reconstruction of the hidden entries against
 
 - **per-ROI mean**: each ROI's mean over its visible entries in the window
-  (0, the training median, when the whole ROI is hidden);
+  (the window's visible mean when the whole ROI is hidden);
 - **linear interpolation over time**: each ROI's hidden time points from its
   visible neighbours (the per-ROI mean where the whole ROI is hidden).
+
+Baselines and scores are the package's (:mod:`bsym.models.pretext`), as used by
+``bsym health``.
 
 The Perceiver's reconstruction (the fMRI embeddings' own decoder, every mask at once) is
 scored as **model**. The encoder-stage heads are scored on their own pretraining tasks,
@@ -38,21 +41,6 @@ import numpy as np
 import torch
 
 
-def _interpolate(x, hidden):
-    """Per-ROI linear interpolation of hidden time points (numpy, R x T)."""
-    out = x.copy()
-    t = np.arange(x.shape[1])
-    for r in range(x.shape[0]):
-        seen = ~hidden[r]
-        if seen.sum() == 0:
-            out[r] = 0.0
-        elif seen.sum() == 1:
-            out[r] = x[r, seen][0]
-        else:
-            out[r, ~seen] = np.interp(t[~seen], t[seen], x[r, seen])
-    return out
-
-
 def _stream_heads(model, x, masks):
     """Each encoder-stage head on its own pretraining task: ``{task: (hidden, prediction)}``
     with only that task's mask hidden (as in the encoder stage)."""
@@ -68,23 +56,13 @@ def _stream_heads(model, x, masks):
     return {"roi": (roi, spatial), "time": (time, temporal), "cell": (cell, context)}
 
 
-def truth_of(x):
-    return x[0].numpy()
+def _baselines(x, hidden):
+    """Per-ROI mean and interpolation of the hidden entries of one window (numpy, R x T)."""
+    from bsym.models.pretext import interpolate_time, row_mean
 
-
-def _roi_mean(x, hidden):
-    out = np.zeros_like(x)
-    for r in range(x.shape[0]):
-        seen = ~hidden[r]
-        out[r] = x[r, seen].mean() if seen.any() else 0.0
-    return out
-
-
-def _scores(truth, pred):
-    sse = float(((truth - pred) ** 2).sum())
-    sst = float(((truth - truth.mean()) ** 2).sum())
-    r = float(np.corrcoef(truth, pred)[0, 1]) if pred.std() > 0 else 0.0
-    return {"r2": 1 - sse / sst, "pearson_r": r, "mse": sse / truth.size, "n": int(truth.size)}
+    x, visible = torch.as_tensor(x)[None], ~torch.as_tensor(hidden)[None]
+    return {"roi_mean": row_mean(x, visible)[0].numpy(),
+            "interp": interpolate_time(x, visible)[0].numpy()}
 
 
 def plot(report, path):
@@ -163,6 +141,7 @@ def main(argv=None):
     from bsym.data.simulate import simulate_cohort
     from bsym.models import build
     from bsym.models.masking import fmri_masks
+    from bsym.models.pretext import regression_scores
     from bsym.train import TrainConfig, train
 
     work = Path(tempfile.mkdtemp(prefix="bsym-learns-"))
@@ -214,18 +193,17 @@ def main(argv=None):
             on_device = {k: v.to(device) for k, v in masks.items()}
             recon = model.reconstruct_fmri(batch, on_device)[0].float().cpu().numpy()
             heads = _stream_heads(model, batch["bold"], on_device)
+            truth = x[0].numpy()
             for name, (hidden_t, pred) in heads.items():
                 hidden_t = hidden_t[0].cpu().numpy()
-                tasks[name]["truth"].append(truth_of(x)[hidden_t])
+                tasks[name]["truth"].append(truth[hidden_t])
                 tasks[name]["stream"].append(pred[0].float().cpu().numpy()[hidden_t])
-                tasks[name]["roi_mean"].append(_roi_mean(truth_of(x), hidden_t)[hidden_t])
-                tasks[name]["interp"].append(_interpolate(truth_of(x), hidden_t)[hidden_t])
-            truth = x[0].numpy()
+                for key, base in _baselines(truth, hidden_t).items():
+                    tasks[name][key].append(base[hidden_t])
             hidden = masks["union"][0].numpy()
             roi = np.broadcast_to(masks["roi"][0].numpy()[:, None], hidden.shape)
             tim = np.broadcast_to(masks["time"][0].numpy()[None, :], hidden.shape)
-            preds = {"model": recon, "roi_mean": _roi_mean(truth, hidden),
-                     "interp": _interpolate(truth, hidden)}
+            preds = {"model": recon, **_baselines(truth, hidden)}
             for name, where in (("all", hidden), ("roi", roi), ("time", tim & ~roi),
                                 ("cell_only", hidden & ~roi & ~tim)):
                 buckets[name]["truth"].append(truth[where])
@@ -234,11 +212,12 @@ def main(argv=None):
     scores = {}
     for name, parts in buckets.items():
         truth = np.concatenate(parts["truth"])
-        scores[name] = {key: _scores(truth, np.concatenate(parts[key])) for key in methods}
+        scores[name] = {key: regression_scores(truth, np.concatenate(parts[key]))
+                        for key in methods}
     stream_tasks = {}
     for name, parts in tasks.items():
         truth = np.concatenate(parts["truth"])
-        stream_tasks[name] = {key: _scores(truth, np.concatenate(parts[key]))
+        stream_tasks[name] = {key: regression_scores(truth, np.concatenate(parts[key]))
                               for key in ("stream", "roi_mean", "interp")}
 
     report = {

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bsym.models import masking
+from bsym.models import masking, pretext
 from bsym.models.base import BrainModel, Embeddings
 from bsym.models.layers import (
     TransformerEncoder,
@@ -293,6 +293,25 @@ class BrainLM(BrainModel):
         keep = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :n_keep]
         prediction = self.decode(self._encode(tokens, keep), keep)
         return F.mse_loss(prediction[mask], patches[mask])
+
+    @torch.no_grad()
+    def pretext_predictions(self, batch, *, generator=None, stage=None):
+        """Masked patch reconstruction beside trivial baselines (view ``default``).
+
+        Draws the pretraining token mask; the hidden cells are those of the masked
+        patches, the baselines (``window_mean``, ``roi_mean``, ``interpolation``) read
+        the visible patches only. Returns ``{"default": (PretextPrediction,)}``
+        (:mod:`bsym.models.pretext`).
+        """
+        x = bold_input(self, batch)
+        tokens, _ = self.tokens(x)
+        mask = self.draw_mask(x.shape[0], generator, x.device)
+        n_keep = self.n_tokens - int(mask[0].sum())
+        keep = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :n_keep]
+        reconstruction = self.decode(self._encode(tokens, keep), keep).reshape(x.shape)
+        hidden = mask[..., None].expand(-1, -1, self.patch_size).reshape(x.shape)
+        return {"default": (pretext.masked_series_prediction("masked_patches", x, hidden,
+                                                             reconstruction),)}
 
     def embed(self, batch):
         """``Embeddings(subject=CLS (B, dim), roi=mean of each ROI's tokens (B, R, dim))``."""

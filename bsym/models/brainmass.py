@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bsym.models import masking
+from bsym.models import masking, pretext
 from bsym.models.base import BrainModel, Embeddings
 from bsym.models.brainlm import bold_input
 from bsym.models.ema import ema_momentum, ema_update_
@@ -306,6 +306,37 @@ class BrainMass(BrainModel):
     def pretrain_loss(self, batch, *, generator=None, stage=None):
         """``byol_weight * BYOL + mrm_weight * MRM + mrc_weight * MRC`` (a scalar)."""
         return self.pretrain_losses(batch, generator=generator, stage=stage)["loss"]
+
+    @torch.no_grad()
+    def pretext_predictions(self, batch, *, generator=None, stage=None):
+        """Masked ROI modelling beside trivial baselines (view ``default``).
+
+        Draws the first pseudo-FC view and the MRM rows as :meth:`pretrain_losses` does
+        and scores the off-diagonal entries of the masked rows (the diagonal is 1 by
+        construction). Baselines read the visible entries (unmasked rows, and unmasked
+        columns with ``hide_masked_columns``): ``column_mean``, the mean of column j
+        over the visible rows (the sample's visible mean where column j is hidden), and
+        ``visible_mean``. Returns ``{"default": (PretextPrediction,)}``.
+        """
+        if not self.weights["mrm"]:
+            raise ValueError("this BrainMass was built with mrm_weight=0: its masked ROI "
+                             "modelling head is untrained, so it has no reconstruction pretext")
+        x = bold_input(self, batch)
+        fc, _ = self.views(x, generator)
+        rows = masking.random_subset(x.shape[0], self.n_rois, self.mrm_ratio, generator,
+                                     x.device)
+        h, _ = self.online.tokens(self.masked_input(fc, rows), self.position)
+        eye = torch.eye(self.n_rois, dtype=torch.bool, device=x.device)
+        hidden = rows[:, :, None] & ~eye
+        visible = ~rows[:, :, None] & ~eye
+        if self.hide_masked_columns:
+            visible = visible & ~rows[:, None, :]
+        baselines = {"column_mean": pretext.row_mean(fc.transpose(1, 2),
+                                                     visible.transpose(1, 2)).transpose(1, 2),
+                     "visible_mean": pretext.sample_mean(fc, visible).expand_as(fc)}
+        return {"default": (pretext.PretextPrediction(
+            "fc_masked_rows", fc[hidden], self.mrm_head(h)[hidden],
+            {name: value[hidden] for name, value in baselines.items()}),)}
 
     @torch.no_grad()
     def after_optimizer_step(self, step, total_steps=None):

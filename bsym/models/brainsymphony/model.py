@@ -7,7 +7,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from bsym.models import masking
+from bsym.models import masking, pretext
 from bsym.models.base import BrainModel, Embeddings
 from bsym.models.brainsymphony.context import ContextConv
 from bsym.models.brainsymphony.fusion import FusionGate
@@ -372,12 +372,17 @@ class BrainSymphony(BrainModel):
         """
         if embeddings is None:
             embeddings = self.encode_sc(masking.remove_edges(adjacency, mask))
+        b, i, j = self._edge_pairs(adjacency, mask)
+        return self.edge_head(embeddings, b, i, j), adjacency[b, i, j]
+
+    @staticmethod
+    def _edge_pairs(adjacency, mask):
+        """(b, i, j) of the hidden pairs: i < j only when matrix and mask are symmetric."""
         pairs = mask
         if torch.equal(mask, mask.transpose(1, 2)) and torch.equal(adjacency,
                                                                    adjacency.transpose(1, 2)):
             pairs = mask & torch.ones_like(mask[0]).triu(1)
-        b, i, j = pairs.nonzero(as_tuple=True)
-        return self.edge_head(embeddings, b, i, j), adjacency[b, i, j]
+        return pairs.nonzero(as_tuple=True)
 
     def _edge_mask(self, a, generator):
         symmetric = torch.equal(a, a.transpose(1, 2))
@@ -443,6 +448,51 @@ class BrainSymphony(BrainModel):
               model, both objectives decoded from the fused embeddings.
         """
         return self.pretrain_losses(batch, generator=generator, stage=stage)["loss"]
+
+    @torch.no_grad()
+    def pretext_predictions(self, batch, *, generator=None, stage=None):
+        """Held-out pretext predictions beside trivial baselines, per view.
+
+        Draws the pretraining masks (fMRI masks first, then the edge mask) and decodes
+        each objective as ``stage`` last trained it. ``joint``: in the fusion model both
+        objectives are decoded from the fused embeddings; earlier stages: the Perceiver
+        reconstructs from the fMRI latents and the edge head reads the SC encoder.
+
+        Returns
+        -------
+        dict
+            ``fmri``: masked cells (baselines ``window_mean``, ``roi_mean``,
+            ``interpolation``); ``sc``: masked edges (baselines ``mean_edge``,
+            ``node_mean``); ``fusion``: both. Each a tuple of
+            :class:`~bsym.models.pretext.PretextPrediction`.
+        """
+        stage = self._stage(stage)
+        fused = self.branches == "both" and stage == "joint"
+        need_sc = "the fusion model's pretext task needs SC" if self.branches == "both" else None
+        x, a = self._inputs(batch, need_sc=need_sc)
+        masks = masking.fmri_masks(x.shape[0], self.n_rois, self.n_timepoints, self.mask_ratio,
+                                   generator, x.device) if x is not None else None
+        hidden = self._edge_mask(a, generator) if a is not None else None
+        sc_emb = self.encode_sc(masking.remove_edges(a, hidden)) if a is not None else None
+        views = {}
+        if x is not None:
+            latents, _ = self._fmri_latents(x, masks)
+            if fused:
+                latents, _ = self.gate(latents, sc_emb)
+            views["fmri"] = (pretext.masked_series_prediction(
+                "fmri_masked_cells", x, masks["union"], self.perceiver.reconstruct(latents)),)
+        if a is not None:
+            views["sc"] = (self._edge_pretext(a, hidden, latents if fused else sc_emb),)
+        if len(views) == 2:
+            views["fusion"] = views["fmri"] + views["sc"]
+        return views
+
+    def _edge_pretext(self, adjacency, hidden, embeddings):
+        b, i, j = self._edge_pairs(adjacency, hidden)
+        baselines = pretext.edge_baselines(adjacency, hidden)
+        return pretext.PretextPrediction(
+            "sc_masked_edges", adjacency[b, i, j], self.edge_head(embeddings, b, i, j),
+            {name: value[b, i, j] for name, value in baselines.items()})
 
     def _encoder_terms(self, x, masks):
         roi, time, cell = masks["roi"], masks["time"], masks["cell"]
