@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import write_toy_store
 
 from bsym.data.dataset import WindowDataset
@@ -114,6 +115,7 @@ def test_bad_input_names_expected_and_received(name):
     ("brainjepa", {"n_timepoints": 32}, "at least 3 patches"),
     ("brainjepa", {"obs_scale": [0.9, 0.5]}, "obs_scale"),
     ("brainjepa", {"loss": "l1"}, "loss"),
+    ("brainjepa", {"patch_embed_std": 0.0}, "patch_embed_std"),
     ("brainmass", {"heads": 3}, "set dim="),
     ("brainmass", {"view_fraction": 0.01}, "at least 3"),
     ("brainmass", {"byol_weight": 0, "mrm_weight": 0, "mrc_weight": 0}, "at least one"),
@@ -304,6 +306,47 @@ def test_brainjepa_embeds_with_the_chosen_encoder():
     assert not torch.equal(target, context.subject)
     context.subject.sum().backward()  # fine-tuning can go through the context encoder
     assert model.context_encoder.patch_embed.weight.grad is not None
+
+
+# the published initialisation and predictor width, which the tiny preset departs from
+PUBLISHED_TINY = {"predictor_dim": 16, "patch_embed_std": 0.02, "roi_position_std": 0.02}
+
+
+def data_share(model, encoder, x):
+    """Share of the layer-normalised tokens' energy that varies with the data.
+
+    1 - share is the constant-and-position part (the same at a token position for
+    every sample); near 0 means every window gets the same tokens: collapse.
+    """
+    with torch.no_grad():
+        h = getattr(model, encoder)(model._patches(x), model._gradients())
+        h = F.layer_norm(h, (h.shape[-1],))
+    return float((h - h.mean(0)).pow(2).sum() / h.pow(2).sum())
+
+
+def test_brainjepa_tiny_tokens_carry_the_data_at_initialisation():
+    x = batch_for("brainjepa", b=32, seed=5)["bold"]
+    assert data_share(make("brainjepa"), "target_encoder", x) > 0.5
+    # std-0.02 weights on 16-point patches and on the ROI table: the random target
+    # encoder's tokens are ~95% one shared vector and time code, its embeddings chance
+    assert data_share(make("brainjepa", **PUBLISHED_TINY), "target_encoder", x) < 0.1
+
+
+def test_brainjepa_tiny_context_encoder_does_not_collapse_in_training():
+    def trained(**overrides):
+        model = make("brainjepa", **overrides)
+        optimizer, masks = optimizer_for(model), gen(0)
+        for i in range(100):
+            optimizer.zero_grad()
+            model.pretrain_loss(batch_for("brainjepa", b=16, seed=i), generator=masks).backward()
+            optimizer.step()
+            model.after_optimizer_step(i + 1, 100)
+        return model
+
+    x = batch_for("brainjepa", b=32, seed=5)["bold"]
+    assert data_share(trained(), "context_encoder", x) > 0.15
+    # published init: one constant token for every window within 100 steps
+    assert data_share(trained(**PUBLISHED_TINY), "context_encoder", x) < 0.02
 
 
 # -- BrainMass ---------------------------------------------------------------------------

@@ -50,6 +50,23 @@ Deviations
   runs without :meth:`BrainJEPA.set_gradients`.
 * No stochastic depth; weight-decay schedule and LR schedule belong to the
   engine.
+* The ``tiny`` preset (32 wide, 4 time patches, a few hundred CPU steps) departs
+  from the published initialisation and shape, which are made for ViT widths and
+  ~10^5 steps; the published presets keep them:
+
+  - ``patch_embed_std=0.25`` (``1 / sqrt(16)``) in place of 0.02. At 0.02 a
+    16-point patch enters its token at ~0.05 of the input scale against ~0.5 for
+    the position (a 16 x 16 x 3 image patch enters I-JEPA's at ~0.55): the
+    layer-normalised tokens of the random target encoder were 98% shared constant
+    and time code and 2% data, so its embeddings carried nothing.
+  - ``roi_position_std=0.5`` for the encoder's learnable ROI table in place of 0.02:
+    the table stands in for the gradient half, which is min-max scaled to
+    [-1, 1]; at 0.02 the tokens carried no ROI identity. The predictor's table
+    stays at 0.02.
+  - ``predictor_dim=32`` (the encoder's width) in place of half of it: a 16-wide
+    predictor (two 8-wide heads) did not learn to use the context within the
+    budget, and the context encoder collapsed to one constant token within ~100
+    steps (its EMA target followed within a few hundred).
 """
 
 from __future__ import annotations
@@ -99,10 +116,11 @@ class GradientTimePosition(nn.Module):
     """Positions (R*P, dim): ``[sin-cos of the time patch | ROI coordinate]`` (ROI-major).
 
     The ROI half is ``Linear(G)`` of the connectivity gradients, min-max scaled to
-    [-1, 1] (``position="gradient"``), or a learned table (``"learnable"``).
+    [-1, 1] (``position="gradient"``), or a learned table (``"learnable"``) drawn
+    from a normal of standard deviation ``table_std``.
     """
 
-    def __init__(self, n_rois, n_patches, dim, position, n_gradients):
+    def __init__(self, n_rois, n_patches, dim, position, n_gradients, table_std=0.02):
         super().__init__()
         self.n_rois, self.n_patches, self.kind = n_rois, n_patches, position
         half = dim // 2
@@ -111,7 +129,7 @@ class GradientTimePosition(nn.Module):
         if position == "gradient":
             self.proj = nn.Linear(n_gradients, half)
         else:
-            self.table = nn.Parameter(torch.randn(n_rois, half) * 0.02)
+            self.table = nn.Parameter(torch.randn(n_rois, half) * table_std)
 
     def forward(self, gradients=None):
         if self.kind == "gradient":
@@ -125,15 +143,22 @@ class GradientTimePosition(nn.Module):
 
 
 class JEPAEncoder(nn.Module):
-    """ViT over ROI x time patches: ``Linear(patch) + position``, pre-LN blocks, final LN."""
+    """ViT over ROI x time patches: ``Linear(patch) + position``, pre-LN blocks, final LN.
+
+    ``patch_embed_std`` is the standard deviation of the patch-embedding weights (the
+    other linear layers: 0.02, :func:`init_vit_`); ``roi_position_std`` that of a
+    learnable ROI table.
+    """
 
     def __init__(self, n_rois, n_patches, patch_size, dim, layers, heads, mlp_dim, position,
-                 n_gradients):
+                 n_gradients, patch_embed_std=0.02, roi_position_std=0.02):
         super().__init__()
         self.patch_embed = nn.Linear(patch_size, dim)
-        self.position = GradientTimePosition(n_rois, n_patches, dim, position, n_gradients)
+        self.position = GradientTimePosition(n_rois, n_patches, dim, position, n_gradients,
+                                             roi_position_std)
         self.transformer = TransformerEncoder(dim, layers, heads, mlp_dim)
         init_vit_(self, self.transformer)
+        self.patch_embed.weight.data.mul_(patch_embed_std / 0.02)  # no extra random draw
 
     def embed_tokens(self, patches, gradients, keep=None):
         x = self.patch_embed(patches) + self.position(gradients)
@@ -281,6 +306,14 @@ class BrainJEPA(BrainModel):
         Encoder behind :meth:`embed` and :meth:`attention`: the EMA target (the
         paper's downstream choice) or the trained context encoder (use it to
         fine-tune through ``embed``; the target has no gradient).
+    patch_embed_std : float
+        Standard deviation of the patch-embedding weights at initialisation: 0.02 as
+        every linear layer of the public code, or about ``1 / sqrt(patch_size)`` so that
+        a patch's content enters the tokens at the scale of its position (the ``tiny``
+        preset; see the module's deviations).
+    roi_position_std : float
+        Standard deviation of the encoder's learnable ROI table (``position="learnable"``)
+        at initialisation; the predictor's table starts at 0.02.
     """
 
     objective = "self_supervised"
@@ -290,7 +323,8 @@ class BrainJEPA(BrainModel):
                  position="gradient", n_gradients=30, loss="smooth_l1", ema_start=0.996,
                  ema_end=1.0, obs_scale=(0.84, 1.0), alpha_roi_scale=(0.45, 0.6),
                  alpha_time_scale=(0.2, 0.6), side_roi_scale=(0.15, 0.3),
-                 side_time_scale=(0.0, 0.4), side_patches=None, embed_encoder="target"):
+                 side_time_scale=(0.0, 0.4), side_patches=None, embed_encoder="target",
+                 patch_embed_std=0.02, roi_position_std=0.02):
         super().__init__()
         self.n_rois = check_int("n_rois", n_rois, 2)
         self.n_timepoints = check_int("n_timepoints", n_timepoints)
@@ -319,6 +353,9 @@ class BrainJEPA(BrainModel):
         self.embed_encoder = check_choice("embed_encoder", embed_encoder, EMBED_ENCODERS)
         self.ema_start = check_float("ema_start", ema_start, 0.0, 1.0)
         self.ema_end = check_float("ema_end", ema_end, 0.0, 1.0)
+        for name, value in (("patch_embed_std", patch_embed_std),
+                            ("roi_position_std", roi_position_std)):
+            check_float(name, value, 0.0, math.inf, low_open=True)
         self.mask_scales = {}
         for name, value in (("obs_scale", obs_scale), ("alpha_roi_scale", alpha_roi_scale),
                             ("alpha_time_scale", alpha_time_scale),
@@ -342,7 +379,8 @@ class BrainJEPA(BrainModel):
 
         args = (n_rois, self.n_patches)
         self.context_encoder = JEPAEncoder(*args, patch_size, dim, layers, heads, mlp_dim,
-                                           position, n_gradients)
+                                           position, n_gradients, float(patch_embed_std),
+                                           float(roi_position_std))
         self.predictor = JEPAPredictor(*args, dim, predictor_dim, predictor_layers,
                                        predictor_heads, position, n_gradients)
         self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
@@ -443,6 +481,37 @@ class BrainJEPA(BrainModel):
         ema_update_(self.target_encoder, self.context_encoder, m)
         return m
 
+    @torch.no_grad()
+    def pretext_predictions(self, batch, *, generator=None, stage=None):
+        """Predicted target-encoder latents of the target patches beside trivial baselines.
+
+        Draws the pretraining masks; the targets are the layer-normalised target-encoder
+        latents of the target patches (as in :meth:`pretrain_loss`). The baselines read
+        the target encoder's latents of the context patches encoded alone (so no hidden
+        patch reaches them): ``context_mean``, their mean per sample, and ``roi_mean``,
+        the mean over the context patches of the target's ROI (``context_mean`` where
+        that ROI has none). A collapsed encoder makes this task trivially easy: read it
+        with the embedding health. Returns ``{"default": (PretextPrediction,)}``.
+        """
+        from bsym.models.pretext import PretextPrediction, grouped_mean
+
+        x = bold_input(self, batch)
+        g = self._gradients()
+        patches = self._patches(x)
+        masks = self.draw_masks(x.shape[0], generator, x.device)
+        context, target = masks["context"], masks["target"]
+        h = self.target_encoder(patches, g)
+        h = gather_tokens(F.layer_norm(h, (h.shape[-1],)), target)
+        z = self.predictor(self.context_encoder(patches, g, keep=context), context, target, g)
+        seen = self.target_encoder(patches, g, keep=context)
+        seen = F.layer_norm(seen, (seen.shape[-1],))
+        context_mean = seen.mean(dim=1, keepdim=True).expand_as(h)
+        roi_mean = grouped_mean(seen, context // self.n_patches, self.n_rois,
+                                target // self.n_patches, context_mean)
+        baselines = {"context_mean": context_mean.flatten(), "roi_mean": roi_mean.flatten()}
+        return {"default": (PretextPrediction("target_latents", h.flatten(), z.flatten(),
+                                              baselines),)}
+
     # -- evaluation ---------------------------------------------------------------------
     def _encoder(self):
         return self.target_encoder if self.embed_encoder == "target" else self.context_encoder
@@ -482,9 +551,12 @@ class BrainJEPA(BrainModel):
 
 PRESETS = {
     # CPU-seconds per step; learnable ROI positions so it runs without group-FC gradients.
+    # Scaled so that it is neither born collapsed nor collapses in a few hundred steps:
+    # unit-gain patch embedding (1 / sqrt(16)), an ROI table of the gradient half's
+    # magnitude, a predictor as wide as the encoder (module docstring, deviations).
     "tiny": dict(n_rois=16, n_timepoints=64, patch_size=16, dim=32, layers=2, heads=2,
-                 mlp_dim=128, predictor_dim=16, predictor_layers=1, position="learnable",
-                 n_gradients=4),
+                 mlp_dim=128, predictor_dim=32, predictor_layers=1, position="learnable",
+                 n_gradients=4, patch_embed_std=0.25, roi_position_std=0.5),
     # The paper: 450 ROIs (Schaefer-400 + Tian-III) x 160 points at TR ~2 s, patch 16.
     "vits": dict(n_rois=450, n_timepoints=160, patch_size=16, dim=384, layers=12, heads=6,
                  mlp_dim=1536, predictor_dim=192, predictor_layers=6, position="gradient",
