@@ -14,10 +14,18 @@ computes the validation loss; :class:`EarlyStopping` keeps the best weights and 
 run after ``patience`` validations without improvement. The best weights are tested once
 on the outer test fold.
 
-A model factory ``make_model(target)`` receives a :class:`Target` (classes or z-scoring of
-the fold) and returns a supervised :class:`~bsym.models.base.BrainModel` whose
+A model factory ``make_model(target)`` receives a :class:`Target` (classes, class weights or
+z-scoring of the fold) and returns a supervised :class:`~bsym.models.base.BrainModel` whose
 ``forward`` gives class logits or the z-scored prediction and whose ``supervised_loss``
 takes the labels the engine passes (raw numeric values, or class indices of string labels).
+An optional ``prepare(model, fit_set, val_set, label, config)`` runs on the fresh model
+before anything is validated (fine-tuning's linear-probe initialisation); the columns it
+returns go into the fold's row.
+
+Every row records what the tested model predicted: ``n_test_windows``, and for classes
+``pred_counts`` (test subjects per predicted class), ``n_pred_classes`` and
+``single_class`` (every test subject given one class); for regression ``pred_sd`` (SD of
+the predictions, label units).
 """
 
 from __future__ import annotations
@@ -91,6 +99,9 @@ class Target:
         them to indices); None for string classes (the engine passes indices).
     mean, sd : float
         z-scoring of a regression target (training subjects); 0 and 1 otherwise.
+    class_weights : tuple of float or None
+        Per class (index order), inverse to the training subjects' class frequencies,
+        ``n / (n_classes * n_c)`` (mean 1 over subjects); None for regression.
     """
 
     task: str
@@ -98,6 +109,7 @@ class Target:
     class_values: tuple | None = None
     mean: float = 0.0
     sd: float = 1.0
+    class_weights: tuple | None = None
 
 
 def class_index(y, class_values):
@@ -217,7 +229,11 @@ class LabelledCohort:
                 raise EvaluationError(f"{where}: the training subjects hold classes "
                                       f"{sorted(map(str, present))}; expected all of "
                                       f"{sorted(map(str, expected))}")
-            return Target("classification", len(self.classes), self.class_values)
+            index, _ = encode_labels(values, "classification")  # every class is present
+            counts = np.bincount(index, minlength=len(self.classes))
+            weights = len(values) / (len(self.classes) * counts)
+            return Target("classification", len(self.classes), self.class_values,
+                          class_weights=tuple(float(w) for w in weights))
         values = values.astype(float)
         sd = float(values.std(ddof=0))
         if sd == 0:
@@ -225,7 +241,8 @@ class LabelledCohort:
         return Target("regression", 1, None, float(values.mean()), sd)
 
     def score(self, pooled, target):
-        """Scores of subject-pooled outputs (a frame indexed by subject)."""
+        """Scores of subject-pooled outputs (a frame indexed by subject), with what was
+        predicted (see the module docstring)."""
         truth = self.values.loc[pooled.index]
         if self.task == "classification":
             logits = torch.as_tensor(np.array(pooled.to_numpy(), dtype=np.float64))
@@ -236,9 +253,19 @@ class LabelledCohort:
             else:
                 lookup = {c: i for i, c in enumerate(self.classes)}
                 y_true = np.array([lookup[str(v)] for v in truth])
-            return classification_scores(y_true, proba, len(self.classes))
+            scores = classification_scores(y_true, proba, len(self.classes))
+            counts = np.bincount(proba.argmax(axis=1), minlength=len(self.classes))
+            return {**scores, "pred_counts": ";".join(f"{c}={int(n)}" for c, n in
+                                                      zip(self.classes, counts)),
+                    "n_pred_classes": int((counts > 0).sum()),
+                    "single_class": bool((counts > 0).sum() < 2)}
         pred = pooled.to_numpy()[:, 0] * target.sd + target.mean
-        return regression_scores(truth.astype(float).to_numpy(), pred, target.mean, target.sd)
+        scores = regression_scores(truth.astype(float).to_numpy(), pred, target.mean, target.sd)
+        return {**scores, "pred_sd": float(np.std(pred))}
+
+    #: Columns :meth:`score` adds beside the metrics.
+    PREDICTION_COLUMNS = {"classification": ("pred_counts", "n_pred_classes", "single_class"),
+                          "regression": ("pred_sd",)}
 
     @property
     def metrics(self):
@@ -261,10 +288,13 @@ def predict_windows(model, dataset, batch_size, device):
     return torch.cat(outputs).numpy(), np.asarray(subjects)
 
 
-def fit_early_stopped(make_model, target, fit_set, val_set, label, config):
+def fit_early_stopped(make_model, target, fit_set, val_set, label, config, prepare=None):
     """Train ``make_model(target)`` on ``fit_set``, early-stopped on ``val_set``.
 
-    Returns ``(model with the best weights, EarlyStopping)``.
+    ``prepare(model, fit_set, val_set, label, config)`` (optional) runs on the fresh model
+    before its step-0 validation and returns a dict of row columns.
+
+    Returns ``(model with the best weights, EarlyStopping, prepare's columns)``.
     """
     from bsym.train.devices import select_device
     from bsym.train.engine import TrainConfig, evaluate_loss, train
@@ -272,6 +302,7 @@ def fit_early_stopped(make_model, target, fit_set, val_set, label, config):
     device = select_device(config.device)
     torch.manual_seed(config.seed)
     model = make_model(target).to(device)
+    info = dict(prepare(model, fit_set, val_set, label, config) or {}) if prepare else {}
     stopper = EarlyStopping(patience=config.patience)
     train_config = TrainConfig(steps=config.max_steps, batch_size=config.batch_size,
                                lr=config.lr, weight_decay=config.weight_decay,
@@ -279,12 +310,12 @@ def fit_early_stopped(make_model, target, fit_set, val_set, label, config):
                                seed=config.seed, device=str(device), label=label,
                                progress=False, log_every=max(config.max_steps, 1),
                                eval_every=config.eval_every)
-    # the untrained model is the first candidate
+    # the untrained (or prepared) model is the first candidate
     stopper.update(model, 0, evaluate_loss(model, val_set, batch_size=config.batch_size,
                                            seed=config.seed, label=label))
     train(model, fit_set, train_config, val_dataset=val_set, callbacks=[stopper])
     model.load_state_dict(stopper.best_state)
-    return model, stopper
+    return model, stopper, info
 
 
 def _fit_val_test(fold):
@@ -298,7 +329,7 @@ def _fit_val_test(fold):
 
 def train_test_folds(make_model, source, labelled, splits, *, config, base, chash,
                      folds=None, results=None, force=False, progress=True,
-                     row_extra=None, desc="train"):
+                     row_extra=None, desc="train", prepare=None):
     """Train and test a fresh model on every (chosen) outer fold.
 
     Parameters
@@ -319,6 +350,9 @@ def train_test_folds(make_model, source, labelled, splits, *, config, base, chas
         Current rows are reused unless ``force``.
     row_extra : dict, optional
         Columns added to every row.
+    prepare : callable, optional
+        ``prepare(model, fit_set, val_set, label, config)`` -> row columns, run on each
+        fold's fresh model before training (see :func:`fit_early_stopped`).
 
     Returns
     -------
@@ -342,27 +376,29 @@ def train_test_folds(make_model, source, labelled, splits, *, config, base, chas
         fit, val, test = _fit_val_test(fold)
         target = labelled.target(fit, f"fold {fold.name}")
         fit_set, val_set, scaler = source.split(fit, val, labelled.label)
-        model, stopper = fit_early_stopped(functools.partial(make_model, fold_index=index), target, fit_set,
-                                           val_set, labelled.label, settings)
+        model, stopper, prepared = fit_early_stopped(
+            functools.partial(make_model, fold_index=index), target, fit_set, val_set,
+            labelled.label, settings, prepare=prepare)
         device = next(model.parameters()).device
         # every test window counts (as in the embeddings a probe reads); training and
         # validation read at most max_windows per scan
-        outputs, subjects = predict_windows(model, source.windows(test, scaler=scaler,
-                                                                  every_window=True),
-                                            settings.batch_size, device)
+        test_set = source.windows(test, scaler=scaler, every_window=True)
+        outputs, subjects = predict_windows(model, test_set, settings.batch_size, device)
         frame = pd.DataFrame(outputs)
         frame["subject"] = subjects
         pooled = frame.groupby("subject", sort=True).mean()
         scores = labelled.score(pooled, target)
         row = {**key, "repeat": fold.repeat, "task_type": labelled.task,
                **{m: scores[m] for m in labelled.metrics},
+               **{c: scores[c] for c in labelled.PREDICTION_COLUMNS[labelled.task]},
+               "n_test_windows": len(subjects),
                # the outer training fold, as for every protocol (paired tests need equal
                # splits); n_fit of its subjects were trained on, n_val stopped the training
                "n_train": len(fold.train), "n_fit": len(fit), "n_val": len(val),
                "n_test": len(pooled), "best_step": stopper.best_step,
                "best_val_loss": stopper.best_loss, "stopped_early": stopper.stopped,
                "runtime_s": time.perf_counter() - started, "test_site": fold.test_site,
-               **(row_extra or {}), **provenance()}
+               **prepared, **(row_extra or {}), **provenance()}
         if results is not None:
             results.append([row])
         rows.append(row)
@@ -370,20 +406,21 @@ def train_test_folds(make_model, source, labelled, splits, *, config, base, chas
     return rows, computed
 
 
-def inner_validation(make_model, source, labelled, fold, config, report=None):
+def inner_validation(make_model, source, labelled, fold, config, report=None, prepare=None):
     """Mean best validation loss over the inner folds of one outer fold.
 
     Each inner fold trains on its training part and is early-stopped and scored on its
     validation part; the outer test subjects are never read. ``report(loss, step)`` is
-    called after each inner fold (a sweep's pruning hook).
+    called after each inner fold (a sweep's pruning hook); ``prepare`` as in
+    :func:`fit_early_stopped`.
     """
     losses = []
     for step, (train, val) in enumerate(fold.inner):
         train = list(train)
         target = labelled.target(train, f"fold {fold.name}, inner fold {step}")
         fit_set, val_set, _ = source.split(train, list(val), labelled.label)
-        _, stopper = fit_early_stopped(make_model, target, fit_set, val_set, labelled.label,
-                                       config)
+        _, stopper, _ = fit_early_stopped(make_model, target, fit_set, val_set,
+                                          labelled.label, config, prepare=prepare)
         losses.append(stopper.best_loss)
         if report is not None:
             report(float(np.mean(losses)), step)
