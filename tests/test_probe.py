@@ -79,16 +79,14 @@ def test_a_signal_only_in_the_test_fold_cannot_be_used(task):
 
 
 def test_hyper_parameters_are_chosen_on_training_rows_only(monkeypatch):
-    from sklearn.model_selection import GridSearchCV
-
     seen = []
-    original = GridSearchCV.fit
+    original = probe_module.choose_param
 
-    def spy(self, X, y=None, **kw):
-        seen.append((len(X), [(np.max(a), np.max(b)) for a, b in self.cv]))
-        return original(self, X, y, **kw)
+    def spy(x_train, y_train, inner, **kw):
+        seen.append((len(x_train), [(np.max(a), np.max(b)) for a, b in inner]))
+        return original(x_train, y_train, inner, **kw)
 
-    monkeypatch.setattr(GridSearchCV, "fit", spy)
+    monkeypatch.setattr(probe_module, "choose_param", spy)
     rng = np.random.default_rng(1)
     y = np.repeat([0, 1], 30)
     train, test, inner = _folds(y, 20)
@@ -100,6 +98,32 @@ def test_hyper_parameters_are_chosen_on_training_rows_only(monkeypatch):
     with pytest.raises(EvaluationError, match="inner folds must index the training rows"):
         probe_fold(rng.normal(size=(60, 5)), y, train, test, [(test, train)],
                    task="classification", config=FAST)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_inner_search_picks_what_grid_search_cv_picks(task):
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GridSearchCV
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(90, 12))
+    y = (x[:, 0] + rng.normal(size=90) > 0).astype(int) if task == "classification" \
+        else x[:, 0] + 2 * rng.normal(size=90)
+    train, test, inner = _folds(y if task == "classification" else (y > 0).astype(int), 30)
+    config = ProbeConfig()
+    model = LogisticRegression(max_iter=5000) if task == "classification" else Ridge()
+    grid = {"model__C": list(config.Cs)} if task == "classification" else \
+        {"model__alpha": list(config.alphas)}
+    reference = GridSearchCV(make_pipeline(StandardScaler(), model).set_output(),
+                             {k.replace("model__", f"{type(model).__name__.lower()}__"): v
+                              for k, v in grid.items()}, cv=inner,
+                             scoring="roc_auc" if task == "classification"
+                             else "neg_mean_squared_error").fit(x[train], y[train])
+    best, scores = probe_module.choose_param(x[train], y[train], inner, task=task,
+                                             config=config, n_classes=2)
+    assert best == pytest.approx(next(iter(reference.best_params_.values())))
+    np.testing.assert_allclose(scores.mean(axis=0), reference.cv_results_["mean_test_score"],
+                               rtol=1e-3, atol=1e-3)
 
 
 def test_metrics():
@@ -234,3 +258,45 @@ def test_cli_probe(store, tmp_path, capsys):
                  "--results", str(tmp_path / "r.parquet"), "--quiet", "--task", "sex",
                  "--splits", str(tmp_path / "site.json"), "--split-protocol", "site"]) == 2
     assert "needs at least 2 sites" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["logistic", "ridge"])
+def test_wide_probes_fit_in_the_row_span_without_changing_predictions(kind):
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    from bsym.evaluate.rowspace import RowSpace
+
+    rng = np.random.default_rng(0)
+    x, unseen = rng.normal(size=(60, 500)), rng.normal(size=(20, 500))
+    if kind == "logistic":
+        y = (x[:, :5].sum(1) > 0).astype(int)
+        model = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10)
+    else:
+        y = x[:, 0] + rng.normal(size=60)
+        model = Ridge(alpha=10.0)
+    plain = make_pipeline(StandardScaler(), clone(model)).fit(x, y)
+    reduced = make_pipeline(StandardScaler(), RowSpace(), clone(model)).fit(x, y)
+    assert reduced[1].basis_.shape == (500, 59)                 # rank of 60 centred rows
+    predict = "predict_proba" if kind == "logistic" else "predict"
+    np.testing.assert_allclose(getattr(reduced, predict)(unseen),
+                               getattr(plain, predict)(unseen), atol=1e-8)
+    narrow = rng.normal(size=(60, 8))
+    np.testing.assert_array_equal(RowSpace().fit_transform(narrow), narrow)  # identity
+
+
+@pytest.mark.parametrize("C", [1e-4, 1.0, 1e3])
+def test_newton_logistic_reaches_scikit_learns_optimum(C):
+    from sklearn.linear_model import LogisticRegression
+
+    from bsym.evaluate.rowspace import BinaryLogistic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 6))
+    y = np.where(x[:, 0] + 0.5 * rng.normal(size=80) > 0, "yes", "no")  # separable at C=1e3
+    ours = BinaryLogistic(C=C).fit(x, y)
+    reference = LogisticRegression(C=C, tol=1e-12, max_iter=100000).fit(x, y)
+    np.testing.assert_allclose(ours.coef_, reference.coef_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours.intercept_, reference.intercept_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours.predict_proba(x), reference.predict_proba(x), atol=1e-6)
+    assert list(ours.classes_) == ["no", "yes"] and set(ours.predict(x)) <= {"no", "yes"}

@@ -25,6 +25,9 @@ attention
     Attention per ROI and network, contrasted between conditions (permutation + FDR).
 results
     The long result table (Parquet, one row per fold) and MLflow logging.
+health
+    Training health of a pretraining run: held-out pretext task against trivial
+    baselines, embedding rank and dead dimensions, a verdict per view, loss curves.
 """
 
 from bsym._lazy import lazy_exports
@@ -62,6 +65,10 @@ _EXPORTS = {
     "attention_maps": "bsym.evaluate.attention",
     "contrast_attention": "bsym.evaluate.attention",
     "ResultTable": "bsym.evaluate.results",
+    "training_health": "bsym.evaluate.health",
+    "embedding_health": "bsym.evaluate.health",
+    "effective_rank": "bsym.evaluate.health",
+    "plot_loss_curves": "bsym.evaluate.health",
 }
 
 __all__ = ["EvaluationError", *_EXPORTS]

@@ -1,5 +1,5 @@
-"""``bsym embed | probe | finetune | supervised | netid | attention | splits``: evaluation
-commands.
+"""``bsym embed | probe | finetune | supervised | netid | attention | splits | health``:
+evaluation commands.
 
 Importing this module imports neither torch, scikit-learn nor MLflow; they load when a
 command runs.
@@ -72,7 +72,9 @@ def _add_tracking(parser, results=True):
 
 def _add_embedding_source(parser):
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--embeddings", help="embeddings file from `bsym embed`")
+    src.add_argument("--embeddings", help="embeddings file from `bsym embed`, or the folder of "
+                     "`bsym embed --run` (probe: every file in it; netid: final.npz, with "
+                     "step0.npz as the random-initialisation control)")
     src.add_argument("--features", choices=FEATURE_KINDS,
                      help="connectome features instead of a model (the classical baseline)")
 
@@ -177,21 +179,32 @@ def _summary(frame, metrics):
 # -- commands ------------------------------------------------------------------------------
 def _embed(args):
     from bsym.data import open_cohort
-    from bsym.evaluate.embeddings import embed_checkpoint
+    from bsym.evaluate.embeddings import embed_checkpoint, embed_run
+    from bsym.train.cli import read_subject_ids
 
     cohort = open_cohort(args.data)
-    out = embed_checkpoint(args.checkpoint, cohort, args.out, stride=args.stride,
-                           batch_size=args.batch_size, device=args.device, force=args.force,
-                           keep_roi=not args.no_roi, progress=not args.quiet)
-    state = "reused (checkpoint and data unchanged)" if out.meta.get("cached") else "written"
-    views = ", ".join(f"{k} ({v['subject'].shape[1]}-d"
-                      f"{', ROI' if v.get('roi') is not None else ''})"
-                      for k, v in out.views.items())
-    print(f"embeddings of {len(out.scans)} scans, views {views}: {args.out} {state}")
+    subjects = read_subject_ids(args.subjects_file, "--subjects-file") \
+        if args.subjects_file else None
+    options = {"stride": args.stride, "batch_size": args.batch_size, "device": args.device,
+               "force": args.force, "keep_roi": not args.no_roi, "progress": not args.quiet,
+               "subjects": subjects}
+    if args.run:
+        made = embed_run(args.run, cohort, args.out, **options)
+        paths = {stem: Path(args.out) / f"{stem}.npz" for stem in made}
+    else:
+        made = {"": embed_checkpoint(args.checkpoint, cohort, args.out, **options)}
+        paths = {"": Path(args.out)}
+    for stem, out in made.items():
+        state = "reused (checkpoint and data unchanged)" if out.meta.get("cached") else "written"
+        views = ", ".join(f"{k} ({v['subject'].shape[1]}-d"
+                          f"{', ROI' if v.get('roi') is not None else ''})"
+                          for k, v in out.views.items())
+        print(f"embeddings of {len(out.scans)} scans, views {views}: {paths[stem]} {state}")
 
 
 def _probe(args):
     from bsym.data import open_cohort
+    from bsym.evaluate.embeddings import embedding_files, feature_embeddings, load_embeddings
     from bsym.evaluate.probe import (
         CLASSIFICATION_METRICS,
         REGRESSION_METRICS,
@@ -202,22 +215,44 @@ def _probe(args):
 
     cohort = open_cohort(args.data)
     cohort.require(labels=[args.task])  # a missing label fails before any work
-    embeddings = _embeddings(args, cohort)
+    if args.features:
+        sources = [feature_embeddings(cohort, args.features)]
+    else:
+        sources = [load_embeddings(f, cohort=cohort) for f in embedding_files(args.embeddings)]
     splits = _splits(args, cohort, args.task)
     protocol = args.protocol or ("supervised" if args.features else "linear_probe")
-    views = sorted(embeddings.views) if args.view == "all" else [args.view]
     tracker = _tracker(args)
-    for view in views:
-        frame = linear_probe(embeddings, cohort, splits, args.task, view=view,
-                             task=args.task_type, config=ProbeConfig(level=args.level),
-                             folds=args.fold, model=args.model, dataset=args.dataset,
-                             protocol=protocol, results=ResultTable(args.results),
-                             tracker=tracker, force=args.force,
-                             allow_pretrained_subjects=args.allow_pretrained_subjects,
-                             progress=not args.quiet)
-        print(f"{protocol} {frame['model'].iloc[0]} ({frame['view'].iloc[0]}) on "
-              f"{args.task}, split {splits.sha256[:12]}; rows in {args.results}")
-        print(_summary(frame, CLASSIFICATION_METRICS + REGRESSION_METRICS))
+    for embeddings in sources:
+        views = sorted(embeddings.views) if args.view == "all" else [args.view]
+        final = embeddings.checkpoint_label == "final"
+        for view in views:
+            frame = linear_probe(embeddings, cohort, splits, args.task, view=view,
+                                 task=args.task_type, config=ProbeConfig(level=args.level),
+                                 folds=args.fold, model=args.model, dataset=args.dataset,
+                                 protocol=protocol, results=ResultTable(args.results),
+                                 tracker=tracker if final else None, force=args.force,
+                                 permutations=args.permutations if final else 0,
+                                 allow_pretrained_subjects=args.allow_pretrained_subjects,
+                                 progress=not args.quiet)
+            real = frame[frame["control"] != "shuffled_labels"]
+            print(f"{protocol} {real['model'].iloc[0]} ({real['view'].iloc[0]}, "
+                  f"{embeddings.checkpoint_label}, control {real['control'].iloc[0]}) on "
+                  f"{args.task}, split {splits.sha256[:12]}; rows in {args.results}")
+            print(_summary(real, CLASSIFICATION_METRICS + REGRESSION_METRICS))
+            null = frame[frame["control"] == "shuffled_labels"]
+            if len(null):
+                print(_permutation_line(real, null))
+
+
+def _permutation_line(real, null):
+    from bsym.stats.controls import permutation_pvalue
+
+    metric = "auroc" if "auroc" in real.columns and real["auroc"].notna().any() else \
+        "pearson_r"
+    p, observed, null_scores = permutation_pvalue(real, null, metric)
+    return (f"  shuffled labels ({len(null_scores)} permutations): {metric} "
+            f"{null_scores.mean():.3f} +/- {null_scores.std(ddof=1) if len(null_scores) > 1 else 0:.3f}"
+            f" against {observed:.3f}; permutation p = {p:.3g}")
 
 
 def _finetune(args):
@@ -227,7 +262,10 @@ def _finetune(args):
 
     cohort, splits = _cohort_and_splits(args)
     config = FineTuneConfig(**_training_fields(args), view=args.view,
-                            freeze_encoder=args.freeze_encoder, max_windows=args.max_windows)
+                            freeze_encoder=args.freeze_encoder, max_windows=args.max_windows,
+                            lp_init=not args.no_lp_init,
+                            encoder_lr_scale=args.encoder_lr_scale,
+                            class_balanced=not args.no_class_balance)
     frame = fine_tune(args.checkpoint, cohort, splits, args.task, config=config,
                       folds=args.fold, task=args.task_type, model=args.model,
                       dataset=args.dataset, results=ResultTable(args.results),
@@ -275,18 +313,32 @@ def _read_fold_params(path):
 
 def _netid(args):
     from bsym.data import open_cohort
+    from bsym.evaluate.embeddings import load_embeddings
     from bsym.evaluate.netid import METRICS, network_identification
     from bsym.evaluate.results import ResultTable
+    from bsym.stats.controls import netid_summary
 
     cohort = open_cohort(args.data)
-    embeddings = _embeddings(args, cohort)
-    frame = network_identification(embeddings, cohort, view=args.view, seed=args.seed,
-                                   n_neighbors=args.neighbors, model=args.model,
+    random_init = None
+    if args.embeddings and Path(args.embeddings).is_dir():
+        folder = Path(args.embeddings)
+        embeddings = load_embeddings(folder / "final.npz", cohort=cohort)
+        if (folder / "step0.npz").is_file():
+            random_init = load_embeddings(folder / "step0.npz", cohort=cohort)
+    else:
+        embeddings = _embeddings(args, cohort)
+    frame = network_identification(embeddings, cohort, view=args.view, seeds=args.seeds,
+                                   n_neighbors=args.neighbors, permutations=args.permutations,
+                                   random_init=random_init, model=args.model,
                                    dataset=args.dataset, results=ResultTable(args.results),
                                    figure=args.figure, tracker=_tracker(args), force=args.force,
                                    progress=not args.quiet)
-    shown = frame[["model", "view", *METRICS]].to_string(index=False, float_format="%.3f")
-    print(shown)
+    summary = netid_summary(frame, metrics=("ari_kmeans", "knn_accuracy"))
+    columns = ["model", "view", "control", "checkpoint", "n", "ari_kmeans_mean", "ari_kmeans_sd",
+               "knn_accuracy_mean", "knn_accuracy_sd"]
+    print(f"mean and sd over {args.seeds} clustering seeds ({args.permutations} label "
+          f"permutations for permuted_networks); metrics in the table: {', '.join(METRICS)}")
+    print(summary[columns].to_string(index=False, float_format="%.3f"))
     if args.figure:
         print(f"confusion matrices: {args.figure}")
 
@@ -325,11 +377,56 @@ def _attention(args):
         print(f"no attention summary survives FDR at q < {args.alpha}")
 
 
+def _health(args):
+    from bsym.data import open_cohort
+    from bsym.evaluate.health import (
+        check_tracked_run,
+        log_health,
+        plot_loss_curves,
+        pretraining_run_id,
+        training_health,
+        write_table,
+    )
+    from bsym.train.cli import read_subject_ids
+
+    cohort = open_cohort(args.data)
+    subjects = read_subject_ids(args.subjects_file, "--subjects-file") \
+        if args.subjects_file else None
+    embeddings = _embeddings(args, cohort) if args.embeddings else None
+    tracker, run_id = _tracker(args), None
+    if tracker.enabled:
+        run_id = pretraining_run_id(args.checkpoint)
+        if run_id is None:
+            print("no MLflow run recorded beside the checkpoint (run.json); health not logged")
+        else:
+            check_tracked_run(tracker, run_id)
+    table = training_health(args.checkpoint, cohort, subjects, embeddings=embeddings,
+                            seed=args.seed, batch_size=args.batch_size,
+                            max_windows=args.max_windows or None, device=args.device,
+                            allow_pretrained_subjects=args.allow_pretrained_subjects,
+                            progress=not args.quiet)
+    out = write_table(table, args.out)
+    figure = plot_loss_curves(args.checkpoint, args.figure or _figure_path(args.out))
+    log_health(tracker, table, run_id, artifacts=(out, figure))
+    shown = table[["view", "pretext_score", "trivial_score", "trivial_baseline",
+                   "effective_rank", "learned"]]
+    print(shown.to_string(index=False, float_format="%.3f"))
+    for row in table.itertuples(index=False):
+        print(f"{row.view}: {'learned' if row.learned else 'NOT learned'} ({row.reason})")
+    print(f"table: {out}; loss curves: {figure}")
+
+
+def _figure_path(out):
+    out = Path(out)
+    return out.with_name(f"{out.stem}_loss.png")
+
+
 def _make_splits(args):
     from bsym.data import open_cohort
     from bsym.evaluate.splits import make_pretrain_split
 
-    if args.subjects_out and args.pretrain_fraction is None:
+    if (args.subjects_out or args.val_subjects_out or args.probe_subjects_out) and \
+            args.pretrain_fraction is None:
         raise UsageError("--subjects-out needs --pretrain-fraction (it lists pretraining "
                          "subjects)")
     cohort = open_cohort(args.data)
@@ -342,6 +439,15 @@ def _make_splits(args):
             split.write_subject_list(args.subjects_out, "pretrain")
             print(f"pretraining subjects (for `bsym pretrain --subjects-file`): "
                   f"{args.subjects_out}")
+        if args.probe_subjects_out:
+            split.write_subject_list(args.probe_subjects_out, "probe")
+            print(f"subjects never pretrained on (for `bsym embed --subjects-file`): "
+                  f"{args.probe_subjects_out}")
+        if args.val_subjects_out:
+            chosen = split.validation(args.val_subjects, seed=args.seed or 0)
+            split.write_subject_list(args.val_subjects_out, "validation", chosen)
+            print(f"{len(chosen)} held-out validation subjects (for `bsym pretrain "
+                  f"--val-subjects-file`): {args.val_subjects_out}")
         return
     splits = _splits(args, cohort, args.task)
     print(f"{splits!r}: {args.splits}")
@@ -349,16 +455,25 @@ def _make_splits(args):
 
 # -- parsers -------------------------------------------------------------------------------
 def add_parser(subparsers):
-    """Add ``embed``, ``probe``, ``finetune``, ``netid``, ``attention`` and ``splits``."""
+    """Add ``embed``, ``probe``, ``finetune``, ``netid``, ``attention``, ``health`` and
+    ``splits``."""
     p = subparsers.add_parser(
         "embed", help="embed every scan of a store with a trained checkpoint",
         description="Embed every window of every scan (the checkpoint's window, "
-        "non-overlapping, scaled with its scaler), average per scan, and save all views "
-        "(and ROI embeddings) to an .npz file. An existing file made from the same "
+        "non-overlapping and tiling the whole scan, scaled with its scaler), average per scan, "
+        "and save all views, ROI embeddings and position-only ROI embeddings (the model's "
+        "output for all-zero data) to an .npz file. An existing file made from the same "
         "checkpoint bytes and data manifest is reused; a changed checkpoint is re-embedded.")
-    p.add_argument("--checkpoint", required=True, help="trained weights (final.pt)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="trained weights (final.pt)")
+    source.add_argument("--run", help="a pretraining run directory: embed final.pt and every "
+                        "kept snapshot (snapshots/step-N.pt) into --out as final.npz and "
+                        "step<N>.npz")
     p.add_argument("--data", required=True, help="cohort store directory")
-    p.add_argument("--out", required=True, help="embeddings file (.npz)")
+    p.add_argument("--out", required=True, help="embeddings file (.npz), or a folder with --run")
+    p.add_argument("--subjects-file", default=None,
+                   help="embed only these subjects' scans (ids one a line; default every scan), "
+                   "e.g. those never pretrained on: only they are probed")
     p.add_argument("--stride", type=int, default=None, help="window step (default: the window)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
@@ -386,6 +501,10 @@ def add_parser(subparsers):
                    help="row protocol (default linear_probe; supervised with --features)")
     p.add_argument("--model", default=None, help="model name in the rows (default from the file)")
     p.add_argument("--dataset", default=None, help="dataset name (default the store's folder)")
+    p.add_argument("--permutations", type=int, default=0,
+                   help="the shuffled-labels control: refit the probe this many times on labels "
+                   "permuted within each training fold (final weights and features only; "
+                   "default 0)")
     _add_split_options(p)
     _add_tracking(p)
     _add_pretrained_subjects_option(p)
@@ -395,7 +514,10 @@ def add_parser(subparsers):
         "finetune", help="fine-tune a pretrained encoder with a linear head, fold by fold",
         description="Encoder + linear head trained on each outer training fold through the "
         "shared training loop, early-stopped on the first inner fold's validation subjects, "
-        "tested once on the outer test fold.")
+        "tested once on the outer test fold (every window of its scans). LP-FT by default: "
+        "the head starts as a class-balanced linear probe of the frozen encoder (the first "
+        "early-stopping candidate), then encoder and head train together, the encoder at "
+        "--encoder-lr-scale times --lr.")
     p.add_argument("--checkpoint", required=True, help="pretrained weights (final.pt)")
     p.add_argument("--data", required=True, help="cohort store directory")
     p.add_argument("--task", required=True, help="label column to predict")
@@ -406,7 +528,16 @@ def add_parser(subparsers):
     opt = _add_training_options(p)
     opt.add_argument("--freeze-encoder", action="store_true", help="train the head only")
     opt.add_argument("--max-windows", type=int, default=None,
-                     help="windows per scan at most (default all)")
+                     help="training windows per scan at most (default all; the test uses "
+                     "every window)")
+    opt.add_argument("--encoder-lr-scale", type=float, default=0.1,
+                     help="the encoder's learning rate as a fraction of --lr, the head's "
+                     "(default 0.1)")
+    opt.add_argument("--no-lp-init", action="store_true",
+                     help="start from a random head instead of a linear probe (plain "
+                     "fine-tuning, not LP-FT)")
+    opt.add_argument("--no-class-balance", action="store_true",
+                     help="weigh classes equally instead of inverse to their frequency")
     _add_split_options(p)
     _add_tracking(p)
     _add_pretrained_subjects_option(p)
@@ -431,12 +562,18 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "netid", help="unsupervised network identification, beside FC rows",
         description="ROI embeddings averaged over subjects, clustered (k-means, spectral; "
-        "k = number of atlas networks) and scored by ARI and NMI, plus leave-one-ROI-out k-NN "
-        "network accuracy; the group-mean FC rows are scored the same way beside them.")
+        "k = number of atlas networks; one row per clustering seed) and scored by ARI and NMI, "
+        "plus leave-one-ROI-out k-NN network accuracy. Beside them: group-mean FC rows and "
+        "SC rows, the model's position-only ROI embeddings (all-zero data), its initial "
+        "weights (step0.npz beside final.npz when --embeddings is a folder) and the chance "
+        "level from permuted network labels.")
     _add_embedding_source(p)
     p.add_argument("--data", required=True, help="cohort store directory")
     p.add_argument("--view", default=None)
-    p.add_argument("--seed", type=int, default=0, help="clustering seed")
+    p.add_argument("--seeds", type=int, default=10,
+                   help="clustering seeds 0..N-1, one row each (default 10)")
+    p.add_argument("--permutations", type=int, default=20,
+                   help="network-label permutations for the chance level (default 20)")
     p.add_argument("--neighbors", type=int, default=5, help="k of the k-NN classifier")
     p.add_argument("--figure", default=None, help="confusion-matrix figure (.png/.pdf/.svg)")
     p.add_argument("--model", default=None)
@@ -469,6 +606,35 @@ def add_parser(subparsers):
     p.set_defaults(func=_attention)
 
     p = subparsers.add_parser(
+        "health", help="did a pretraining run learn? pretext task vs trivial baselines",
+        description="On held-out subjects' windows (made as in training), the model's own "
+        "pretext task (seeded masks) scored by R^2 over the hidden entries against trivial "
+        "baselines that see the same visible entries; the effective rank and dead "
+        "dimensions of the subject embeddings; a verdict per view (learned: R^2 strictly "
+        "above the best baseline's for every objective, and no collapse). Writes the table "
+        "(--out) and the loss curves (--figure), and logs the metrics into the pretraining "
+        "MLflow run (run.json beside the checkpoint).")
+    p.add_argument("--checkpoint", required=True, help="pretrained weights (RUN/final.pt)")
+    p.add_argument("--data", required=True, help="cohort store of the held-out subjects")
+    p.add_argument("--subjects-file", default=None,
+                   help="held-out subject ids, one a line (default: every subject of the store "
+                   "the run was not pretrained on)")
+    p.add_argument("--embeddings", default=None,
+                   help="embeddings of this checkpoint (`bsym embed`) for the embedding health "
+                   "(default: subject means over the held-out windows)")
+    p.add_argument("--out", required=True, help="health table (.parquet or .csv)")
+    p.add_argument("--figure", default=None,
+                   help="loss-curve figure (default: OUT's name with _loss.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pretext masks (default 0)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-windows", type=int, default=256,
+                   help="held-out windows at most, evenly spread; 0 for all (default 256)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    _add_pretrained_subjects_option(p)
+    _add_tracking(p, results=False)
+    p.set_defaults(func=_health, features=None)
+
+    p = subparsers.add_parser(
         "splits", help="write a split file (or the pretraining-cohort file) once",
         description="Make the split file of a task (outer and inner folds, hashed), or with "
         "--pretrain-fraction the pretraining cohort: subjects never probed.")
@@ -478,6 +644,14 @@ def add_parser(subparsers):
                    help="write the pretraining-cohort file with this share of subjects")
     p.add_argument("--subjects-out", default=None,
                    help="with --pretrain-fraction: also write the pretraining subject list")
+    p.add_argument("--probe-subjects-out", default=None,
+                   help="with --pretrain-fraction: also write the list of subjects never "
+                   "pretrained on (the ones that are probed)")
+    p.add_argument("--val-subjects-out", default=None,
+                   help="with --pretrain-fraction: also write --val-subjects subjects drawn "
+                   "from those never pretrained on (a validation-loss set)")
+    p.add_argument("--val-subjects", type=int, default=16,
+                   help="size of the --val-subjects-out list (default 16)")
     _add_split_options(p)
     p.set_defaults(func=_make_splits)
     return p

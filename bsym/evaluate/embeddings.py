@@ -1,9 +1,19 @@
 """Frozen-encoder embeddings of every scan, saved per scan and pooled per subject.
 
-Each scan is cut into the model's windows (non-overlapping by default), scaled with the
-checkpoint's robust scaler and embedded; a scan's embedding is the mean over its windows
-(the subject vector, and the ROI embeddings where the model has them). A subject's
-embedding is the window-weighted mean over its scans (all windows and sessions).
+Each scan is cut into the model's windows (non-overlapping by default, plus one window
+ending at the scan's last point when the grid leaves a remainder, so the windows tile the
+whole scan), scaled with the checkpoint's robust scaler and embedded; a scan's embedding is
+the mean over its windows (the subject vector, and the ROI embeddings where the model has
+them). A subject's embedding is the window-weighted mean over its scans (all windows and
+sessions).
+
+Beside them a file keeps each view's *position-only* ROI embeddings: what the model gives
+for an input whose data are all zeros (after scaling), i.e. what its ROI identity alone
+(a learned or fixed position code) carries. Network identification scores them as a
+control. :func:`embed_run` embeds a pretraining run's final weights and every kept
+snapshot (the initial weights: the random-initialisation control; earlier steps: the
+score-against-compute curve), and each file records which point of the run it is and the
+run's budget up to it.
 
 A saved file (``.npz``) holds every view of a multi-view model and is keyed by the
 checkpoint's SHA-256, the data-manifest hash, the view and the windowing: a changed
@@ -46,7 +56,8 @@ class EmbeddingSet:
     scans : DataFrame
         One row per scan: ``scan``, ``subject``, ``session``, ``site``, ``n_windows``.
     views : dict
-        View name -> ``{"subject": (n_scans, D) array, "roi": (n_scans, R, D) array or None}``.
+        View name -> ``{"subject": (n_scans, D) array, "roi": (n_scans, R, D) array or None,
+        "position": (R, D) array or None}`` (position-only ROI embeddings, when kept).
     meta : dict
         ``manifest_hash``, ``checkpoint_sha256`` (None for plain features), ``model``,
         ``window``, ``keys`` (view -> cache key), ...
@@ -119,6 +130,26 @@ class EmbeddingSet:
                                  "network identification needs them")
         return roi
 
+    def position(self, view=None):
+        """Position-only ROI embeddings (R, D) of a view, or None when not kept."""
+        return self.views[self.view_name(view)].get("position")
+
+    @property
+    def pretrain(self) -> dict:
+        """Which point of a pretraining run the weights are (``label``: ``final`` or
+        ``step<N>``, ``step``, ``fraction``, ``budget``); empty for plain features."""
+        return dict(self.meta.get("pretrain") or {})
+
+    @property
+    def checkpoint_label(self) -> str:
+        """``final``, or ``step<N>`` for a snapshot (``step0``: the initial weights)."""
+        return str(self.pretrain.get("label") or "final")
+
+    @property
+    def is_random_init(self) -> bool:
+        """Whether these are the untrained initial weights of a run (step 0)."""
+        return self.pretrain.get("step") == 0
+
     def subject_roi(self, view=None, subjects=None):
         """``(R x D per subject, subjects)``: ROI embeddings pooled per subject."""
         roi = self.roi(view)
@@ -137,8 +168,9 @@ class EmbeddingSet:
             if _SEP in name:
                 raise EmbeddingError(f"view names may not contain {_SEP!r}: {name!r}")
             arrays[f"view{_SEP}{name}{_SEP}subject"] = np.asarray(view["subject"], np.float32)
-            if view.get("roi") is not None:
-                arrays[f"view{_SEP}{name}{_SEP}roi"] = np.asarray(view["roi"], np.float32)
+            for kind in ("roi", "position"):
+                if view.get(kind) is not None:
+                    arrays[f"view{_SEP}{name}{_SEP}{kind}"] = np.asarray(view[kind], np.float32)
         meta = {k: v for k, v in self.meta.items() if k != "path"}
         arrays["meta"] = np.array(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
                                               **meta}, default=str))
@@ -240,7 +272,8 @@ def compute_embeddings(model, cohort, *, window, stride=None, scaler=None, targe
     batch_size : int
     device : str
     keep_roi : bool
-        Keep ROI embeddings (mean over windows) where the model has them.
+        Keep ROI embeddings (mean over windows) where the model has them, and the
+        position-only ROI embeddings (:func:`position_embeddings`).
     progress : bool
     meta : dict, optional
         Extra metadata (model name, checkpoint hash).
@@ -252,7 +285,8 @@ def compute_embeddings(model, cohort, *, window, stride=None, scaler=None, targe
     from bsym.data.dataset import WindowDataset
 
     dataset = WindowDataset(cohort, window, scans=scans, stride=stride, scaler=scaler,
-                            target_tr=target_tr, cleaning=cleaning, sc_transform=sc_transform)
+                            target_tr=target_tr, cleaning=cleaning, sc_transform=sc_transform,
+                            cover_end=True)
 
     def outputs(batch):
         out = {}
@@ -267,17 +301,50 @@ def compute_embeddings(model, cohort, *, window, stride=None, scaler=None, targe
     views = {}
     for (name, level), value in means.items():
         views.setdefault(name, {"subject": None, "roi": None})[level] = value.astype(np.float32)
+    if keep_roi:
+        for name, value in position_embeddings(model, dataset[0], device=device).items():
+            if name in views and views[name]["roi"] is not None:
+                views[name]["position"] = value
     scan_table = table[["scan", "subject", "session", "site"]].astype(str).copy()
     scan_table["n_windows"] = n_windows
     meta = {"manifest_hash": cohort.manifest_hash, "dataset": cohort.path.name,
             "model": getattr(model, "name", None) or type(model).__name__,
-            "checkpoint_sha256": None, "window": int(window), "stride": int(dataset.stride), "tr": dataset.tr,
+            "checkpoint_sha256": None, "window": int(window), "stride": int(dataset.stride),
+            "cover_end": True, "tr": dataset.tr,
             "sc_transform": sc_transform, "cleaning": dataset.cleaning.to_dict(),
             "bsym_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **(meta or {})}
     meta["keys"] = {name: _cache_key(meta, name) for name in views}
     return EmbeddingSet(scans=scan_table, views=views, meta=meta)
+
+
+def position_embeddings(model, item, *, device="cpu") -> dict:
+    """ROI embeddings of an all-zero input shaped like ``item``: view -> (R, D) array.
+
+    What a model gives from its ROI identity alone (its position code), with no data:
+    the ``position_only`` control of network identification. Views without ROI
+    embeddings (or with non-finite output) are left out.
+    """
+    import torch
+
+    batch = {key: torch.zeros_like(item[key])[None].to(device) for key in ("bold", "sc")
+             if key in item}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = _views(model.embed(batch))
+    finally:
+        model.train(was_training)
+    found = {}
+    for name, emb in out.items():
+        if emb.roi is None:
+            continue
+        value = emb.roi[0].detach().float().cpu().numpy()
+        if np.isfinite(value).all():
+            found[name] = value.astype(np.float32)
+    return found
 
 
 def window_means(model, dataset, outputs, *, batch_size, device, desc, progress):
@@ -337,6 +404,8 @@ def window_means(model, dataset, outputs, *, batch_size, device, desc, progress)
 def _cache_key(meta, view) -> str:
     parts = {k: meta.get(k) for k in ("checkpoint_sha256", "manifest_hash", "window", "stride",
                                        "tr", "sc_transform", "cleaning", "model", "features")}
+    if meta.get("cover_end"):  # keys of files made before whole-scan tiling stay as they were
+        parts["cover_end"] = True
     parts["view"] = view
     return config_hash(parts)
 
@@ -354,7 +423,7 @@ def _checkpoint_settings(ckpt):
 
 
 def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32, device="cpu",
-                     force=False, keep_roi=True, progress=True) -> EmbeddingSet:
+                     force=False, keep_roi=True, progress=True, subjects=None) -> EmbeddingSet:
     """Embeddings of ``cohort`` by a trained checkpoint, cached in ``out``.
 
     The file at ``out`` is reused only when it was made from a checkpoint with the same
@@ -374,6 +443,9 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
         See :func:`compute_embeddings`.
     force : bool
         Recompute even when the cache is current.
+    subjects : sequence of str, optional
+        Embed only these subjects' scans (default every scan), e.g. those never
+        pretrained on: only they are ever probed.
 
     Returns
     -------
@@ -392,7 +464,8 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
                 "window": settings["window"], "stride": int(stride or settings["window"]),
                 "tr": None, "sc_transform": settings["sc_transform"],
                 "cleaning": SignalCleaning(**settings["cleaning"]).to_dict(),
-                "model": model_name, "features": None}
+                "model": model_name, "features": None, "cover_end": True,
+                "subjects": sorted(str(s) for s in subjects) if subjects is not None else None}
     if out is not None and Path(out).is_file() and not force:
         try:
             cached = load_embeddings(out)
@@ -416,15 +489,87 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
             "model_config": identity.get("config"), "features": None,
             "trained_on": (ckpt.get("data") or {}).get("manifest_hash"),
             "pretrain_subjects": (ckpt.get("extra") or {}).get("train_subjects"),
-            "cached": False}
+            "pretrain": run_point(ckpt), "cached": False,
+            "subjects": expected["subjects"]}
+    scans = None
+    if subjects is not None:
+        table = cohort.subjects
+        unknown = sorted(set(map(str, subjects)) - set(table["subject"].astype(str)))
+        if unknown:
+            raise EmbeddingError(f"subject(s) {', '.join(unknown[:5])} are not in the store "
+                                 f"{cohort.path}; expected subject ids of this store")
+        scans = table.loc[table["subject"].astype(str).isin(set(map(str, subjects))),
+                          "scan"].tolist()
     out_set = compute_embeddings(
         model, cohort, window=settings["window"], stride=stride, scaler=scaler,
         target_tr=settings["target_tr"], cleaning=SignalCleaning(**settings["cleaning"]),
         sc_transform=settings["sc_transform"], batch_size=batch_size, device=device,
-        keep_roi=keep_roi, progress=progress, meta=meta)
+        keep_roi=keep_roi, progress=progress, meta=meta, scans=scans)
     if out is not None:
         out_set.save(out)
     return out_set
+
+
+def run_point(ckpt) -> dict:
+    """Where in its pretraining run a checkpoint is: ``label`` (``final`` or ``step<N>``),
+    ``step``, ``total_steps``, ``fraction`` and the run's ``budget`` up to it."""
+    total = sum(int(b) for _, b in (ckpt.get("stages") or [])) or None
+    step = int(ckpt.get("step") or 0)
+    final = ckpt.get("kind") == "final" and bool(ckpt.get("finished"))
+    return {"label": "final" if final else f"step{step}", "step": step, "total_steps": total,
+            "fraction": (step / total) if total else None,
+            "budget": dict(ckpt.get("budget") or {})}
+
+
+def embed_run(run, cohort, out_dir, *, snapshots=True, **options) -> dict:
+    """Embed a pretraining run's ``final.pt`` and (with ``snapshots``) each kept snapshot.
+
+    Parameters
+    ----------
+    run : str or Path
+        Run directory (``final.pt``, ``snapshots/step-N.pt``).
+    cohort : Cohort
+    out_dir : str or Path
+        Gets ``final.npz`` and ``step<N>.npz`` (each reused while current).
+    options
+        Passed to :func:`embed_checkpoint`.
+
+    Returns
+    -------
+    dict
+        File stem (``final``, ``step0``, ...) -> EmbeddingSet.
+    """
+    from bsym.train.checkpoint import FINAL_NAME, list_snapshots
+
+    run, out_dir = Path(run), Path(out_dir)
+    final = run / FINAL_NAME
+    if not final.is_file():
+        raise EmbeddingError(f"{run}: no {FINAL_NAME}; expected the directory of a finished "
+                             "`bsym pretrain` run")
+    points = [("final", final)]
+    if snapshots:
+        points += [(f"step{step}", path) for step, path in list_snapshots(run)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {stem: embed_checkpoint(path, cohort, out_dir / f"{stem}.npz", **options)
+            for stem, path in points}
+
+
+def embedding_files(path) -> list:
+    """The embeddings files at ``path``: the file itself, or a run's folder of them
+    (``final.npz`` first, then the snapshots by step)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise EmbeddingError(f"{path}: no such embeddings file or folder (make it with "
+                             "`bsym embed`)")
+    steps = sorted(path.glob("step*.npz"), key=lambda p: int(p.stem[4:] or 0)
+                   if p.stem[4:].isdigit() else -1)
+    files = [p for p in [path / "final.npz"] if p.is_file()] + steps
+    if not files:
+        raise EmbeddingError(f"{path}: no final.npz or step<N>.npz in the folder; expected the "
+                             "output folder of `bsym embed --run`")
+    return files
 
 
 def feature_embeddings(cohort, kind="fc", *, scans=None) -> EmbeddingSet:

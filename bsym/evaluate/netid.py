@@ -1,12 +1,26 @@
-"""Unsupervised network identification from ROI embeddings, always beside FC rows.
+"""Unsupervised network identification from ROI embeddings, beside baselines and controls.
 
 ROI embeddings (per scan, mean over windows) are averaged over subjects, giving one
 vector per ROI. Those vectors are clustered with k-means and spectral clustering
 (k = the number of atlas networks) and scored against the atlas networks by the adjusted
 Rand index and normalised mutual information; a k-nearest-neighbour classifier
-(cosine distance, leave-one-ROI-out) gives the network classification accuracy. The same
-is done on the rows of the group-mean FC matrix (Fisher z, diagonal 0), the baseline.
-Features are z-scored per dimension across ROIs first.
+(cosine distance, leave-one-ROI-out) gives the network classification accuracy. Features
+are z-scored per dimension across ROIs first. Clustering is repeated over several seeds
+(one row per seed), so a score comes with its spread.
+
+Beside a model's scores, with the same seeds:
+
+- the baselines: rows of the group-mean FC matrix (``fc_rows``: Fisher z, diagonal 0)
+  and of the group-mean log SC matrix (``sc_rows``, where the store has SC);
+- ``position_only``: the ROI embeddings the model gives for all-zero data, i.e. what its
+  ROI identity (position code) alone carries, at the final weights and at the initial
+  ones (``checkpoint="step0"``). Atlases number ROIs network by network, so a fixed
+  position code can "identify" networks without looking at the data; on a store with a
+  shuffled ROI order it cannot, and what a learned code carries at the end it learned
+  from the data;
+- ``random_init``: the ROI embeddings of the same architecture at its initial weights;
+- ``permuted_networks``: the chance level, the model's (and each baseline's) features
+  scored against randomly permuted network labels (``replicate`` numbers them).
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ from bsym.evaluate.results import config_hash, log_evaluation, provenance
 METRICS = ("ari_kmeans", "nmi_kmeans", "ari_spectral", "nmi_spectral", "knn_accuracy",
            "knn_balanced_accuracy", "majority_rate")
 BASELINE = "fc_rows"
+SC_BASELINE = "sc_rows"
 
 
 def roi_networks(cohort) -> np.ndarray:
@@ -58,13 +73,14 @@ def knn_leave_one_out(features, labels, n_neighbors=5) -> np.ndarray:
     np.fill_diagonal(distance, np.inf)
     k = max(1, min(int(n_neighbors), len(x) - 1))
     labels = np.asarray(labels)
-    predictions = []
-    for i in range(len(x)):
-        order = np.argsort(distance[i], kind="stable")[:k]
-        votes = pd.Series(labels[order]).value_counts()
-        tied = set(votes.index[votes == votes.max()])
-        predictions.append(next(labels[j] for j in order if labels[j] in tied))
-    return np.asarray(predictions)
+    names, codes = np.unique(labels, return_inverse=True)
+    nearest = np.argsort(distance, axis=1, kind="stable")[:, :k]
+    votes = codes[nearest]                                    # (n, k), nearest first
+    counts = np.zeros((len(x), len(names)), dtype=int)
+    np.add.at(counts, (np.arange(len(x))[:, None], votes), 1)
+    tied = counts[np.arange(len(x))[:, None], votes] == counts.max(axis=1, keepdims=True)
+    first = votes[np.arange(len(x)), tied.argmax(axis=1)]     # the nearest tied class
+    return names[first]
 
 
 def identify_networks(features, networks, *, seed=0, n_neighbors=5) -> dict:
@@ -168,82 +184,210 @@ def plot_confusions(scores, path, *, title=None):
     return path
 
 
-def network_identification(embeddings, cohort, *, view=None, subjects=None, seed=0,
-                           n_neighbors=5, model=None, dataset=None, results=None,
-                           figure=None, tracker=None, force=False,
+def group_sc(cohort, subjects) -> np.ndarray:
+    """Mean log(1 + SC) over subjects, diagonal 0 (ROIs x ROIs)."""
+    from bsym.data.features import log_sc
+
+    total = np.zeros((cohort.n_rois, cohort.n_rois))
+    for subject in subjects:
+        total += log_sc(np.asarray(cohort.sc(subject)))
+    mean = total / len(subjects)
+    np.fill_diagonal(mean, 0.0)
+    return mean
+
+
+def chance_scores(features, networks, clusters, *, permutations=20, n_neighbors=5, seed=0):
+    """Scores of fixed clusterings and k-NN against permuted network labels.
+
+    Returns a list of metric dicts, one per permutation (the chance level of
+    :func:`identify_networks` for these features and network sizes).
+    """
+    from sklearn.metrics import adjusted_rand_score, balanced_accuracy_score
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+    from sklearn.preprocessing import StandardScaler
+
+    networks = np.asarray(networks, dtype=object)
+    known = np.array([n is not None and not (isinstance(n, float) and np.isnan(n))
+                      for n in networks])
+    z = StandardScaler().fit_transform(np.asarray(features, dtype=float)[known])
+    labels = networks[known].astype(str)
+    rng = np.random.default_rng([int(seed), 104729])
+    out = []
+    for _ in range(int(permutations)):
+        shuffled = rng.permutation(labels)
+        knn = knn_leave_one_out(z, shuffled, n_neighbors)
+        counts = pd.Series(shuffled).value_counts()
+        out.append({
+            "ari_kmeans": float(adjusted_rand_score(shuffled, clusters["kmeans"])),
+            "nmi_kmeans": float(nmi(shuffled, clusters["kmeans"])),
+            "ari_spectral": float(adjusted_rand_score(shuffled, clusters["spectral"])),
+            "nmi_spectral": float(nmi(shuffled, clusters["spectral"])),
+            "knn_accuracy": float(np.mean(knn == shuffled)),
+            "knn_balanced_accuracy": float(balanced_accuracy_score(shuffled, knn)),
+            "majority_rate": float(counts.max() / counts.sum())})
+    return out
+
+
+def network_identification(embeddings, cohort, *, view=None, subjects=None, seeds=10,
+                           n_neighbors=5, permutations=20, random_init=None, model=None,
+                           dataset=None, results=None, figure=None, tracker=None, force=False,
                            progress=False) -> pd.DataFrame:
-    """Network identification of a model's ROI embeddings and of FC rows, side by side.
+    """Network identification of a model's ROI embeddings beside baselines and controls.
 
     Parameters
     ----------
     embeddings : EmbeddingSet
-        With ROI embeddings (checked against ``cohort``).
+        With ROI embeddings (checked against ``cohort``); position-only ROI embeddings,
+        when the file has them, give the ``position_only`` control.
     cohort : Cohort
     view : str, optional
     subjects : sequence of str, optional
         Average over these subjects only (default all embedded subjects).
-    seed, n_neighbors
-        See :func:`identify_networks`.
+    seeds : int or sequence of int
+        Clustering seeds (an int ``n`` means ``0 .. n-1``): one row per seed.
+    n_neighbors : int
+        k of the k-NN classifier.
+    permutations : int
+        Permutations of the network labels for the chance level (0: none).
+    random_init : EmbeddingSet, optional
+        Embeddings of the same run's initial weights (the ``random_init`` control).
     model, dataset : str, optional
         Names in the result rows.
     results : ResultTable, optional
-        Rows (protocol ``network_identification``, task ``networks``, fold 0) are
-        appended; a current row is read back instead of recomputed unless ``force``.
+        Rows (protocol ``network_identification``, task ``networks``, fold 0, ``seed`` =
+        clustering seed) are appended; current rows are read back instead of recomputed
+        unless ``force``.
     figure : str or Path, optional
-        Confusion-matrix figure (PNG/PDF/SVG).
+        Confusion-matrix figure (PNG/PDF/SVG) of the first seed.
     tracker : Tracker, optional
-    force : bool
-    progress : bool
-        Progress bars (group FC over scans, then the two identifications).
+        MLflow: one run per feature set (mean over seeds).
+    force, progress : bool
 
     Returns
     -------
     DataFrame
-        Two rows: the model and the ``fc_rows`` baseline.
+        One row per feature set x control x seed (and per permutation of the chance level).
     """
     from pathlib import Path
+
+    from tqdm.auto import tqdm
 
     embeddings.check_cohort(cohort)
     view = embeddings.view_name(view)
     networks = roi_networks(cohort)
     model = model or embeddings.model
     dataset = dataset or cohort.path.name
-    chash = config_hash({"seed": seed, "n_neighbors": n_neighbors, "view": view,
+    seeds = list(range(int(seeds))) if np.isscalar(seeds) else [int(s) for s in seeds]
+    if not seeds:
+        raise EvaluationError("network identification needs at least one clustering seed")
+    chash = config_hash({"seeds": seeds, "n_neighbors": n_neighbors, "view": view,
+                         "permutations": int(permutations),
                          "embedding_key": embeddings.key(view),
+                         "random_init": random_init.key(view) if random_init else None,
                          "subjects": sorted(subjects) if subjects is not None else None})
-    keys = [{"model": name, "view": v, "dataset": dataset, "task": "networks",
-             "protocol": "network_identification", "seed": int(seed), "fold": 0,
-             "config_hash": chash, "manifest_hash": cohort.manifest_hash, "split_hash": None}
-            for name, v in ((model, view), (BASELINE, "fc"))]
-    if results is not None and not force and figure is None and \
-            all(results.is_done(k) for k in keys):
-        return pd.DataFrame([results.find(k) for k in keys])
     roi, subject_ids = embeddings.subject_roi(view, subjects)
     scans = embeddings.scans[embeddings.scans["subject"].isin(set(subject_ids))]["scan"]
-    from tqdm.auto import tqdm
-
-    scores, rows = {}, []
-    steps = ((keys[0], lambda: roi.mean(axis=0)),
-             (keys[1], lambda: group_fc(cohort, scans, progress=progress)))
-    for key, make in tqdm(steps, desc="network identification", unit="model",
-                          disable=not progress):
-        started = time.perf_counter()
-        s = identify_networks(make(), networks, seed=seed, n_neighbors=n_neighbors)
-        scores[f"{key['model']} ({key['view']})"] = s
-        rows.append({**key, "repeat": 0, **{m: s[m] for m in METRICS},
-                     "n_rois": s["n_rois"], "n_networks": s["n_networks"],
-                     "n_train": len(subject_ids), "n_test": s["n_rois"],
-                     "runtime_s": time.perf_counter() - started,
-                     "embedding_key": embeddings.key(view) if key is keys[0] else None,
-                     "checkpoint_sha256": embeddings.meta.get("checkpoint_sha256")
-                     if key is keys[0] else None, **provenance()})
+    sets = _feature_sets(embeddings, view, model, roi, random_init, subject_ids, cohort, scans,
+                         progress)
+    common = {"dataset": dataset, "task": "networks", "protocol": "network_identification",
+              "fold": 0, "config_hash": chash, "manifest_hash": cohort.manifest_hash,
+              "split_hash": None}
+    keys = [{**common, **s["key"], "seed": seed, "replicate": 0}
+            for s in sets for seed in seeds]
+    if results is not None and not force and figure is None:
+        stored = results.lookup()
+        found = [stored(k) for k in keys]
+        if all(f is not None for f in found):
+            chance = [r for r in results.read().to_dict("records")
+                      if r.get("config_hash") == chash and r.get("control") == "permuted_networks"]
+            return pd.DataFrame(found + chance)
+    rows, first = [], {}
+    for entry in tqdm(sets, desc="network identification", unit="feature set",
+                      disable=not progress):
+        features = entry["make"]()
+        for seed in seeds:
+            started = time.perf_counter()
+            s = identify_networks(features, networks, seed=seed, n_neighbors=n_neighbors)
+            first.setdefault(entry["title"], s)
+            rows.append(_row(common, entry, seed, 0, s, len(subject_ids),
+                             time.perf_counter() - started))
+        if permutations and entry["chance"]:
+            s0 = first[entry["title"]]
+            for r, scores in enumerate(chance_scores(features, networks, s0,
+                                                     permutations=permutations,
+                                                     n_neighbors=n_neighbors)):
+                chance_entry = {**entry, "key": {**entry["key"],
+                                                 "control": "permuted_networks"}}
+                rows.append(_row(common, chance_entry, seeds[0], r,
+                                 {**scores, "n_rois": s0["n_rois"],
+                                  "n_networks": s0["n_networks"]}, len(subject_ids), 0.0))
     if figure is not None:
-        plot_confusions(scores, Path(figure), title=f"network identification: {dataset}")
+        plot_confusions(first, Path(figure), title=f"network identification: {dataset} "
+                        f"(seed {seeds[0]})")
     if results is not None:
         results.append(rows)
-    for row in rows:
-        log_evaluation(tracker, [row], run_name=f"netid-{row['model']}",
-                       tags={k: row[k] for k in ("model", "view", "dataset", "task", "protocol",
-                                                 "seed")},
-                       params={"n_neighbors": n_neighbors, "view": row["view"]}, metrics=METRICS)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    for entry in sets:
+        mine = frame[(frame["model"] == entry["key"]["model"]) &
+                     (frame["control"] == entry["key"]["control"]) &
+                     (frame["checkpoint"] == entry["key"]["checkpoint"])]
+        summary = {**{k: mine[k].mean() for k in METRICS}}
+        log_evaluation(tracker, [{**mine.iloc[0].to_dict(), **summary}],
+                       run_name="-".join(["netid", entry["key"]["model"], entry["key"]["control"],
+                                          *([entry["key"]["checkpoint"]]
+                                            if entry["key"]["checkpoint"] != "final" else [])]),
+                       tags={k: entry["key"][k] for k in ("model", "view", "control")} |
+                       {"dataset": dataset, "task": "networks",
+                        "protocol": "network_identification"},
+                       params={"n_neighbors": n_neighbors, "seeds": len(seeds)},
+                       metrics=METRICS)
+    return frame
+
+
+def _feature_sets(embeddings, view, model, roi, random_init, subject_ids, cohort, scans,
+                  progress):
+    """What is scored: ``{"key", "title", "make", "chance"}`` per feature set."""
+    point = embeddings.checkpoint_label
+    sets = [{"key": {"model": model, "view": view, "control": "none", "checkpoint": point},
+             "title": f"{model} ({view})", "make": lambda: roi.mean(axis=0), "chance": True,
+             "embedding_key": embeddings.key(view)}]
+    position = embeddings.position(view)
+    if position is not None:
+        sets.append({"key": {"model": model, "view": view, "control": "position_only",
+                             "checkpoint": point},
+                     "title": f"{model} ({view}): position only", "chance": False,
+                     "make": lambda: np.asarray(position, dtype=float),
+                     "embedding_key": embeddings.key(view)})
+    if random_init is not None:
+        random_init.check_cohort(cohort)
+        init_roi, _ = random_init.subject_roi(view, subject_ids)
+        sets.append({"key": {"model": model, "view": view, "control": "random_init",
+                             "checkpoint": random_init.checkpoint_label},
+                     "title": f"{model} ({view}): random init", "chance": False,
+                     "make": lambda: init_roi.mean(axis=0),
+                     "embedding_key": random_init.key(view)})
+        init_position = random_init.position(view)
+        if init_position is not None:  # the position code before any training
+            sets.append({"key": {"model": model, "view": view, "control": "position_only",
+                                 "checkpoint": random_init.checkpoint_label},
+                         "title": f"{model} ({view}): position only, random init",
+                         "chance": False, "embedding_key": random_init.key(view),
+                         "make": lambda: np.asarray(init_position, dtype=float)})
+    sets.append({"key": {"model": BASELINE, "view": "fc", "control": "none",
+                         "checkpoint": "final"},
+                 "title": "FC rows", "chance": True, "embedding_key": None,
+                 "make": lambda: group_fc(cohort, scans, progress=progress)})
+    if "sc" in cohort.matrices:
+        sets.append({"key": {"model": SC_BASELINE, "view": "sc", "control": "none",
+                             "checkpoint": "final"},
+                     "title": "SC rows", "chance": True, "embedding_key": None,
+                     "make": lambda: group_sc(cohort, subject_ids)})
+    return sets
+
+
+def _row(common, entry, seed, replicate, scores, n_subjects, runtime):
+    return {**common, **entry["key"], "seed": int(seed), "replicate": int(replicate),
+            "repeat": 0, **{m: scores[m] for m in METRICS}, "n_rois": scores["n_rois"],
+            "n_networks": scores["n_networks"], "n_train": n_subjects,
+            "n_test": scores["n_rois"], "runtime_s": runtime,
+            "embedding_key": entry["embedding_key"], **provenance()}

@@ -2,8 +2,13 @@
 
 StandardScaler + LogisticRegression (classification) or Ridge (regression) in one
 scikit-learn pipeline, fitted on the outer training fold only; the regularisation
-strength is chosen by :class:`~sklearn.model_selection.GridSearchCV` over the split
-file's *inner* folds (subject-grouped, inside the training fold). The test fold is
+strength is chosen over the split file's *inner* folds (subject-grouped, inside the
+training fold) by :func:`choose_param`: a grid search, scored by AUROC or negative MSE,
+the best mean over inner folds refitted on the whole training fold (as
+:class:`~sklearn.model_selection.GridSearchCV` would; logistic fits are warm-started
+along the grid and ridge fits share one SVD per inner fold, so the many refits of the
+shuffled-label control stay cheap). Features wider than the training rows are fitted in
+the rows' span (:class:`~bsym.evaluate.rowspace.RowSpace`), which changes no prediction. The test fold is
 used once, for the scores. Regression targets are z-scored with the training fold's
 mean and SD.
 
@@ -78,23 +83,120 @@ class ProbeConfig:
 
 
 # -- one fold ------------------------------------------------------------------------------
-def _grid(task, config, n_classes, inner):
-    from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.model_selection import GridSearchCV
+def _classifier(config, n_classes, C=1.0, warm_start=False):
+    """Binary labels: :class:`~bsym.evaluate.rowspace.BinaryLogistic` (Newton); more
+    classes: scikit-learn's multinomial logistic regression. Same objective."""
+    from sklearn.linear_model import LogisticRegression
+
+    from bsym.evaluate.rowspace import BinaryLogistic
+
+    if n_classes == 2:
+        return BinaryLogistic(C=C, warm_start=warm_start)
+    return LogisticRegression(C=C, max_iter=config.max_iter, warm_start=warm_start)
+
+
+def _pipeline(task, config, param, n_classes=None):
+    from sklearn.linear_model import Ridge
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if task == "classification":
-        model = LogisticRegression(max_iter=config.max_iter)
-        grid = {"model__C": list(config.Cs)}
-        scoring = "roc_auc" if n_classes == 2 else "roc_auc_ovr"
-    else:
-        model = Ridge()
-        grid = {"model__alpha": list(config.alphas)}
-        scoring = "neg_mean_squared_error"
-    pipe = Pipeline([("scale", StandardScaler()), ("model", model)])
-    return GridSearchCV(pipe, grid, cv=inner, scoring=scoring, refit=True, n_jobs=1,
-                        error_score=np.nan)
+    from bsym.evaluate.rowspace import RowSpace
+
+    model = _classifier(config, n_classes, C=param) if task == "classification" \
+        else Ridge(alpha=param)
+    return Pipeline([("scale", StandardScaler()), ("rows", RowSpace()), ("model", model)])
+
+
+def binary_auroc(y, score) -> float:
+    """Area under the ROC curve of a 0/1 label (the Mann-Whitney statistic, ties counted
+    half, as :func:`sklearn.metrics.roc_auc_score`); NaN when one class is absent."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _inner_auroc(y, proba, n_classes):
+    from sklearn.metrics import roc_auc_score
+
+    if n_classes == 2:
+        return binary_auroc(y == 1, proba[:, 1])
+    try:
+        if n_classes == 2:
+            return float(roc_auc_score(y, proba[:, 1]))
+        return float(roc_auc_score(y, proba, multi_class="ovr", average="macro",
+                                   labels=list(range(n_classes))))
+    except ValueError:  # a validation fold without some class
+        return float("nan")
+
+
+def _classifier_scores(z_fit, y_fit, z_val, y_val, config, n_classes):
+    """Inner AUROC of every C, fitted in ascending order from the previous solution."""
+    model = _classifier(config, n_classes, warm_start=True)
+    scores = {}
+    for c in sorted(config.Cs):
+        model.set_params(C=c)
+        try:
+            model.fit(z_fit, y_fit)
+        except ValueError:
+            scores[c] = float("nan")
+            continue
+        proba = np.zeros((len(z_val), n_classes))
+        proba[:, model.classes_] = model.predict_proba(z_val)
+        scores[c] = _inner_auroc(y_val, proba, n_classes)
+    return [scores[c] for c in config.Cs]
+
+
+def _ridge_scores(z_fit, y_fit, z_val, y_val, alphas):
+    """Inner negative MSE of every ridge penalty from one SVD (centred features, so the
+    intercept is the mean target, as in :class:`~sklearn.linear_model.Ridge`)."""
+    u, singular, vt = np.linalg.svd(z_fit, full_matrices=False)
+    centred = y_fit - y_fit.mean()
+    projected = u.T @ centred
+    out = []
+    for alpha in alphas:
+        weights = vt.T @ (singular / (singular ** 2 + alpha) * projected)
+        pred = y_fit.mean() + z_val @ weights
+        out.append(-float(np.mean((y_val - pred) ** 2)))
+    return out
+
+
+def choose_param(x_train, y_train, inner, *, task, config, n_classes=None):
+    """The regularisation with the best mean inner-fold score, and every score.
+
+    Each inner fold standardises on its fit rows; classification is scored by AUROC
+    (one-vs-rest macro for more than two classes), regression by negative MSE. Ties go to
+    the first value of the grid; a fold that cannot be scored counts as missing.
+
+    Returns
+    -------
+    best : float
+        C (classification) or alpha (regression).
+    scores : ndarray, shape (n_inner, n_grid)
+    """
+    grid = config.Cs if task == "classification" else config.alphas
+    scores = np.full((len(inner), len(grid)), np.nan)
+    for f, (fit_rows, val_rows) in enumerate(inner):
+        prep = _pipeline(task, config, grid[0], n_classes)[:-1].fit(x_train[fit_rows])
+        z_fit, z_val = prep.transform(x_train[fit_rows]), prep.transform(x_train[val_rows])
+        if task == "classification":
+            scores[f] = _classifier_scores(z_fit, y_train[fit_rows], z_val, y_train[val_rows],
+                                           config, n_classes)
+        else:
+            scores[f] = _ridge_scores(z_fit, y_train[fit_rows], z_val, y_train[val_rows],
+                                      grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        mean = np.nanmean(scores, axis=0)
+    if np.isnan(mean).all():
+        raise EvaluationError("no inner fold could be scored; expected every class in the "
+                              "inner folds' fit and validation parts")
+    return float(grid[int(np.nanargmax(mean))]), scores
 
 
 def classification_scores(y_true, proba, n_classes) -> dict:
@@ -173,8 +275,18 @@ def probe_fold(x, y, train, test, inner, *, task, config=None, n_classes=None) -
         Metric values, ``best_param`` (C or alpha), ``prediction`` (test rows), and for
         classification ``proba``.
     """
+    import sklearn
+
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        return _probe_fold(x, y, train, test, inner, task=task, config=config,
+                           n_classes=n_classes)
+
+
+def _probe_fold(x, y, train, test, inner, *, task, config, n_classes):
     config = config or ProbeConfig()
     x = np.asarray(x, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise EvaluationError("the features hold NaN or Inf; expected finite embeddings")
     y = np.asarray(y)
     train, test = np.asarray(train), np.asarray(test)
     if len(np.intersect1d(train, test)):
@@ -190,24 +302,25 @@ def probe_fold(x, y, train, test, inner, *, task, config=None, n_classes=None) -
             raise EvaluationError(f"the training fold holds {len(present)} of the {n_classes} "
                                   "classes; expected every class in every training fold "
                                   "(stratify the split on this label)")
-        search = _grid(task, config, n_classes, inner)
+        y_train = y_train.astype(int)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
-            search.fit(x_train, y_train.astype(int))
-        proba = search.predict_proba(x_test)
+            best, _ = choose_param(x_train, y_train, inner, task=task, config=config,
+                                   n_classes=n_classes)
+            model = _pipeline(task, config, best, n_classes).fit(x_train, y_train)
+        proba = model.predict_proba(x_test)
         out = classification_scores(y_test.astype(int), proba, n_classes)
-        out.update(best_param=float(search.best_params_["model__C"]),
-                   prediction=proba.argmax(axis=1), proba=proba)
+        out.update(best_param=best, prediction=proba.argmax(axis=1), proba=proba)
         return out
     y_train = y_train.astype(float)
     mean, sd = float(y_train.mean()), float(y_train.std())
     if sd == 0:
         raise EvaluationError("the regression target is constant in the training fold")
-    search = _grid(task, config, None, inner)
-    search.fit(x_train, (y_train - mean) / sd)
-    pred = search.predict(x_test) * sd + mean
+    z_train = (y_train - mean) / sd
+    best, _ = choose_param(x_train, z_train, inner, task=task, config=config)
+    pred = _pipeline(task, config, best).fit(x_train, z_train).predict(x_test) * sd + mean
     out = regression_scores(y_test.astype(float), pred, mean, sd)
-    out.update(best_param=float(search.best_params_["model__alpha"]), prediction=pred)
+    out.update(best_param=best, prediction=pred)
     return out
 
 
@@ -281,9 +394,18 @@ def fold_rows(units, fold):
 
 def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, config=None,
                  folds=None, model=None, dataset=None, protocol="linear_probe", results=None,
-                 tracker=None, force=False, shuffle_labels=None, allow_pretrained_subjects=False,
+                 tracker=None, force=False, permutations=0, allow_pretrained_subjects=False,
                  progress=True) -> pd.DataFrame:
-    """Linear probe of ``label`` on every fold of a split file.
+    """Linear probe of ``label`` on every fold of a split file, with its controls.
+
+    Rows name their ``control``: ``none`` for a real score; ``random_init`` when the
+    embeddings come from a run's initial weights (its step-0 snapshot). Embeddings of
+    an earlier snapshot are scored as ``checkpoint="step<N>"`` (the score-against-compute
+    curve). With ``permutations``, the ``shuffled_labels`` control follows: the probe is
+    refitted (inner-CV included) on labels permuted among each outer training fold's
+    subjects and scored on the true test labels, ``permutations`` times
+    (``replicate`` 0, 1, ...); :func:`bsym.stats.controls.permutation_pvalues` turns
+    those rows into a permutation p-value per model and task.
 
     Parameters
     ----------
@@ -308,11 +430,11 @@ def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, con
         Rows are appended per fold; folds already there (same data, split and config)
         are read back instead of recomputed unless ``force``.
     tracker : Tracker, optional
-        MLflow tracker: one run per evaluation with a nested run per computed fold.
+        MLflow tracker: one run per evaluation with a nested run per computed fold
+        (real scores only; control rows go to the result table).
     force : bool
-    shuffle_labels : int, optional
-        Permute the labels across subjects with this seed (a null check); the task is
-        named ``"{label}~shuffled{seed}"``.
+    permutations : int
+        Label permutations of the ``shuffled_labels`` control (0: none).
     allow_pretrained_subjects : bool
         Probe subjects the encoder was pretrained on (refused by default).
     progress : bool
@@ -320,7 +442,7 @@ def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, con
     Returns
     -------
     DataFrame
-        One row per fold.
+        One row per fold (and per fold and permutation for the control).
     """
     from tqdm.auto import tqdm
 
@@ -337,56 +459,83 @@ def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, con
     x, values, units = probe_data(embeddings, cohort, label, splits.subjects, view=view,
                                   level=config.level)
     y, classes = encode_labels(values, task)
-    task_name = label
-    if shuffle_labels is not None:
-        y = _shuffle_by_subject(y, units, int(shuffle_labels))
-        task_name = f"{label}~shuffled{int(shuffle_labels)}"
     chosen = range(len(splits)) if folds is None else [int(f) for f in folds]
     model = model or embeddings.model
     dataset = dataset or cohort.path.name
+    metrics = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
     chash = config_hash({"probe": config.to_dict(), "view": view, "task": task,
-                         "embedding_key": embeddings.key(view), "shuffle": shuffle_labels})
-    base = {"model": model, "view": view, "dataset": dataset, "task": task_name,
-            "protocol": protocol, "seed": splits.seed}
+                         "embedding_key": embeddings.key(view)})
+    base = {"model": model, "view": view, "dataset": dataset, "task": label,
+            "protocol": protocol, "seed": splits.seed,
+            "control": "random_init" if embeddings.is_random_init else "none",
+            "checkpoint": embeddings.checkpoint_label, "replicate": 0}
+    extra = {"task_type": task, "level": config.level, "embedding_key": embeddings.key(view),
+             "checkpoint_sha256": embeddings.meta.get("checkpoint_sha256"),
+             **pretrain_columns(embeddings)}
+    stored = results.lookup() if results is not None and not force else (lambda key: None)
+    n_classes = len(classes) if classes else None
     rows, computed = [], []
-    for index in tqdm(chosen, desc=f"probe {task_name}", unit="fold", disable=not progress):
-        fold = splits[index]
-        key = {**base, "fold": fold.index, "config_hash": chash,
-               "manifest_hash": cohort.manifest_hash, "split_hash": splits.sha256}
-        if results is not None and not force and results.is_done(key):
-            rows.append(results.find(key))
-            continue
-        started = time.perf_counter()
-        train, test, inner = fold_rows(units, fold)
-        scores = probe_fold(x, y, train, test, inner, task=task, config=config,
-                            n_classes=len(classes) if classes else None)
-        row = {**key, "repeat": fold.repeat, "task_type": task, "level": config.level,
-               **{m: scores[m] for m in (CLASSIFICATION_METRICS if task == "classification"
-                                         else REGRESSION_METRICS)},
-               "best_param": scores["best_param"], "n_train": int(len(train)),
-               "n_test": int(len(test)), "runtime_s": time.perf_counter() - started,
-               "embedding_key": embeddings.key(view),
-               "checkpoint_sha256": embeddings.meta.get("checkpoint_sha256"),
-               "test_site": fold.test_site, **provenance()}
-        if results is not None:
-            results.append([row])
-        rows.append(row)
-        computed.append(row)
-    log_evaluation(tracker, computed, run_name=f"{protocol}-{model}-{task_name}",
+    runs = [(None, base)] + [(r, {**base, "control": "shuffled_labels", "replicate": r})
+                             for r in range(int(permutations))]
+    bar = tqdm(total=len(runs) * len(chosen), desc=f"probe {label}", unit="fold",
+               disable=not progress)
+    for replicate, run_base in runs:
+        fresh = []
+        for index in chosen:
+            bar.update(1)
+            fold = splits[index]
+            key = {**run_base, "fold": fold.index, "config_hash": chash,
+                   "manifest_hash": cohort.manifest_hash, "split_hash": splits.sha256}
+            found = stored(key)
+            if found is not None:
+                rows.append(found)
+                continue
+            started = time.perf_counter()
+            train, test, inner = fold_rows(units, fold)
+            target = y if replicate is None else _permuted_within(y, units, train, replicate,
+                                                                   fold.index)
+            scores = probe_fold(x, target, train, test, inner, task=task, config=config,
+                                n_classes=n_classes)
+            row = {**key, "repeat": fold.repeat, **{m: scores[m] for m in metrics},
+                   "best_param": scores["best_param"], "n_train": int(len(train)),
+                   "n_test": int(len(test)), "runtime_s": time.perf_counter() - started,
+                   "test_site": fold.test_site, **extra, **provenance()}
+            fresh.append(row)
+        if results is not None and fresh:
+            results.append(fresh)
+        rows.extend(fresh)
+        computed.extend(r for r in fresh if r["control"] != "shuffled_labels")
+    bar.close()
+    log_evaluation(tracker, computed, run_name=f"{protocol}-{model}-{label}",
                    tags={**base, "bsym.version": provenance()["bsym_version"]},
                    params={"probe": config.to_dict(), "view": view, "split": splits.request,
-                           "split_hash": splits.sha256},
-                   metrics=CLASSIFICATION_METRICS if task == "classification"
-                   else REGRESSION_METRICS)
+                           "split_hash": splits.sha256}, metrics=metrics)
     return pd.DataFrame(rows)
 
 
-def _shuffle_by_subject(y, units, seed):
-    """Permute labels across subjects, keeping each subject's rows together."""
-    rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({"unit": units, "y": y})
-    first = frame.groupby("unit", sort=True)["y"].first()
-    permuted = pd.Series(rng.permutation(first.to_numpy()), index=first.index)
-    if frame.groupby("unit")["y"].nunique().max() > 1:  # within-subject label: permute rows
-        return rng.permutation(np.asarray(y))
-    return frame["unit"].map(permuted).to_numpy()
+def pretrain_columns(embeddings) -> dict:
+    """Result-row columns of the pretraining behind the embeddings (empty for features):
+    steps, fraction of the run, samples, time points, FLOPs and wall time up to it."""
+    point = embeddings.pretrain
+    if not point:
+        return {}
+    budget = point.get("budget") or {}
+    return {"pretrain_step": point.get("step"), "pretrain_fraction": point.get("fraction"),
+            "pretrain_samples": budget.get("samples"),
+            "pretrain_timepoints": budget.get("timepoints"),
+            "pretrain_flops": budget.get("flops"), "pretrain_wall_s": budget.get("wall_s")}
+
+
+def _permuted_within(y, units, train, replicate, fold_index):
+    """``y`` with the labels of the training rows permuted among the training subjects
+    (a subject's rows keep one label); test rows keep their true labels."""
+    rng = np.random.default_rng([int(replicate), int(fold_index), 7919])
+    out = np.array(y, copy=True)
+    train_units = pd.Series(np.asarray(units)[train])
+    firsts = pd.Series(np.asarray(y)[train]).groupby(train_units.to_numpy(), sort=True).first()
+    if pd.Series(np.asarray(y)[train]).groupby(train_units.to_numpy()).nunique().max() > 1:
+        out[train] = rng.permutation(np.asarray(y)[train])  # within-subject label: rows
+        return out
+    permuted = pd.Series(rng.permutation(firsts.to_numpy()), index=firsts.index)
+    out[train] = train_units.map(permuted).to_numpy()
+    return out

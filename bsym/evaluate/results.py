@@ -8,8 +8,13 @@ Every summary, leaderboard and statistical test reads this table.
 
 Columns
 -------
-model, view, dataset, task, protocol, seed, repeat, fold
-    The key (``view`` names the embedding of a multi-view model; ``"default"`` otherwise).
+model, view, dataset, task, protocol, control, checkpoint, seed, fold, replicate
+    The key. ``view`` names the embedding of a multi-view model (``"default"``
+    otherwise). ``control`` is ``"none"`` for a real score, else the control it is
+    (:data:`CONTROLS`). ``checkpoint`` is ``"final"`` for a finished (or untrained)
+    model, ``"step<N>"`` for a score of an earlier pretraining checkpoint (the
+    score-against-compute curve). ``replicate`` numbers the permutations of a
+    permutation control (0 otherwise). ``repeat`` (not a key) is the split repeat.
 metric columns
     ``accuracy``, ``f1``, ``balanced_accuracy``, ``auroc`` (classification);
     ``mse`` (on the z-scored target), ``pearson_r``, ``mae``, ``r2`` (regression);
@@ -36,7 +41,12 @@ from bsym import __version__
 from bsym.evaluate import EvaluationError
 from bsym.io import file_lock, json_sha256
 
-KEY_COLUMNS = ("model", "view", "dataset", "task", "protocol", "seed", "fold")
+KEY_COLUMNS = ("model", "view", "dataset", "task", "protocol", "control", "checkpoint", "seed",
+               "fold", "replicate")
+#: Values of key columns that older rows (and callers) may leave out.
+KEY_DEFAULTS = {"control": "none", "checkpoint": "final", "replicate": 0}
+#: What a ``control`` row is (``none``: the real score).
+CONTROLS = ("none", "random_init", "shuffled_labels", "position_only", "permuted_networks")
 #: Provenance that must match for a stored row to count as done.
 PROVENANCE_COLUMNS = ("config_hash", "manifest_hash", "split_hash")
 PROTOCOLS = ("linear_probe", "finetune", "supervised", "network_identification")
@@ -66,7 +76,25 @@ def provenance() -> dict:
 
 
 def _key(row) -> tuple:
-    return tuple(str(row.get(k)) for k in KEY_COLUMNS)
+    return tuple(str(row.get(k, KEY_DEFAULTS.get(k))) for k in KEY_COLUMNS)
+
+
+def with_key_defaults(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with the key columns older rows lack filled with :data:`KEY_DEFAULTS`."""
+    for column, default in KEY_DEFAULTS.items():
+        if column not in table.columns:
+            table[column] = default
+        else:
+            table[column] = table[column].where(table[column].notna(), default)
+    return table
+
+
+def primary_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The real scores: rows that are no control and come from a finished model (what
+    leaderboards, tests and ranks compare)."""
+    table = with_key_defaults(table.copy())
+    keep = (table["control"].astype(str) == "none") & (table["checkpoint"].astype(str) == "final")
+    return table[keep].reset_index(drop=True)
 
 
 class ResultTable:
@@ -94,7 +122,7 @@ class ResultTable:
         if not self.path.exists():
             return pd.DataFrame(columns=list(KEY_COLUMNS))
         try:
-            return pd.read_parquet(self.path)
+            return with_key_defaults(pd.read_parquet(self.path))
         except Exception as err:  # noqa: BLE001 - pyarrow raises several types
             raise EvaluationError(f"{self.path}: cannot read the result table ({err}); expected "
                                   "a Parquet file written by bsym") from None
@@ -110,6 +138,21 @@ class ResultTable:
                 return row
         return None
 
+    def lookup(self):
+        """A function ``key -> stored row or None`` over one read of the table (for loops
+        that check many keys)."""
+        table = self.read()
+        stored = {} if table.empty else {_key(r): r for r in table.to_dict("records")}
+
+        def find(key):
+            found = stored.get(_key(key))
+            if found is None:
+                return None
+            current = all(str(found.get(c)) == str(key.get(c)) for c in PROVENANCE_COLUMNS
+                          if c in key)
+            return found if current else None
+        return find
+
     def is_done(self, row) -> bool:
         """Whether a row with ``row``'s key and provenance is already stored."""
         found = self.find(row)
@@ -120,7 +163,7 @@ class ResultTable:
 
     def append(self, rows) -> pd.DataFrame:
         """Add rows, replacing stored rows with the same key; returns the new table."""
-        rows = [dict(r) for r in rows]
+        rows = [{**KEY_DEFAULTS, **dict(r)} for r in rows]
         if not rows:
             return self.read()
         for row in rows:
@@ -163,7 +206,7 @@ def _normalise(table):
             else:
                 table[column] = values.map(lambda v: None if v is None or
                                            (isinstance(v, float) and math.isnan(v)) else str(v))
-    for column in ("seed", "fold", "repeat", "n_train", "n_test"):
+    for column in ("seed", "fold", "repeat", "replicate", "n_train", "n_test"):
         if column in table.columns:
             table[column] = pd.to_numeric(table[column], errors="coerce").astype("Int64")
     return table

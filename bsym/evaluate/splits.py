@@ -365,14 +365,27 @@ class PretrainSplit:
     def manifest_hash(self) -> str:
         return self.payload["manifest_hash"]
 
-    def write_subject_list(self, path, which="pretrain") -> Path:
-        """Write one subject id a line (for ``bsym pretrain --subjects-file``)."""
-        if which not in ("pretrain", "probe"):
-            raise ValueError(f"which must be 'pretrain' or 'probe', received {which!r}")
+    def validation(self, n, seed=0) -> list:
+        """``n`` subjects drawn (seeded) from those never pretrained on: a held-out set for
+        a pretraining run's validation loss (it reads no label and decides nothing)."""
+        pool = sorted(self.probe)
+        n = min(int(n), len(pool))
+        rng = np.random.default_rng([int(seed), 31337])
+        return sorted(rng.choice(pool, size=n, replace=False).tolist()) if n else []
+
+    def write_subject_list(self, path, which="pretrain", subjects=None) -> Path:
+        """Write one subject id a line (for ``bsym pretrain --subjects-file``); ``which``
+        names the list, ``subjects`` gives it when it is not ``pretrain`` or ``probe``."""
+        if subjects is None:
+            if which not in ("pretrain", "probe"):
+                raise ValueError(f"which must be 'pretrain' or 'probe', received {which!r}")
+            subjects = getattr(self, which)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# {which} subjects of {self.path or 'pretrain split'} "
-                        f"(sha256 {self.sha256})\n" + "\n".join(getattr(self, which)) + "\n")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(f"# {which} subjects of {self.path or 'pretrain split'} "
+                       f"(sha256 {self.sha256})\n" + "\n".join(subjects) + "\n")
+        os.replace(tmp, path)
         return path
 
 
