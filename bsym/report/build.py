@@ -3,7 +3,11 @@
 Every number comes from the long result table. A model with several views (e.g.
 BrainSymphony's ``fmri``, ``sc`` and ``fusion`` embeddings) is shown as ``model:view``;
 ``view == "default"`` keeps the bare model name. Protocols are never mixed: each
-leaderboard, test and figure is computed within one protocol.
+leaderboard, test and figure is computed within one protocol. Leaderboards, tests and
+ranks read the real scores (``control == "none"`` of finished models); the report opens
+with the verdict, where each score stands beside its controls (random initialisation,
+shuffled labels) and the training-health mark of its model, and a model that did not
+learn is labelled so wherever it appears.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ PROVENANCE_COLUMNS = ("git_sha", "config_hash", "manifest_hash", "split_hash")
 PACKAGES = ("bsym", "torch", "numpy", "scikit-learn", "nilearn", "mlflow", "optuna", "pandas",
             "scipy", "matplotlib")
 PUBLISHED_LABEL = "published (paper, HCP-Aging)"
+#: Appended to the label of a model whose pretraining did not beat its trivial baseline.
+UNLEARNED_MARK = " [did not learn]"
 
 
 class ReportError(BsymError):
@@ -69,6 +75,46 @@ def model_labels(results: pd.DataFrame) -> pd.DataFrame:
     else:
         frame["view"] = "default"
     frame["model"] = frame["model"].astype(str)
+    return frame
+
+
+def load_health(health) -> pd.DataFrame | None:
+    """The training-health table (path or frame; None stays None)."""
+    if health is None:
+        return None
+    frame = health if isinstance(health, pd.DataFrame) else load_table(health)
+    missing = [c for c in ("model", "view", "learned") if c not in frame.columns]
+    if missing:
+        raise ReportError(f"the health table lacks columns {missing}; expected the table of "
+                          "`bsym health` (model, view, learned, ...)")
+    return frame
+
+
+def health_beside(results_path) -> Path | None:
+    """``<table>_health.parquet`` beside a result table, where the workflow writes it."""
+    path = Path(results_path)
+    candidate = path.with_name(f"{path.stem}_health.parquet")
+    return candidate if candidate.exists() else None
+
+
+def unlearned(health) -> set:
+    """``{(model, view)}`` whose pretraining health check failed."""
+    if health is None or health.empty:
+        return set()
+    failed = health[~health["learned"].astype(bool)]
+    return {(str(m), str(v)) for m, v in zip(failed["model"], failed["view"])}
+
+
+def mark_unlearned(labelled: pd.DataFrame, health) -> pd.DataFrame:
+    """Append :data:`UNLEARNED_MARK` to the ``model`` label of rows whose model (and view)
+    did not learn, so no ranking shows it silently."""
+    failed = unlearned(health)
+    if not failed:
+        return labelled
+    frame = labelled.copy()
+    hit = [(str(m), str(v)) in failed or (str(m), "default") in failed
+           for m, v in zip(frame["base_model"], frame["view"])]
+    frame.loc[hit, "model"] = frame.loc[hit, "model"] + UNLEARNED_MARK
     return frame
 
 
@@ -108,14 +154,18 @@ def _split(results: pd.DataFrame):
 
 
 # --------------------------------------------------------------------------- leaderboard
-def leaderboard(results: pd.DataFrame, metrics=None, *, confidence: float = 0.95) -> pd.DataFrame:
+def leaderboard(results: pd.DataFrame, metrics=None, *, confidence: float = 0.95,
+                health=None) -> pd.DataFrame:
     """Mean, sd, n and CI per protocol x dataset x task x metric x model (from stats.summary).
 
-    Network-identification rows are left out (see the report's own section).
+    Real scores only (control rows and earlier checkpoints are left out); network-
+    identification rows are left out (see the report's own section). With ``health``,
+    models that did not learn carry :data:`UNLEARNED_MARK`.
     """
     from bsym import stats
+    from bsym.stats.controls import real_rows
 
-    frame, _ = _split(model_labels(results))
+    frame, _ = _split(mark_unlearned(model_labels(real_rows(results)), load_health(health)))
     if frame.empty:
         raise ReportError("the result table has no benchmark rows (linear_probe, finetune or "
                           "supervised)")
@@ -158,20 +208,22 @@ def format_leaderboard(board: pd.DataFrame, digits: int = 3) -> str:
 
 # --------------------------------------------------------------------------- stats
 def run_stats(results: pd.DataFrame, metric, out, *, alpha: float = 0.05, rope: float = 0.01,
-              figure_format: str = "png") -> dict:
+              figure_format: str = "png", health=None) -> dict:
     """Pairwise tests (CSV), rank tests per protocol (CSV) and CD diagrams into ``out``.
 
     ``metric`` is one metric or several: pairwise tests are run per metric; rank tests
     rank each task by the first of the metrics it reports, so ``["auroc", "pearson_r"]``
-    ranks classification and regression tasks together. Returns the written paths and
+    ranks classification and regression tasks together. Real scores only; models that
+    did not learn (``health``) carry :data:`UNLEARNED_MARK`. Returns the written paths and
     notes on what could not be computed.
     """
     from bsym import stats
+    from bsym.stats.controls import real_rows
 
     metrics = [metric] if isinstance(metric, str) else list(metric)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frame, _ = _split(model_labels(results))
+    frame, _ = _split(mark_unlearned(model_labels(real_rows(results)), load_health(health)))
     lacking = [m for m in metrics if m not in frame.columns]
     if lacking:
         raise ReportError(f"metric(s) {lacking} not columns of the result table; it has "
@@ -437,8 +489,204 @@ def _protocol_groups(bench):
     return groups
 
 
+def _fmt(mean, sd=None, digits=3) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "-"
+    if sd is None or not np.isfinite(sd):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def _verdict_section(doc, results, primary, health, figdir, tabdir, tables, note):
+    """The report's opening: every model x task score beside its controls and health."""
+    from bsym.report.figures import verdict_plot
+    from bsym.stats.controls import verdict_table
+
+    doc.section("Verdict")
+    if not primary:
+        note("No benchmark rows: no verdict.")
+        return
+    verdict = verdict_table(results, primary, health=health)
+    if verdict.empty:
+        note("No real scores for the tasks' primary metrics: no verdict.")
+        return
+    verdict["label"] = [m if str(v) in ("default", "", "None") else f"{m}:{v}"
+                        for m, v in zip(verdict["model"], verdict["view"])]
+    verdict = verdict.sort_values(["dataset", "task", "protocol", "mean"],
+                                  ascending=[True, True, True, False], kind="stable")
+    tables.append(tabdir / "verdict.csv")
+    verdict.to_csv(tables[-1], index=False)
+    doc.text("Per dataset and task, each model's primary metric (mean over folds and seeds, "
+             "95% t-interval) beside its controls: the same architecture at random "
+             "initialisation through the same path, the probe refitted on labels permuted "
+             "within each training fold (mean ± sd over permutations, with the permutation "
+             "p-value of the real score), and whether its pretraining beat trivial baselines "
+             "on held-out subjects. A score is evidence only where it clears both controls.")
+    failed = sorted({row.label for row in verdict.itertuples() if row.learned is False})
+    if failed:
+        note(f"Did not learn (pretext task not above its trivial baseline on held-out "
+             f"subjects, or collapsed): {', '.join(failed)}. Their scores are shown, marked, "
+             "and never ranked unmarked.")
+    shown = pd.DataFrame({
+        "dataset": verdict["dataset"], "task": verdict["task"], "metric": verdict["metric"],
+        "protocol": verdict["protocol"], "model": verdict["label"],
+        "score [95% CI]": [f"{_fmt(r.mean)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"
+                           for r in verdict.itertuples()],
+        "random init": [_fmt(r.random_init, r.random_init_sd) for r in verdict.itertuples()],
+        "shuffled labels": [_fmt(r.shuffled, r.shuffled_sd) for r in verdict.itertuples()],
+        "perm. p": [f"{r.perm_p:.3g} ({r.permutations})" if np.isfinite(r.perm_p) else "-"
+                    for r in verdict.itertuples()],
+        "health": [r.health or "-" for r in verdict.itertuples()]})
+    doc.table(shown)
+    for text in _finetune_notes(verdict, results):
+        note(text)
+    for dataset, rows in verdict.groupby("dataset", sort=True):
+        path = figdir / f"verdict_{_slug(dataset)}.png"
+        doc.figure(verdict_plot(rows, path, title=f"{dataset}: score (dot, 95% CI), random init "
+                                "(open circle), shuffled labels (grey, mean ± sd); red: did "
+                                "not learn"))
+
+
+def _finetune_notes(verdict, results) -> list:
+    """Where fine-tuning predicted a single class, or fell more than 0.05 AUROC below the
+    same model's linear probe: one sentence each, with the numbers."""
+    notes = []
+    tuned = results[(results["protocol"].astype(str) == "finetune")] \
+        if "protocol" in results.columns else results[:0]
+    if "single_class" in tuned.columns:
+        single = tuned[tuned["single_class"].astype("boolean").fillna(False).astype(bool)]
+        for (model, task), rows in single.groupby(["model", "task"], sort=True):
+            notes.append(f"Fine-tuning of {model} on {task} predicted a single class on "
+                         f"{len(rows)} fold(s) (pred_counts in the result table).")
+    auroc = verdict[verdict["metric"] == "auroc"]
+    key = ["dataset", "task", "model", "view"]
+    probe = auroc[auroc["protocol"] == "linear_probe"].set_index(key)["mean"]
+    for row in auroc[auroc["protocol"] == "finetune"].itertuples():
+        reference = probe.get((row.dataset, row.task, row.model, row.view))
+        if reference is not None and row.mean < reference - 0.05:
+            notes.append(f"Fine-tuning of {row.label} on {row.task} scored AUROC {row.mean:.3f}, "
+                         f"more than 0.05 below its linear probe ({reference:.3f}): the "
+                         "probe-initialised head was the early-stopping choice on few folds, "
+                         "or fine-tuning trains on fewer subjects and windows than the probe "
+                         "reads (see best_step, n_fit and lp_val_loss in the result table).")
+    return notes
+
+
+def _health_section(doc, health, loss_figures, figdir, tabdir, tables, note):
+    doc.section("Training health")
+    if health is None or health.empty:
+        note("No training-health table given (bsym health; pass --health): whether each "
+             "pretraining run learned is not shown.")
+    else:
+        doc.text("Each pretraining run's own pretext task on held-out subjects (R² over the "
+                 "hidden entries), beside the best trivial baseline that sees the same visible "
+                 "entries, and the effective rank (RankMe) of its subject embeddings. learned = "
+                 "beats the baseline on every objective and did not collapse.")
+        cols = [c for c in ("dataset", "model", "view", "pretext_task", "pretext_score",
+                            "trivial_score", "trivial_baseline", "effective_rank", "n_dims",
+                            "dead_dims", "learned", "reason") if c in health.columns]
+        tables.append(tabdir / "health.csv")
+        health.to_csv(tables[-1], index=False)
+        doc.table(health[cols])
+    for path in loss_figures:
+        path = Path(path)
+        if not path.exists():
+            raise ReportError(f"{path}: no such loss-curve figure (bsym health --figure)")
+        copy = figdir / f"loss_{_slug(path.parent.name, path.stem)}{path.suffix}"
+        shutil.copyfile(path, copy)
+        doc.figure(copy)
+
+
+def _compute_section(doc, everything, primary, figdir, tabdir, tables, note):
+    """Linear-probe score at each kept pretraining checkpoint against its compute."""
+    from bsym.report.figures import compute_curves
+
+    doc.section("Score against pretraining compute")
+    if "pretrain_flops" not in everything.columns:
+        note("No pretraining budgets in the result table: no compute curves.")
+        return
+    rows = everything[(everything["protocol"].astype(str) == "linear_probe")
+                      & everything["control"].astype(str).isin(["none", "random_init"])
+                      & pd.to_numeric(everything["pretrain_step"], errors="coerce").notna()]
+    if rows.empty or rows["checkpoint"].nunique() < 2:
+        note("Probes exist at one pretraining checkpoint only (keep snapshots with "
+             "pretrain.snapshots to draw the curve).")
+        return
+    parts = []
+    for (dataset, task, model, point), g in rows.groupby(["dataset", "task", "model",
+                                                         "checkpoint"], sort=True):
+        metric = primary.get(str(task))
+        if metric is None:
+            continue
+        scores = pd.to_numeric(g[metric], errors="coerce").dropna()
+        parts.append({"dataset": dataset, "task": task, "metric": metric, "label": model,
+                      "checkpoint": point,
+                      "pretrain_step": float(pd.to_numeric(g["pretrain_step"]).iloc[0]),
+                      "pretrain_flops": float(pd.to_numeric(g["pretrain_flops"]).iloc[0]),
+                      "pretrain_timepoints": float(pd.to_numeric(g["pretrain_timepoints"]).iloc[0]),
+                      "mean": float(scores.mean()),
+                      "sd": float(scores.std(ddof=1)) if len(scores) > 1 else float("nan")})
+    points = pd.DataFrame(parts)
+    if points.empty:
+        return
+    tables.append(tabdir / "compute_curves.csv")
+    points.to_csv(tables[-1], index=False)
+    doc.text("Each model's linear-probe score (mean ± sd over folds) at the kept checkpoints of "
+             "its pretraining run, against the training FLOPs (forward + backward) spent to "
+             "reach them; the point at zero is the random initialisation. A ranking is read "
+             "along these curves, not at one budget.")
+    for dataset, block in points.groupby("dataset", sort=True):
+        path = figdir / f"compute_{_slug(dataset)}.png"
+        doc.figure(compute_curves(block, path, title=f"{dataset}: linear probe against "
+                                  "pretraining FLOPs (x = 0: random initialisation)"))
+    budget = points.groupby(["dataset", "label"]).agg(
+        steps=("pretrain_step", "max"), timepoints=("pretrain_timepoints", "max"),
+        flops=("pretrain_flops", "max")).reset_index()
+    doc.table(budget, floats="{:.3g}")
+
+
+def _netid_section(doc, netid_rows, netid_figures, figdir, note):
+    from bsym.report.figures import netid_bars
+    from bsym.stats.controls import netid_summary
+
+    doc.section("Network identification")
+    if netid_rows.empty and not netid_figures:
+        note("No network-identification results given: section omitted.")
+        return
+    if not netid_rows.empty:
+        summary = netid_summary(netid_rows)
+        doc.text("Mean ± sd over clustering seeds (k-means, spectral) of ROI embeddings "
+                 "against the atlas networks. Beside each model: its position-only embeddings "
+                 "(all-zero data: what its ROI code alone carries), its random initialisation, "
+                 "the FC- and SC-row baselines and the chance level (permuted network labels).")
+        shown = pd.DataFrame({"dataset": summary["dataset"], "model": summary["model"],
+                              "control": summary["control"], "n": summary["n"]})
+        for metric in ("ari_kmeans", "nmi_kmeans", "ari_spectral", "knn_accuracy"):
+            if f"{metric}_mean" in summary.columns:
+                shown[metric] = [_fmt(m, sd) for m, sd in zip(summary[f"{metric}_mean"],
+                                                             summary[f"{metric}_sd"])]
+        doc.table(shown)
+        labelled = netid_rows.assign(label=[
+            m if c == "none" else f"{m} ({c})"
+            for m, c in zip(netid_rows["model"], netid_rows["control"].astype(str))])
+        path = figdir / "netid_scores.png"
+        doc.figure(netid_bars(labelled, path))
+    for fig_path in netid_figures:
+        fig_path = Path(fig_path)
+        if not fig_path.exists():
+            raise ReportError(f"{fig_path}: no such confusion-matrix figure")
+        if fig_path.suffix.lower() not in (".png", ".svg", ".jpg", ".jpeg", ".gif"):
+            note(f"{fig_path.name}: a browser cannot show {fig_path.suffix} inline; write the "
+                 "confusion figure as PNG or SVG (bsym netid --figure x.png) to embed it.")
+            continue
+        doc.figure(fig_path)
+    if not netid_figures:
+        note("No confusion-matrix figure given (bsym netid --figure; pass --netid-figure).")
+
+
 def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), attention=None,
-                 title: str = "bsym benchmark report", alpha: float = 0.05, rope: float = 0.01) -> dict:
+                 health=None, loss_figures=(), title: str = "bsym benchmark report",
+                 alpha: float = 0.05, rope: float = 0.01) -> dict:
     """Write ``report.html`` (self-contained: figures inlined as base64 PNG), ``report.md``,
     ``figures/*.png`` and ``tables/*.csv`` into ``out``.
 
@@ -458,6 +706,11 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
         ``contrast.csv``/``.parquet`` of ``bsym attention``, or its output folder (one per
         model; a folder is labelled by its name); the
         network x network heatmaps are redrawn from its ``net_pair`` rows.
+    health : DataFrame or path, optional
+        The training-health table (``bsym health``; default ``<results>_health.parquet``
+        beside a result table given as a path, when it exists).
+    loss_figures : sequence of paths
+        Loss-curve figures of the pretraining runs (``bsym health --figure``).
     title : str
     alpha, rope : float
         Nemenyi level; ROPE half-width of the Bayesian test (metric units).
@@ -468,15 +721,21 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
         ``html``, ``markdown``, ``figures`` (list), ``tables`` (list), ``notes`` (list).
     """
     from bsym import stats
+    from bsym.stats.controls import fill_key_defaults, real_rows
 
+    if health is None and not isinstance(results, pd.DataFrame):
+        health = health_beside(results)
     if not isinstance(results, pd.DataFrame):
         results = load_table(results)
+    health = load_health(health)
     out = Path(out)
     figdir, tabdir = out / "figures", out / "tables"
     for d in (figdir, tabdir):
         d.mkdir(parents=True, exist_ok=True)
-    labelled = model_labels(results)
-    bench, netid_rows = _split(labelled)
+    labelled = mark_unlearned(model_labels(real_rows(results)), health)
+    bench, _ = _split(labelled)
+    everything = fill_key_defaults(model_labels(results))
+    _, netid_rows = _split(everything)
     doc = _Doc(out)
     tables, notes = [], []
 
@@ -484,21 +743,26 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
         notes.append(text)
         doc.note(text)
 
+    primary = primary_metrics(bench) if not bench.empty else {}
+    _verdict_section(doc, results, primary, health, figdir, tabdir, tables, note)
+    _health_section(doc, health, loss_figures, figdir, tabdir, tables, note)
+
     # -- leaderboard
     doc.section("Leaderboard")
     board = None
     if bench.empty:
         note("No linear_probe / finetune / supervised rows in the result table: no leaderboard.")
     else:
-        board = leaderboard(results, metrics)
+        board = leaderboard(results, metrics, health=health)
         tables.append(tabdir / "leaderboard.csv")
         board.to_csv(tables[-1], index=False)
-        doc.text("Mean ± sample sd over folds and seeds; n = folds x seeds; 95% CI with the "
-                 "Nadeau-Bengio corrected standard error. Protocols are reported separately.")
+        doc.text("Real scores only (controls are in the verdict above). Mean ± sample sd over "
+                 "folds and seeds; n = folds x seeds; 95% CI with the Nadeau-Bengio corrected "
+                 "standard error. Protocols are reported separately.")
         doc.html.append(_leaderboard_html(board))
         doc.md.append(_leaderboard_md(board) + "\n")
 
-    primary = primary_metrics(bench) if not bench.empty else {}
+    _compute_section(doc, everything, primary, figdir, tabdir, tables, note)
 
     # -- per-fold strip plots
     doc.section("Per-fold scores")
@@ -620,32 +884,10 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
                                         title=f"{task}: linear probe vs fine-tuning ({metric}, mean ± sd)"))
 
     # -- network identification
-    doc.section("Network identification")
     if netid is not None:
         netid_rows = model_labels(netid if isinstance(netid, pd.DataFrame) else load_table(netid))
-    if netid_rows.empty and not netid_figures:
-        note("No network-identification results given: section omitted.")
-    else:
-        if not netid_rows.empty:
-            from bsym.report.figures import netid_bars
-
-            shown = netid_rows.assign(label=netid_rows["model"])
-            cols = [c for c in ("dataset", "label", "seed", *NETID_METRICS, "majority_rate")
-                    if c in shown.columns]
-            doc.table(shown[cols])
-            path = figdir / "netid_scores.png"
-            doc.figure(netid_bars(shown, path))
-        for fig_path in netid_figures:
-            fig_path = Path(fig_path)
-            if not fig_path.exists():
-                raise ReportError(f"{fig_path}: no such confusion-matrix figure")
-            if fig_path.suffix.lower() not in (".png", ".svg", ".jpg", ".jpeg", ".gif"):
-                note(f"{fig_path.name}: a browser cannot show {fig_path.suffix} inline; write the "
-                     "confusion figure as PNG or SVG (bsym netid --figure x.png) to embed it.")
-                continue
-            doc.figure(fig_path)
-        if not netid_figures:
-            note("No confusion-matrix figure given (bsym netid --figure; pass --netid-figure).")
+        netid_rows = fill_key_defaults(netid_rows)
+    _netid_section(doc, netid_rows, netid_figures, figdir, note)
 
     # -- attention
     doc.section("Attention contrast")

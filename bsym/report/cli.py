@@ -25,6 +25,12 @@ def _read(path):
     return load_table(path)
 
 
+def _health(args):
+    from bsym.report.build import health_beside
+
+    return args.health or health_beside(args.results)
+
+
 def _stats(args):
     from bsym.report.build import run_stats
 
@@ -32,7 +38,7 @@ def _stats(args):
     if args.protocol:
         table = table[table["protocol"].astype(str) == args.protocol]
     done = run_stats(table, _metrics(args.metric), args.out, alpha=args.alpha, rope=args.rope,
-                     figure_format=args.format)
+                     figure_format=args.format, health=_health(args))
     for name, path in done["written"].items():
         print(f"{name}: {path}")
     for text in done["notes"]:
@@ -45,7 +51,7 @@ def _leaderboard(args):
     table = _read(args.results)
     if args.protocol:
         table = table[table["protocol"].astype(str) == args.protocol]
-    board = leaderboard(table, _metrics(args.metric))
+    board = leaderboard(table, _metrics(args.metric), health=_health(args))
     print(format_leaderboard(board, digits=args.digits), end="")
     if args.csv:
         board.to_csv(args.csv, index=False)
@@ -57,11 +63,19 @@ def _report(args):
 
     done = build_report(args.results, args.out, metrics=_metrics(args.metric), netid=args.netid,
                         netid_figures=args.netid_figure, attention=args.attention,
+                        health=args.health, loss_figures=args.loss_figure,
                         title=args.title, alpha=args.alpha, rope=args.rope)
     print(f"report: {done['html']} (self-contained) and {done['markdown']}; "
           f"{len(done['figures'])} figures, {len(done['tables'])} tables")
     for text in done["notes"]:
         print(f"note: {text}")
+
+
+def _add_health(parser):
+    parser.add_argument("--health", default=None,
+                        help="training-health table (`bsym health`); models that did not learn "
+                        "are marked '[did not learn]' (default: <table>_health.parquet beside "
+                        "the result table, when present)")
 
 
 def add_parser(subparsers):
@@ -81,6 +95,7 @@ def add_parser(subparsers):
     p.add_argument("--alpha", type=float, default=0.05, help="Nemenyi level (default 0.05)")
     p.add_argument("--rope", type=float, default=0.01, help="ROPE half-width (default 0.01)")
     p.add_argument("--format", choices=("png", "pdf", "svg"), default="png", help="CD diagram format")
+    _add_health(p)
     p.set_defaults(func=_stats)
 
     p = subparsers.add_parser(
@@ -94,14 +109,18 @@ def add_parser(subparsers):
     p.add_argument("--protocol", default=None, help="only this protocol")
     p.add_argument("--digits", type=int, default=3)
     p.add_argument("--csv", default=None, help="also write the leaderboard (mean, sd, CI) as CSV")
+    _add_health(p)
     p.set_defaults(func=_leaderboard)
 
     p = subparsers.add_parser(
         "report", help="self-contained HTML report and Markdown summary of a result table",
-        description="Leaderboard with mean ± sd and 95%% CI, per-fold strip plots, CD diagram, "
-        "pairwise significance matrices, BrainSymphony fusion vs branches, linear probe vs "
-        "fine-tuning, network identification, attention contrast, the published HCP-Aging table "
-        "beside ours, and provenance. Sections without inputs are omitted with a note.")
+        description="Opens with the verdict (each score beside its random-initialisation and "
+        "shuffled-label controls and its model's training health), then training health and "
+        "loss curves, the leaderboard with mean ± sd and 95%% CI, score against pretraining "
+        "compute, per-fold strip plots, CD diagram, pairwise significance matrices, "
+        "BrainSymphony fusion vs branches, linear probe vs fine-tuning, network "
+        "identification, attention contrast, the published HCP-Aging table beside ours, and "
+        "provenance. Sections without inputs are omitted with a note.")
     p.add_argument("--results", default=DEFAULT_RESULTS,
                    help=f"long result table (default {DEFAULT_RESULTS})")
     p.add_argument("--out", required=True, help="output folder")
@@ -114,6 +133,10 @@ def add_parser(subparsers):
     p.add_argument("--attention", action="append", default=[],
                    help="contrast.csv/.parquet of `bsym attention`, or its --out folder "
                    "(repeatable: one per model)")
+    _add_health(p)
+    p.add_argument("--loss-figure", action="append", default=[],
+                   help="loss-curve figure of a pretraining run (`bsym health --figure`; "
+                   "repeatable)")
     p.add_argument("--title", default="bsym benchmark report")
     p.add_argument("--alpha", type=float, default=0.05, help="Nemenyi level (default 0.05)")
     p.add_argument("--rope", type=float, default=0.01, help="ROPE half-width (default 0.01)")

@@ -160,3 +160,72 @@ def attention_heatmap(contrast: pd.DataFrame, path, *, map_name: str | None = No
     ax.set_title(title or f"attention contrast {name}: t; * FDR", fontsize=8)
     fig.colorbar(image, ax=ax, shrink=0.8, label="t")
     return _save(fig, path)
+
+
+def verdict_plot(verdict: pd.DataFrame, path, *, title: str | None = None) -> Path:
+    """Each model's score (mean and CI over folds) with its controls on one axis per task:
+    random initialisation (open circle) and shuffled labels (grey band, mean +- sd)."""
+    plt = _plt()
+    tasks = list(dict.fromkeys(verdict["task"].astype(str)))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 0.6 + 0.42 *
+                                                     verdict.groupby("task").size().max()),
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        rows = verdict[verdict["task"].astype(str) == task].reset_index(drop=True)
+        labels = [f"{m} [{p}]" for m, p in zip(rows["label"], rows["protocol"])]
+        y = np.arange(len(rows))[::-1]
+        for yi, r in zip(y, rows.itertuples(index=False)):
+            if np.isfinite(r.shuffled):
+                sd = r.shuffled_sd if np.isfinite(r.shuffled_sd) else 0.0
+                ax.fill_betweenx([yi - 0.3, yi + 0.3], r.shuffled - sd, r.shuffled + sd,
+                                 color="0.85", zorder=1)
+                ax.plot([r.shuffled] * 2, [yi - 0.3, yi + 0.3], color="0.5", lw=1, zorder=2)
+            colour = "tab:red" if r.learned is False else "tab:blue"
+            low, high = r.ci_low, r.ci_high
+            if np.isfinite(low) and np.isfinite(high):
+                ax.plot([low, high], [yi, yi], color=colour, lw=2, zorder=3)
+            ax.plot(r.mean, yi, "o", color=colour, zorder=4)
+            if np.isfinite(r.random_init):
+                ax.plot(r.random_init, yi, "o", mfc="none", mec="black", zorder=5)
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.set_xlabel(str(rows["metric"].iloc[0]))
+        ax.set_title(task, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title or "score (dot, 95% CI) | random init (open circle) | shuffled labels "
+                 "(grey: mean ± sd); red: did not learn", fontsize=8)
+    return _save(fig, path)
+
+
+def compute_curves(points: pd.DataFrame, path, *, x: str = "pretrain_flops",
+                   title: str | None = None) -> Path:
+    """Score against pretraining compute: one line per model (mean +- sd over folds at each
+    kept checkpoint; the random initialisation at zero), one panel per task.
+
+    ``points`` has ``task``, ``metric``, ``label``, ``x`` column, ``mean``, ``sd``.
+    """
+    plt = _plt()
+    tasks = list(dict.fromkeys(points["task"].astype(str)))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.8 * len(tasks), 3.2), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    labels = list(dict.fromkeys(points["label"].astype(str)))
+    for ax, task in zip(axes[0], tasks):
+        rows = points[points["task"].astype(str) == task]
+        for i, label in enumerate(labels):
+            line = rows[rows["label"].astype(str) == label].sort_values(x)
+            if line.empty:
+                continue
+            ax.errorbar(line[x].to_numpy(dtype=float), line["mean"].to_numpy(dtype=float),
+                        yerr=np.nan_to_num(line["sd"].to_numpy(dtype=float)), marker="o",
+                        ms=3, capsize=2, color=colours(i % 10), label=label)
+        positive = rows[x][rows[x] > 0]
+        if len(positive) and positive.max() > 20 * positive.min():  # budgets span decades
+            ax.set_xscale("symlog", linthresh=float(positive.min()), linscale=0.3)
+        ax.set_xlabel({"pretrain_flops": "pretraining FLOPs",
+                       "pretrain_timepoints": "window time points seen"}.get(x, x))
+        ax.set_ylabel(str(rows["metric"].iloc[0]))
+        ax.set_title(task, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, frameon=False, loc="best")
+    fig.suptitle(title or "score against pretraining compute (linear probe; x = 0: random "
+                 "initialisation)", fontsize=8)
+    return _save(fig, path)
