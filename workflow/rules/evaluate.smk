@@ -1,7 +1,9 @@
-# Evaluation: embeddings of every scan, task split files, linear probes (and the connectome
-# baseline) per model x task x split seed, fine-tuning of pretrained encoders, supervised
-# baselines trained per fold, network identification and attention contrasts per model,
-# and one long result table per dataset merged from the per-job tables.
+# Evaluation: embeddings of every scan (final weights and kept snapshots), training health
+# of every pretraining run, task split files, linear probes (and the connectome baseline)
+# per model x task x split seed with their controls, fine-tuning of pretrained encoders,
+# supervised baselines trained per fold, network identification (with its controls) and
+# attention contrasts per model, and one long result table per dataset merged from the
+# per-job tables.
 
 
 wildcard_constraints:
@@ -15,8 +17,9 @@ rule embed:
     input:
         store=f"{RESULTS}/data/{{dataset}}",
         run=f"{RESULTS}/pretrain/{{dataset}}/{{model}}",
+        probed=f"{RESULTS}/splits/{{dataset}}/probe_subjects.txt",
     output:
-        f"{RESULTS}/embeddings/{{dataset}}/{{model}}.npz",
+        directory(f"{RESULTS}/embeddings/{{dataset}}/{{model}}"),
     log:
         f"{RESULTS}/logs/embed/{{dataset}}/{{model}}.log",
     benchmark:
@@ -32,9 +35,70 @@ rule embed:
         device=config.get("embed", {}).get("device", "cpu"),
         batch_size=config.get("embed", {}).get("batch_size", 32),
     shell:
-        "OMP_NUM_THREADS={threads} {params.bsym} embed --checkpoint {input.run}/final.pt"
+        "OMP_NUM_THREADS={threads} {params.bsym} embed --run {input.run}"
         " --data {input.store} --out {output} --device {params.device}"
+        " --subjects-file {input.probed}"
         " --batch-size {params.batch_size} --quiet > {log} 2>&1"
+
+
+rule health:
+    input:
+        store=f"{RESULTS}/data/{{dataset}}",
+        run=f"{RESULTS}/pretrain/{{dataset}}/{{model}}",
+        embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}",
+        tracking=tracking_marker,
+    output:
+        table=f"{RESULTS}/health/{{dataset}}/{{model}}.parquet",
+        figure=f"{RESULTS}/health/{{dataset}}/{{model}}_loss.png",
+    log:
+        f"{RESULTS}/logs/health/{{dataset}}/{{model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/health/{{dataset}}/{{model}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        bsym=BSYM,
+        max_windows=HEALTH.get("max_windows", 256),
+        seed=HEALTH.get("seed", 0),
+        device=config.get("embed", {}).get("device", "cpu"),
+        tracking=tracking_args,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.bsym} health --checkpoint {input.run}/final.pt"
+        " --data {input.store} --embeddings {input.embeddings}/final.npz"
+        " --out {output.table} --figure {output.figure} --max-windows {params.max_windows}"
+        " --seed {params.seed} --device {params.device} {params.tracking} --quiet"
+        " > {log} 2>&1"
+
+
+rule health_table:
+    input:
+        health_tables,
+    output:
+        f"{RESULTS}/tables/{{dataset}}_health.parquet",
+    log:
+        f"{RESULTS}/logs/health_table/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rules/health_table/{{dataset}}.tsv"
+    conda:
+        "../envs/bsym.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        python=PYTHON,
+        code=(
+            "import sys, pandas as pd; "
+            "t = pd.concat([pd.read_parquet(p) for p in sys.argv[2:]], ignore_index=True); "
+            "t.to_parquet(sys.argv[1], index=False); "
+            "print(len(t), 'rows from', len(sys.argv) - 2, 'tables')"
+        ),
+    shell:
+        "({params.python} -c {params.code:q} {output}.tmp {input}"
+        " && mv {output}.tmp {output}) > {log} 2>&1"
 
 
 rule task_split:
@@ -64,7 +128,7 @@ rule task_split:
 rule probe_embeddings:
     input:
         store=f"{RESULTS}/data/{{dataset}}",
-        embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}.npz",
+        embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}",
         splits=f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
         tracking=tracking_marker,
     output:
@@ -83,12 +147,13 @@ rule probe_embeddings:
         bsym=BSYM,
         task=probe_args,
         view=view_args,
+        permutations=CONTROLS.get("permutations", 20),
         tracking=tracking_args,
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} probe --embeddings {input.embeddings}"
         " --data {input.store} {params.task} {params.view} --model {wildcards.model}"
         " --dataset {wildcards.dataset} --splits {input.splits} --results {output}"
-        " {params.tracking} --quiet > {log} 2>&1"
+        " --permutations {params.permutations} {params.tracking} --quiet > {log} 2>&1"
 
 
 rule probe_connectome:
@@ -111,11 +176,13 @@ rule probe_connectome:
     params:
         bsym=BSYM,
         task=probe_args,
+        permutations=CONTROLS.get("permutations", 20),
         tracking=tracking_args,
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} probe --features {wildcards.features}"
         " --data {input.store} {params.task} --dataset {wildcards.dataset}"
-        " --splits {input.splits} --results {output} {params.tracking} --quiet > {log} 2>&1"
+        " --splits {input.splits} --results {output} --permutations {params.permutations}"
+        " {params.tracking} --quiet > {log} 2>&1"
 
 
 rule finetune:
@@ -143,6 +210,7 @@ rule finetune:
         view=single_view_args,
         training=lambda wildcards: training_args(FINETUNE),
         freeze="--freeze-encoder" if FINETUNE.get("freeze_encoder") else "",
+        scale=f"--encoder-lr-scale {FINETUNE.get('encoder_lr_scale', 0.1)}",
         windows=(
             f"--max-windows {FINETUNE['max_windows']}"
             if FINETUNE.get("max_windows")
@@ -152,6 +220,7 @@ rule finetune:
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} finetune --checkpoint {input.run}/final.pt"
         " --data {input.store} {params.task} {params.view} {params.training} {params.freeze}"
+        " {params.scale}"
         " {params.windows}"
         " --model {wildcards.model} --dataset {wildcards.dataset} --splits {input.splits}"
         " --results {output} {params.tracking} --quiet > {log} 2>&1"
@@ -222,7 +291,7 @@ rule attention:
 rule netid:
     input:
         store=f"{RESULTS}/data/{{dataset}}",
-        embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}.npz",
+        embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}",
         tracking=tracking_marker,
     output:
         table=f"{RESULTS}/netid/{{dataset}}/{{model}}.parquet",
@@ -240,13 +309,15 @@ rule netid:
     params:
         bsym=BSYM,
         view=single_view_args,
-        seed=config.get("netid", {}).get("seed", 0),
-        neighbors=config.get("netid", {}).get("neighbors", 5),
+        seeds=NETID.get("seeds", 10),
+        permutations=NETID.get("permutations", 20),
+        neighbors=NETID.get("neighbors", 5),
         tracking=tracking_args,
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} netid --embeddings {input.embeddings}"
-        " --data {input.store} {params.view} --seed {params.seed}"
-        " --neighbors {params.neighbors} --model {wildcards.model}"
+        " --data {input.store} {params.view} --seeds {params.seeds}"
+        " --permutations {params.permutations} --neighbors {params.neighbors}"
+        " --model {wildcards.model}"
         " --dataset {wildcards.dataset} --results {output.table}"
         " --figure {output.figure} {params.tracking} --quiet > {log} 2>&1"
 
@@ -268,7 +339,7 @@ rule result_table:
     params:
         python=PYTHON,
         # concatenation only: rows are made and keyed by bsym.evaluate.results; a row every
-        # netid job repeats (the FC-row baseline) is kept once
+        # netid job repeats (the FC- and SC-row baselines) is kept once
         code=(
             "import sys, pandas as pd; "
             "from bsym.evaluate.results import KEY_COLUMNS, ResultTable; "

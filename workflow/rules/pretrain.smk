@@ -13,6 +13,8 @@ rule pretrain_split:
     output:
         split=f"{RESULTS}/splits/{{dataset}}/pretrain.json",
         subjects=f"{RESULTS}/splits/{{dataset}}/pretrain_subjects.txt",
+        validation=f"{RESULTS}/splits/{{dataset}}/pretrain_val_subjects.txt",
+        probed=f"{RESULTS}/splits/{{dataset}}/probe_subjects.txt",
     log:
         f"{RESULTS}/logs/pretrain_split/{{dataset}}.log",
     benchmark:
@@ -30,16 +32,21 @@ rule pretrain_split:
         seed=PRETRAIN.get("split_seed", 0),
         group_by=SPLITS.get("group_by", "subject"),
         stratify=(f"--task {PRETRAIN['stratify']}" if PRETRAIN.get("stratify") else ""),
+        validation=PRETRAIN.get("val_subjects", 16),
     shell:
         "{params.bsym} splits --data {input.store} --pretrain-fraction {params.fraction}"
         " --seed {params.seed} --group-by {params.group_by} {params.stratify}"
-        " --splits {output.split} --subjects-out {output.subjects} > {log} 2>&1"
+        " --splits {output.split} --subjects-out {output.subjects}"
+        " --val-subjects {params.validation} --val-subjects-out {output.validation}"
+        " --probe-subjects-out {output.probed}"
+        " > {log} 2>&1"
 
 
 rule pretrain:
     input:
         store=f"{RESULTS}/data/{{dataset}}",
         subjects=f"{RESULTS}/splits/{{dataset}}/pretrain_subjects.txt",
+        validation=f"{RESULTS}/splits/{{dataset}}/pretrain_val_subjects.txt",
         tracking=tracking_marker,
     output:
         directory(f"{RESULTS}/pretrain/{{dataset}}/{{model}}"),
@@ -58,7 +65,12 @@ rule pretrain:
         bsym=BSYM,
         args=pretrain_args,
         tracking=tracking_args,
+        validation=lambda wildcards, input: (
+            f"--val-subjects-file {input.validation}"
+            if PRETRAIN.get("val_subjects", 16)
+            else ""
+        ),
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} pretrain --model {wildcards.model}"
         " --data {input.store} --out {output} --subjects-file {input.subjects}"
-        " {params.args} {params.tracking} --quiet > {log} 2>&1"
+        " {params.validation} {params.args} {params.tracking} --quiet > {log} 2>&1"

@@ -5,6 +5,15 @@
 rule report:
     input:
         table=f"{RESULTS}/tables/{{dataset}}.parquet",
+        health=lambda wildcards: (
+            [f"{RESULTS}/tables/{wildcards.dataset}_health.parquet"]
+            if SSL_MODELS
+            else []
+        ),
+        curves=lambda wildcards: expand(
+            f"{RESULTS}/health/{wildcards.dataset}/{{model}}_loss.png",
+            model=SSL_MODELS,
+        ),
         netid=lambda wildcards: expand(
             f"{RESULTS}/netid/{wildcards.dataset}/{{model}}.png",
             model=SSL_MODELS if has_networks(wildcards.dataset) else [],
@@ -40,6 +49,8 @@ rule report:
             [
                 *(f"--netid-figure {path}" for path in input.netid),
                 *(f"--attention {path}" for path in input.attention),
+                *(f"--health {path}" for path in input.health),
+                *(f"--loss-figure {path}" for path in input.curves),
             ]
         ),
     shell:
