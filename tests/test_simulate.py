@@ -1,4 +1,14 @@
-"""The built-in simulated cohort and the connectome features."""
+"""The built-in simulated cohort and the connectome features.
+
+Mechanics (the store, determinism, arguments, features) run on small cohorts. The tests
+of meaning (the dynamics, and every planted label read from the modality that carries it
+and not from the other one) run on the cohort a user gets by default (the session fixture
+``default_cohort``: 200 subjects x 100 ROIs x 1200 time points, two sessions, three sites)
+at the simulator's default effect sizes (``SimulationConfig()``), with a plain linear model:
+StandardScaler + logistic regression (AUROC) or ridge (Pearson r), 5-fold CV with the
+sessions of a subject in one fold. Each threshold is commented with the value measured on
+that cohort (seed 0) and, in brackets, on the default cohort of seeds 1 and 2.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +23,9 @@ from sklearn.preprocessing import StandardScaler
 from bsym.data import CohortError, open_cohort
 from bsym.data.features import (
     connectome_features,
-    fc_features,
     fc_matrix,
     fisher_z,
     log_sc,
-    sc_features,
     upper_triangle,
 )
 from bsym.data.simulate import (
@@ -29,14 +37,8 @@ from bsym.data.simulate import (
     strength_neutral_pattern,
 )
 
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 SMALL = dict(n_subjects=8, n_rois=20, n_timepoints=60, progress=False)
-#: Larger effects than the defaults (calibrated for 100 ROIs x 1200 time points), so that
-#: a 120-subject x 40-ROI x 300-point cohort carries every label clearly.
-STRONG = SimulationConfig(
-    age_latent_sd=0.4, age_sc_loss=0.4, age_coupling=0.25, sex_frequency_hz=0.02,
-    score_sc=0.15, score_latent_sd=0.4, diagnosis_sc_loss=0.6, diagnosis_gain=0.4,
-    condition_excitability=0.08,
-)
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +47,11 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cohort():
-    """A cohort big enough to recover every planted label (about 3 s)."""
-    return simulate(n_subjects=120, n_rois=40, n_timepoints=300, seed=11, config=STRONG,
-                    progress=False)
-
-
-@pytest.fixture(scope="module")
-def features(cohort):
-    fc = fc_features(np.stack(cohort.bold))
-    sc = sc_features(cohort.sc)
-    return fc, sc
+def features(default_cohort):
+    """FC (one row per scan) and SC (one row per subject) features of the default cohort."""
+    fc, scans = connectome_features(default_cohort, "fc")
+    sc, subjects = connectome_features(default_cohort, "sc")
+    return {"fc": (fc, scans), "sc": (sc, subjects)}
 
 
 # -- the store ----------------------------------------------------------------------------
@@ -182,20 +178,27 @@ def test_strength_neutral_pattern():
 
 # -- the dynamics -----------------------------------------------------------------------------
 
-def test_fc_within_networks_exceeds_between(cohort):
-    fc = fc_matrix(np.stack(cohort.bold)).mean(0)
-    net = cohort.group.network
+@pytest.mark.slow
+def test_fc_within_networks_exceeds_between(default_cohort):
+    fc = np.mean([fc_matrix(np.asarray(default_cohort.bold(s))) for s in default_cohort.scans],
+                 axis=0)
+    net = default_cohort.rois["network"].to_numpy()
     same = (net[:, None] == net[None]) & ~np.eye(len(net), dtype=bool)
-    assert fc[same].mean() > fc[net[:, None] != net[None]].mean() + 0.05
+    within, between = fc[same].mean(), fc[net[:, None] != net[None]].mean()
+    print(f"mean FC within networks {within:.3f}, between {between:.3f}")
+    assert within > between + 0.08  # measured 0.340 vs 0.175 (0.336 vs 0.188, 0.344 vs 0.192)
 
 
-def test_structure_function_coupling(cohort, features):
-    fc, sc = features
-    subject_of_scan = cohort.scans["subject"].map(
-        {s: i for i, s in enumerate(cohort.subjects["subject"])}).to_numpy()
-    r = [np.corrcoef(fc[i], sc[subject_of_scan[i]])[0, 1] for i in range(len(fc))]
-    assert np.mean(r) > 0.2 and np.mean(np.array(r) > 0) > 0.95
-    assert np.corrcoef(fc.mean(0), sc.mean(0))[0, 1] > 0.4
+@pytest.mark.slow
+def test_structure_function_coupling(features):
+    (fc, scans), (sc, subjects) = features["fc"], features["sc"]
+    sc_of_scan = sc[subjects.set_index("subject").index.get_indexer(scans["subject"])]
+    r = np.array([np.corrcoef(f, s)[0, 1] for f, s in zip(fc, sc_of_scan)])
+    group = np.corrcoef(fc.mean(0), sc.mean(0))[0, 1]
+    print(f"FC-SC r per scan: mean {r.mean():.3f}, min {r.min():.3f}; group {group:.3f}")
+    assert r.mean() > 0.4   # measured 0.590 (0.576, 0.606); edges permuted: 0.00
+    assert r.min() > 0.3    # measured 0.497 (0.457, 0.481); edges permuted: |r| < 0.05
+    assert group > 0.5      # measured 0.662 (0.655, 0.696)
 
 
 # -- planted labels -----------------------------------------------------------------------------
@@ -229,13 +232,9 @@ def _shuffle(y, groups, within, rng):
     return out
 
 
-def _task(cohort, features, label, modality):
-    fc, sc = features
-    if modality == "sc":
-        table, x = cohort.subjects, sc
-    else:
-        table, x = cohort.scans, fc
-    if label == "condition":
+def _task(features, label, modality):
+    x, table = features[modality]
+    if label == "condition":  # within subject: each subject's mean scan removed
         x = x.copy()
         for subject in table["subject"].unique():
             rows = (table["subject"] == subject).to_numpy()
@@ -249,28 +248,45 @@ def _task(cohort, features, label, modality):
     return x, values.to_numpy().astype(float), table, kind
 
 
-@pytest.mark.parametrize("label, modality", [
-    ("age", "fc"), ("age", "sc"), ("sex", "fc"), ("score", "sc"),
-    ("diagnosis", "fc"), ("diagnosis", "sc"), ("condition", "fc"),
-])
-def test_planted_label_is_recovered_by_its_modality(cohort, features, label, modality):
-    x, y, table, kind = _task(cohort, features, label, modality)
+#: Lowest score that counts as recovered, per (label, modality): AUROC for binary labels,
+#: Pearson r for continuous ones. Measured on the default cohort, seed 0 (seeds 1, 2);
+#: labels shuffled (3 per seed): AUROC 0.39-0.61, r -0.20-0.07.
+RECOVERED = {
+    ("age", "fc"): 0.35,        # r 0.579 (0.653, 0.692)
+    ("age", "sc"): 0.35,        # r 0.516 (0.545, 0.609)
+    ("sex", "fc"): 0.65,        # AUROC 0.798 (0.733, 0.722)
+    ("score", "sc"): 0.35,      # r 0.556 (0.598, 0.552)
+    ("diagnosis", "fc"): 0.65,  # AUROC 0.839 (0.760, 0.733)
+    ("diagnosis", "sc"): 0.65,  # AUROC 0.832 (0.771, 0.783)
+    ("condition", "fc"): 0.75,  # AUROC 0.903 (0.917, 0.896), within-subject shuffles <= 0.61
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label, modality", list(RECOVERED))
+def test_planted_label_is_recovered_by_its_modality(features, label, modality):
+    x, y, table, kind = _task(features, label, modality)
     groups = table["subject"].to_numpy()
     real = _score(x, y, groups, kind)
     rng = np.random.default_rng(0)
     shuffled = [_score(x, _shuffle(y, groups, label == "condition", rng), groups, kind)
-                for _ in range(5)]
-    chance = 0.5 if kind == "binary" else 0.0
-    assert real > chance + 0.1, (label, modality, real)
-    assert real > max(shuffled) + 0.05, (label, modality, real, shuffled)
+                for _ in range(3)]
+    print(f"{label} from {modality}: {real:.3f}, shuffled {np.round(shuffled, 3)}")
+    assert real > RECOVERED[label, modality], (label, modality, real)
+    assert real > max(shuffled) + 0.15, (label, modality, real, shuffled)
 
 
-@pytest.mark.parametrize("label, modality", [("sex", "sc"), ("score", "fc")])
-def test_label_not_carried_by_modality_is_near_chance(cohort, features, label, modality):
-    x, y, table, kind = _task(cohort, features, label, modality)
+@pytest.mark.slow
+@pytest.mark.parametrize("label, modality, tolerance", [
+    ("sex", "sc", 0.12),    # AUROC 0.437 (0.528, 0.478); from FC: 0.798
+    ("score", "fc", 0.2),   # r 0.039 (-0.012, 0.025); from SC: 0.556
+])
+def test_label_not_carried_by_modality_is_near_chance(features, label, modality, tolerance):
+    x, y, table, kind = _task(features, label, modality)
     score = _score(x, y, table["subject"].to_numpy(), kind)
     chance = 0.5 if kind == "binary" else 0.0
-    assert abs(score - chance) < 0.2, (label, modality, score)
+    print(f"{label} from {modality}: {score:.3f}")
+    assert abs(score - chance) < tolerance, (label, modality, score)
 
 
 # -- features -----------------------------------------------------------------------------------

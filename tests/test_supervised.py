@@ -1,5 +1,15 @@
 """The supervised protocol: baselines trained from scratch on each outer fold, and the
-inner-fold objective sweeps use."""
+inner-fold objective sweeps use.
+
+The test of meaning trains BrainNetCNN (``tiny`` preset) on the cohort a user gets by
+default (the session fixture ``default_cohort``: 200 subjects x 100 ROIs x 1200 time
+points, two sessions, three sites) at the simulator's default effect sizes
+(``SimulationConfig()``): ``score``, planted in SC only, must be learnt from SC and not
+from FC, on 3 of the 5 outer folds (to keep it near a minute per modality). Its
+thresholds are commented with the values measured on that cohort (seed 0) and, in
+brackets, on the default cohort of seeds 1 and 2. The other tests check mechanics on a
+small cohort (default effect sizes too; they need no effect).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +20,7 @@ import pytest
 import torch
 
 from bsym.cli import main
-from bsym.data.simulate import SimulationConfig, simulate_cohort
+from bsym.data.simulate import simulate_cohort
 from bsym.evaluate import EvaluationError
 from bsym.evaluate.foldtrain import TrainingConfig, WindowSource
 from bsym.evaluate.results import ResultTable
@@ -18,15 +28,20 @@ from bsym.evaluate.splits import make_splits
 from bsym.evaluate.supervised import supervised_objective, train_supervised
 
 torch.set_num_threads(1)
-STRONGER = SimulationConfig(score_sc=0.2, score_latent_sd=0.3, sex_frequency_hz=0.02)
-FAST = TrainingConfig(max_steps=150, eval_every=15, patience=3, lr=1e-3, batch_size=16)
 WINDOWS = {"window": 100, "target_tr": 0.8}
+#: BrainNetCNN on the default cohort: 120 steps of 32 subjects (about 24 epochs of a
+#: training fold; the validation loss still fell at the end on most folds), one window
+#: per scan (an SC model sees the same matrix in every window of a subject).
+LEARN = TrainingConfig(max_steps=120, eval_every=20, patience=6, lr=2e-3, batch_size=32,
+                       warmup_steps=10)
+LEARN_WINDOWS = {"window": 200, "target_tr": 0.8, "max_windows": 1}
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    return simulate_cohort(tmp_path_factory.mktemp("sim") / "sim", n_subjects=100, n_rois=30,
-                           n_timepoints=300, seed=0, config=STRONGER, progress=False)
+    """A small cohort for the mechanics (default effect sizes; no test here reads them)."""
+    return simulate_cohort(tmp_path_factory.mktemp("sim") / "sim", n_subjects=40, n_rois=30,
+                           n_timepoints=300, seed=0, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +51,24 @@ def score_splits(cohort, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_label_planted_in_sc_is_learnt_from_sc_not_from_fc(cohort, score_splits):
-    from_sc = train_supervised("brainnetcnn", cohort, score_splits, "score",
-                               model_args={"input": "sc"}, config=FAST, progress=False,
-                               **WINDOWS)
-    from_fc = train_supervised("brainnetcnn", cohort, score_splits, "score",
-                               model_args={"input": "fc"}, config=FAST, progress=False,
-                               **WINDOWS)
-    assert len(from_sc) == len(from_fc) == 5
-    assert (from_sc["protocol"] == "supervised").all()
-    assert from_sc["pearson_r"].median() > 0.3, from_sc["pearson_r"].tolist()
-    assert from_fc["pearson_r"].mean() < 0.2, from_fc["pearson_r"].tolist()
+def test_a_label_planted_in_sc_is_learnt_from_sc_not_from_fc(default_cohort, tmp_path):
+    splits = make_splits(default_cohort, tmp_path / "score.json", label="score", n_splits=5,
+                         inner_splits=3, seed=0)
+    runs = {kind: train_supervised("brainnetcnn", default_cohort, splits, "score",
+                                   model_args={"input": kind}, config=LEARN, folds=[0, 1, 2],
+                                   progress=False, **LEARN_WINDOWS)
+            for kind in ("sc", "fc")}
+    from_sc, from_fc = runs["sc"]["pearson_r"], runs["fc"]["pearson_r"]
+    print(f"score: Pearson r from SC {from_sc.round(3).tolist()}, "
+          f"from FC {from_fc.round(3).tolist()}")
+    assert len(from_sc) == len(from_fc) == 3
+    assert (runs["sc"]["protocol"] == "supervised").all()
+    # SC: measured 0.715, 0.647, 0.451 (seed 1: 0.642, 0.184, 0.544; seed 2: 0.750, 0.571, 0.585)
+    assert from_sc.mean() > 0.3
+    # FC: measured 0.088, 0.077, -0.042 (seed 1: 0.130, -0.290, -0.022; seed 2: -0.166,
+    # 0.062, -0.108); the linear probe reads r 0.60 from SC, 0.00 from FC
+    assert from_fc.mean() < 0.2
+    assert from_sc.mean() - from_fc.mean() > 0.3  # measured 0.56 (0.52, 0.71)
 
 
 def test_rows_are_kept_reused_and_deterministic(cohort, score_splits, tmp_path):
