@@ -17,18 +17,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from toy_models import make_model
+from toy_models import pretrain_toy
 
 import bsym.train.engine as engine
 from bsym.data import CohortWriter, open_cohort
-from bsym.data.dataset import WindowDataset
-from bsym.data.preprocess import RobustScaler
 from bsym.evaluate.embeddings import feature_embeddings
 from bsym.evaluate.finetune import FineTuneConfig, fine_tune
 from bsym.evaluate.probe import ProbeConfig, linear_probe
 from bsym.evaluate.results import ResultTable
 from bsym.evaluate.splits import make_splits
-from bsym.train.engine import TrainConfig
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
@@ -109,13 +106,7 @@ def write_offset_store(path, *, n_subjects=24, effect=0.6, seed=0):
 @pytest.fixture
 def pretrained(tmp_path):
     cohort = write_offset_store(tmp_path / "offset")
-    dataset = WindowDataset(cohort, 20)
-    scaler = dataset.fit_scaler(RobustScaler())
-    result = engine.train(make_model(), dataset,
-                          TrainConfig(steps=4, batch_size=8, warmup_steps=0, progress=False,
-                                      device="cpu"),
-                          tmp_path / "run", extra={"scaler": scaler.state_dict()})
-    return cohort, result.final_path
+    return cohort, pretrain_toy(cohort, 20, tmp_path / "run")
 
 
 def test_finetune_trains_through_the_engine_and_tests_once(pretrained, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from toy_models import make_model
+from toy_models import pretrain_toy
 
 import bsym.train.engine as engine
 from bsym.data import CohortWriter, open_cohort
@@ -50,13 +50,7 @@ def write_planted_store(path, *, n_subjects=36, effect=0.8, seed=0):
 def pretrained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("planted")
     cohort = write_planted_store(folder / "store")
-    dataset = WindowDataset(cohort, WINDOW)
-    scaler = dataset.fit_scaler(RobustScaler())
-    result = engine.train(make_model(), dataset,
-                          TrainConfig(steps=4, batch_size=8, warmup_steps=0, progress=False,
-                                      device="cpu"),
-                          folder / "run", extra={"scaler": scaler.state_dict()})
-    return cohort, result.final_path
+    return cohort, pretrain_toy(cohort, WINDOW, folder / "run")
 
 
 def fold_data(cohort, ckpt, label, task, tmp_path, config=FAST):

@@ -98,3 +98,18 @@ def write_structured_store(path, *, n_subjects=6, n_rois=8, n_timepoints=60, see
             a = np.triu(rng.gamma(1.0, 50.0, size=(n_rois, n_rois)), 1)
             w.add_matrix("sc", f"sub-{s:02d}", a + a.T)
     return open_cohort(path)
+
+
+def pretrain_toy(cohort, window, run_dir):
+    """A toy model pretrained for 4 steps on ``cohort`` (scaler kept): its ``final.pt``."""
+    from bsym.data.dataset import WindowDataset
+    from bsym.data.preprocess import RobustScaler
+    from bsym.train.engine import TrainConfig, train
+
+    dataset = WindowDataset(cohort, window)
+    scaler = dataset.fit_scaler(RobustScaler())
+    result = train(make_model(), dataset,
+                   TrainConfig(steps=4, batch_size=8, warmup_steps=0, progress=False,
+                               device="cpu"),
+                   run_dir, extra={"scaler": scaler.state_dict()})
+    return result.final_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 
 import numpy as np
@@ -13,6 +14,35 @@ from bsym.data.errors import CohortError
 from bsym.data.preprocess import SignalCleaning, resample_tr, resampled_length
 
 SC_TRANSFORMS = ("log1p", "none")
+
+
+class _SeriesCache:
+    """Preprocessed scans of this process, least recently used dropped first."""
+
+    def __init__(self):
+        self._items = OrderedDict()
+        self._bytes = 0
+        self._limit = 0.0
+
+    def get(self, key):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        return None
+
+    def put(self, key, array, limit_mb):
+        self._items[key] = array
+        self._bytes += array.nbytes
+        self._limit = max(self._limit, float(limit_mb) * 2**20)
+        while self._bytes > self._limit and len(self._items) > 1:
+            self._bytes -= self._items.popitem(last=False)[1].nbytes
+
+    def clear(self):
+        self._items.clear()
+        self._bytes = 0
+
+
+_SERIES = _SeriesCache()
 SAMPLINGS = ("grid", "random")
 
 
@@ -61,9 +91,11 @@ class WindowDataset(Dataset):
         Transform of streamline counts.
     cache_mb : float
         Memory for preprocessed scans kept between reads (only used when cleaning or
-        resampling; least recently used scans are dropped first). Shuffled training reads
-        every scan many times, so a cache smaller than the training set recomputes the
-        resampling on most reads.
+        resampling; least recently used scans are dropped first). The cache is shared by
+        every dataset of the process that reads the same store with the same cleaning and
+        TR (the folds of a cross-validation read the same scans again), and holds up to the
+        largest ``cache_mb`` asked for. Shuffled training reads every scan many times, so a
+        cache smaller than the training set recomputes the resampling on most reads.
     """
 
     def __init__(self, cohort, window, *, scans=None, stride=None, max_windows=None,
@@ -109,8 +141,6 @@ class WindowDataset(Dataset):
                                   fix="drop those scans from this task")
         self._check_tr()
         self.index = self._build_index()
-        self._cache = OrderedDict()
-        self._cache_bytes = 0
 
     # -- construction -------------------------------------------------------------
     def _check_tr(self):
@@ -174,18 +204,18 @@ class WindowDataset(Dataset):
         """One whole scan after cleaning and resampling, before scaling (ROIs x time)."""
         if not self._preprocessed:
             return self.cohort.bold(scan)
-        if scan in self._cache:
-            self._cache.move_to_end(scan)
-            return self._cache[scan]
+        key = (self.cohort.manifest_hash, str(self.cohort.path), scan, self.tr,
+               self.target_tr is not None, json.dumps(self.cleaning.to_dict(), sort_keys=True))
+        found = _SERIES.get(key)
+        if found is not None:
+            return found
         row = self.cohort.row(scan)
         bold = self.cleaning.apply(self.cohort.bold(scan), float(row["tr"]),
                                    self.cohort.confounds(scan))
         if self.target_tr is not None:
             bold = resample_tr(bold, float(row["tr"]), self.tr)
-        self._cache[scan] = bold
-        self._cache_bytes += bold.nbytes
-        while self._cache_bytes > self.cache_mb * 2**20 and len(self._cache) > 1:
-            self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
+        bold.setflags(write=False)  # shared between datasets: never modified in place
+        _SERIES.put(key, bold, self.cache_mb)
         return bold
 
     def iter_series(self):
