@@ -115,3 +115,29 @@ def test_cleaning_band_pass_and_confound_regression(toy_store_factory):
 def test_unknown_scan_is_refused(toy_store):
     with pytest.raises(CohortError, match="unknown scan"):
         WindowDataset(toy_store, window=20, scans=["nope"])
+
+
+def test_datasets_of_one_store_share_the_preprocessed_series(toy_store_factory, monkeypatch):
+    import bsym.data.dataset as dataset_module
+
+    store = toy_store_factory(trs=(2.0, 0.8))
+    calls = []
+    real = dataset_module.resample_tr
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "resample_tr", counting)
+    dataset_module._SERIES.clear()
+    first = WindowDataset(store, 10, target_tr=1.0)
+    list(first.iter_series())
+    assert len(calls) == len(store.scans)
+    second = WindowDataset(store, 20, target_tr=1.0, scans=store.scans[:2])   # another fold
+    np.testing.assert_array_equal(second.series(store.scans[0]), first.series(store.scans[0]))
+    assert len(calls) == len(store.scans)                  # read back, not recomputed
+    other = WindowDataset(store, 10, target_tr=0.5)       # another TR: its own series
+    other.series(store.scans[0])
+    assert len(calls) == len(store.scans) + 1
+    with pytest.raises(ValueError):
+        first.series(store.scans[0])[0, 0] = 1.0           # shared: read-only
