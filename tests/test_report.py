@@ -285,3 +285,28 @@ def test_cli_module_imports_nothing_heavy():
             "print(sorted(m for m in ('pandas', 'matplotlib', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_finetune_notes_name_every_metric_and_the_cause():
+    import pandas as pd
+
+    from bsym.report.build import _finetune_notes
+
+    base = {"dataset": "sim", "model": "m", "view": "default", "label": "m"}
+    verdict = pd.DataFrame([
+        {**base, "task": "diagnosis", "metric": "auroc", "protocol": "linear_probe",
+         "mean": 0.80, "learned": True},
+        {**base, "task": "diagnosis", "metric": "auroc", "protocol": "finetune",
+         "mean": 0.78, "learned": True},
+        {**base, "task": "age", "metric": "pearson_r", "protocol": "linear_probe",
+         "mean": 0.60, "learned": False},
+        {**base, "task": "age", "metric": "pearson_r", "protocol": "finetune",
+         "mean": 0.46, "learned": False},
+    ])
+    results = pd.DataFrame({"protocol": ["finetune"] * 2, "model": ["m", "m"],
+                            "task": ["diagnosis", "diagnosis"], "single_class": [True, False]})
+    notes = _finetune_notes(verdict, results)
+    assert len(notes) == 2, notes
+    assert "single class on 1 fold" in notes[0]
+    assert "pearson_r 0.460" in notes[1] and "(0.600)" in notes[1]
+    assert "did not learn" in notes[1]

@@ -548,8 +548,9 @@ def _verdict_section(doc, results, primary, health, figdir, tabdir, tables, note
 
 
 def _finetune_notes(verdict, results) -> list:
-    """Where fine-tuning predicted a single class, or fell more than 0.05 AUROC below the
-    same model's linear probe: one sentence each, with the numbers."""
+    """Where fine-tuning predicted a single class, or fell more than 0.05 below the same
+    model's linear probe on the task's primary metric: one sentence each, with the numbers
+    and the likely cause."""
     notes = []
     tuned = results[(results["protocol"].astype(str) == "finetune")] \
         if "protocol" in results.columns else results[:0]
@@ -558,17 +559,24 @@ def _finetune_notes(verdict, results) -> list:
         for (model, task), rows in single.groupby(["model", "task"], sort=True):
             notes.append(f"Fine-tuning of {model} on {task} predicted a single class on "
                          f"{len(rows)} fold(s) (pred_counts in the result table).")
-    auroc = verdict[verdict["metric"] == "auroc"]
-    key = ["dataset", "task", "model", "view"]
-    probe = auroc[auroc["protocol"] == "linear_probe"].set_index(key)["mean"]
-    for row in auroc[auroc["protocol"] == "finetune"].itertuples():
-        reference = probe.get((row.dataset, row.task, row.model, row.view))
-        if reference is not None and row.mean < reference - 0.05:
-            notes.append(f"Fine-tuning of {row.label} on {row.task} scored AUROC {row.mean:.3f}, "
-                         f"more than 0.05 below its linear probe ({reference:.3f}): the "
-                         "probe-initialised head was the early-stopping choice on few folds, "
-                         "or fine-tuning trains on fewer subjects and windows than the probe "
-                         "reads (see best_step, n_fit and lp_val_loss in the result table).")
+    key = ["dataset", "task", "metric", "model", "view"]
+    probe = verdict[verdict["protocol"] == "linear_probe"].set_index(key)
+    for row in verdict[verdict["protocol"] == "finetune"].itertuples():
+        at = (row.dataset, row.task, row.metric, row.model, row.view)
+        if at not in probe.index:
+            continue
+        reference = float(probe.loc[at, "mean"])
+        if not row.mean < reference - 0.05:
+            continue
+        learned = probe.loc[at, "learned"] if "learned" in probe.columns else None
+        cause = ("its encoder did not learn in pretraining (training health), so fine-tuning "
+                 "starts from features no better than random and adapts them on few subjects"
+                 if learned is not None and not pd.isna(learned) and not bool(learned) else
+                 "the probe-initialised head was the early-stopping choice on few folds, or "
+                 "fine-tuning trains on fewer subjects and windows than the probe reads")
+        notes.append(f"Fine-tuning of {row.label} on {row.task} scored {row.metric} "
+                     f"{row.mean:.3f}, more than 0.05 below its linear probe ({reference:.3f}): "
+                     f"{cause} (see best_step, n_fit and lp_val_loss in the result table).")
     return notes
 
 
