@@ -184,6 +184,14 @@ def main(argv=None):
     except BsymError as err:
         print(f"bsym: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:
+        # A location the user chose failed at the system level (full disk, permissions):
+        # still one line naming the file, never a traceback.
+        from bsym.io import disk_error
+
+        where = err.filename or "an output location"
+        print(f"bsym: error: {disk_error(err, where, what='or read it')}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("bsym: interrupted", file=sys.stderr)
         return 130
