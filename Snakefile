@@ -1,11 +1,25 @@
 """bsym: the benchmark as one DAG. Thin: configuration, validation, rule files, targets."""
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
 
-configfile: "workflow/config/default.yaml"
+# A config file given on the command line (test.yaml, paper.yaml, your own) is a whole
+# configuration, completed by the schema's defaults: it replaces default.yaml rather than
+# being merged into it (a merge would keep default.yaml's datasets and models).
+if not workflow.overwrite_configfiles:
+
+    configfile: "workflow/config/default.yaml"
+
+elif "datasets" not in config:
+    raise WorkflowError(
+        f"{', '.join(map(str, workflow.overwrite_configfiles))}: no 'datasets' key. A config "
+        "file given with --configfile replaces workflow/config/default.yaml (it is not merged "
+        "into it). Fix: start from a copy of default.yaml (or test.yaml) and edit it, or "
+        "change single keys of the default config with --config KEY=VALUE."
+    )
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

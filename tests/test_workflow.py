@@ -177,6 +177,19 @@ def test_default_config_plans_every_model_task_and_the_baseline(tmp_path):
     assert _job_count(text, "tracking_experiment") == 1
 
 
+def test_a_config_file_replaces_the_default_config_rather_than_merging_into_it(tmp_path):
+    # as from a checkout: default.yaml sits where the Snakefile's configfile points
+    (tmp_path / "workflow/config").mkdir(parents=True)
+    shutil.copy(ROOT / "workflow/config/default.yaml", tmp_path / "workflow/config")
+    plain = _dry_run([], tmp_path)
+    assert _job_count(plain, "prepare_dataset") == len(
+        yaml.safe_load((ROOT / "workflow/config/default.yaml").read_text())["datasets"])
+    text = _dry_run(["--configfile", str(ROOT / "workflow/config/test.yaml")], tmp_path)
+    cfg = yaml.safe_load((ROOT / "workflow/config/test.yaml").read_text())
+    assert _job_count(text, "prepare_dataset") == len(cfg["datasets"]) == 1
+    assert _job_count(text, "pretrain") == len(cfg["models"])
+
+
 def test_pretrain_rule_declares_a_gpu_and_the_local_profile_serialises_it(tmp_path):
     config = ["--configfile", str(ROOT / "workflow/config/test.yaml")]
     proc = _run(["-n", "--profile", str(ROOT / "workflow/profiles/local"), *config], tmp_path)
