@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_toy_store
+from sklearn.exceptions import NotFittedError
 
 from bsym.data.dataset import WindowDataset
 from bsym.data.features import fc_matrix
@@ -303,13 +304,14 @@ def test_connectome_regularisation_is_chosen_on_inner_folds_of_the_training_data
     batch, y = planted(36, seed=6)
     batch["subject"] = [f"s{i // 2}" for i in range(36)]  # two windows per subject
     model = build("connectome").fit(batch, y.numpy())
-    grid = model.param_grid_
-    assert model.cv_scores_.shape == (len(grid), 3)
-    assert model.best_param_ == grid[np.argmax(model.cv_scores_.mean(1))]
-    assert model.estimator_.C == model.best_param_
+    fitted = model.estimator_                              # the scikit-learn estimator
+    grid = fitted.param_grid_
+    assert fitted.cv_scores_.shape == (len(grid), 3)
+    assert fitted.best_param_ == grid[np.argmax(fitted.cv_scores_.mean(1))]
+    assert fitted.pipeline_.named_steps["model"].C == fitted.best_param_
     subjects = np.asarray(batch["subject"])
     seen = np.zeros(36, dtype=int)
-    for tr, va in model.cv_splits_:
+    for tr, va in fitted.cv_splits_:
         assert not set(subjects[tr]) & set(subjects[va])  # no subject straddles a split
         assert max(tr.max(), va.max()) < 36                # indices into the training data
         seen[va] += 1
@@ -321,17 +323,17 @@ def test_tangent_reference_comes_from_training_subjects_only():
     test_a, _ = planted(10, seed=8)
     test_b, _ = planted(10, seed=9)
     model = build("connectome", features="tangent").fit(train_batch, y_train.numpy())
-    reference = model.features_.measure_.mean_.copy()
+    reference = model.estimator_.features_.measure_.mean_.copy()
     first = model.embed(test_a).subject
     mixed = {k: (list(v[:5]) + list(test_b[k][5:]) if k == "subject" else
                  torch.cat([v[:5], test_b[k][5:]])) for k, v in test_a.items()}
     model.predict(test_b)
-    np.testing.assert_array_equal(model.features_.measure_.mean_, reference)
+    np.testing.assert_array_equal(model.estimator_.features_.measure_.mean_, reference)
     # a test subject's features do not depend on which other test subjects come along
     torch.testing.assert_close(model.embed(mixed).subject[:5], first[:5])
     refit = build("connectome", features="tangent").fit(train_batch, y_train.numpy())
-    np.testing.assert_array_equal(refit.features_.measure_.mean_, reference)
-    with pytest.raises(RuntimeError, match="fit the model on training subjects first"):
+    np.testing.assert_array_equal(refit.estimator_.features_.measure_.mean_, reference)
+    with pytest.raises(NotFittedError, match="fit the model on training subjects first"):
         build("connectome", features="tangent").embed(test_a)
 
 
@@ -358,7 +360,7 @@ def test_connectome_checks_its_inputs_and_round_trips_by_pickle():
         model.fit(planted(20, n_rois=17)[0], y.numpy())
     with pytest.raises(ValueError, match="needs 'sc'"):
         build("connectome", features="fc+sc").fit({"bold": batch["bold"]}, y.numpy())
-    with pytest.raises(RuntimeError, match="not fitted yet"):
+    with pytest.raises(NotFittedError, match="not fitted yet"):
         model.predict(batch)
     model.fit(batch, y.numpy())
     clone = pickle.loads(pickle.dumps(model))

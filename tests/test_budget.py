@@ -47,7 +47,7 @@ def test_random_windows_reach_the_whole_scan_and_are_reproducible(store):
     assert first == [ds[i]["start"] for i in range(len(ds))]
     window = ds[0]
     np.testing.assert_allclose(window["bold"].numpy(), ds.scaler.transform(
-        np.asarray(store.bold(window["scan"]))[:, window["start"]:window["start"] + 20]),
+        np.asarray(store.bold(window["scan"]))[:, window["start"]:window["start"] + 20].T).T,
         rtol=1e-5)
 
 

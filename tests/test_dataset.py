@@ -50,15 +50,33 @@ def test_scaler_is_fitted_on_training_scans_only(toy_store):
     raw = toy_store.window(test.index[0][0], 0, 20)
     np.testing.assert_allclose(test[0]["bold"].numpy(),
                                (raw - scaler.center_[:, None]) / scaler.scale_[:, None], rtol=1e-5)
+    np.testing.assert_array_equal(scaler.transform(raw.T).T, test[0]["bold"].numpy())
     restored = RobustScaler.from_state_dict(scaler.state_dict())
-    np.testing.assert_array_equal(restored.transform(raw), scaler.transform(raw))
+    np.testing.assert_array_equal(restored.transform(raw.T), scaler.transform(raw.T))
+    np.testing.assert_array_equal(restored.scale_windows(raw), scaler.scale_windows(raw))
+
+
+def test_scaler_reads_checkpoints_written_before_it_was_an_estimator():
+    # extra["scaler"] as stored by earlier versions (the same keys)
+    state = {"quantile_range": [25.0, 75.0], "center": [1.0, -2.0], "scale": [2.0, 0.5],
+             "n_scans": 3}
+    scaler = RobustScaler.from_state_dict(state)
+    assert scaler.n_features_in_ == 2 and scaler.n_scans_ == 3
+    window = np.array([[3.0, 1.0], [-2.0, -1.5]], dtype=np.float32)  # ROIs x time
+    np.testing.assert_array_equal(scaler.scale_windows(window), [[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_array_equal(scaler.transform(window.T).T, [[1.0, 0.0], [0.0, 1.0]])
+    assert RobustScaler.from_state_dict(scaler.state_dict()).state_dict() == state
 
 
 def test_scaler_refuses_unfitted_use_and_flat_rois():
-    with pytest.raises(RuntimeError, match="not fitted"):
-        RobustScaler().transform(np.zeros((2, 5)))
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted"):
+        RobustScaler().transform(np.zeros((5, 2)))
+    with pytest.raises(NotFittedError, match="not fitted"):
+        RobustScaler().scale_windows(np.zeros((2, 5)))
     with pytest.raises(ValueError, match="zero inter-quantile range"):
-        RobustScaler().fit([np.vstack([np.random.rand(10), np.ones(10)])])
+        RobustScaler().fit([np.vstack([np.random.rand(10), np.ones(10)]).T])
 
 
 def test_mixed_tr_needs_a_target_tr(toy_store_factory):

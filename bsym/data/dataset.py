@@ -227,9 +227,10 @@ class WindowDataset(Dataset):
         """Fit ``scaler`` on this dataset's scans, attach it, and return it.
 
         Call on the training dataset only, then pass the fitted scaler to the
-        validation and test datasets.
+        validation and test datasets. The scaler takes (time x ROIs) tables, so the
+        scans (ROIs x time) are passed transposed.
         """
-        self.scaler = scaler.fit(self.iter_series())
+        self.scaler = scaler.fit([series.T for series in self.iter_series()])
         return self.scaler
 
     # -- Dataset protocol ----------------------------------------------------------
@@ -246,7 +247,7 @@ class WindowDataset(Dataset):
         scan, start = self._start(i)
         bold = np.array(self.series(scan)[:, start:start + self.window], dtype=np.float32)
         if self.scaler is not None:
-            bold = self.scaler.transform(bold)
+            bold = self.scaler.scale_windows(bold)
         row = self.cohort.row(scan)
         item = {"bold": torch.from_numpy(bold), "scan": scan, "subject": row["subject"],
                 "start": start}

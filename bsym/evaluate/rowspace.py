@@ -4,7 +4,32 @@ of the training rows, binary logistic regression by Newton's method."""
 from __future__ import annotations
 
 import numpy as np
+from sklearn import get_config
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+
+def _trusted(x):
+    """Whether ``x`` skips scikit-learn's input validation: a non-empty 2-D float64 array
+    under ``sklearn.config_context(assume_finite=True)``, as in the probe's inner search,
+    whose hundreds of small fits would otherwise spend about half their time validating.
+    Its width is still checked."""
+    return (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim == 2 and x.size > 0
+            and get_config()["assume_finite"])
+
+
+def _check_x(estimator, x, *, reset):
+    if not _trusted(x):
+        return validate_data(estimator, x, dtype=np.float64, reset=reset)
+    if reset:
+        estimator.n_features_in_ = x.shape[1]
+        if hasattr(estimator, "feature_names_in_"):
+            del estimator.feature_names_in_
+    elif x.shape[1] != estimator.n_features_in_:
+        raise ValueError(f"X has {x.shape[1]} features, but {type(estimator).__name__} is "
+                         f"expecting {estimator.n_features_in_} features as input.")
+    return x
 
 
 class RowSpace(TransformerMixin, BaseEstimator):
@@ -28,8 +53,7 @@ class RowSpace(TransformerMixin, BaseEstimator):
         self.tol = tol
 
     def fit(self, x, y=None):
-        x = np.asarray(x, dtype=np.float64)
-        self.n_features_in_ = x.shape[1]
+        x = _check_x(self, x, reset=True)
         self.mean_ = x.mean(axis=0)
         if x.shape[1] <= x.shape[0]:
             self.basis_ = None
@@ -43,7 +67,8 @@ class RowSpace(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, x):
-        x = np.asarray(x, dtype=np.float64)
+        check_is_fitted(self)
+        x = _check_x(self, x, reset=False)
         if self.basis_ is None:
             return x
         return (x - self.mean_) @ self.basis_
@@ -83,11 +108,20 @@ class BinaryLogistic(ClassifierMixin, BaseEstimator):
     def fit(self, x, y):
         from scipy.special import expit
 
-        x = np.asarray(x, dtype=np.float64)
-        self.classes_, y = np.unique(np.asarray(y), return_inverse=True)
+        if _trusted(x) and isinstance(y, np.ndarray) and y.dtype.kind in "iu" and \
+                y.shape == (len(x),):
+            _check_x(self, x, reset=True)          # class indices: the probe's own labels
+        else:
+            x, y = validate_data(self, x, y, dtype=np.float64)
+            check_classification_targets(y)
+            target = type_of_target(y, input_name="y")
+            if target != "binary":
+                raise ValueError(f"Only binary classification is supported. The type of the "
+                                 f"target is {target}.")
+        self.classes_, y = np.unique(y, return_inverse=True)
         if len(self.classes_) != 2:
             raise ValueError(f"BinaryLogistic needs exactly 2 classes, received "
-                             f"{len(self.classes_)}")
+                             f"{len(self.classes_)} class{'es' if len(self.classes_) > 1 else ''}")
         y = y.astype(np.float64)
         design = np.hstack([x, np.ones((len(x), 1))])
         penalty = np.r_[np.ones(x.shape[1]), 0.0]
@@ -115,11 +149,12 @@ class BinaryLogistic(ClassifierMixin, BaseEstimator):
                 break
         self.beta_, self.n_iter_ = beta, iterations
         self.coef_, self.intercept_ = beta[None, :-1], beta[-1:]
-        self.n_features_in_ = x.shape[1]
         return self
 
     def decision_function(self, x):
-        return np.asarray(x, dtype=np.float64) @ self.coef_[0] + self.intercept_[0]
+        check_is_fitted(self)
+        x = _check_x(self, x, reset=False)
+        return x @ self.coef_[0] + self.intercept_[0]
 
     def predict_proba(self, x):
         from scipy.special import expit
@@ -128,4 +163,10 @@ class BinaryLogistic(ClassifierMixin, BaseEstimator):
         return np.column_stack([1.0 - p, p])
 
     def predict(self, x):
-        return self.classes_[(self.decision_function(x) > 0).astype(int)]
+        positive = self.decision_function(x) > 0
+        return self.classes_[positive.astype(int)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False
+        return tags

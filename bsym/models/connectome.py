@@ -1,9 +1,12 @@
-"""Connectome + linear model: the classical baseline.
+"""Connectome + linear model: the classical baseline, as a registered model.
 
 Registered as ``"connectome"``. Built like every model (``build("connectome", ...)``)
 and it has ``embed``, but it is *fitted* (:meth:`ConnectomeLinear.fit`), not trained
 by the engine: its ``objective`` is ``"none"``, so :func:`bsym.train.engine.train`
-refuses to pretrain it, and its ``supervised_loss`` raises.
+refuses to pretrain it, and its ``supervised_loss`` raises. The fitting is done by the
+scikit-learn estimators :class:`~bsym.models.linear.ConnectomeClassifier` and
+:class:`~bsym.models.linear.ConnectomeRegressor` on
+:class:`~bsym.data.features.ConnectomeFeatures`; this class adapts bsym's batches to them.
 """
 
 from __future__ import annotations
@@ -11,26 +14,30 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import get_scorer, log_loss, mean_squared_error
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
-from sklearn.preprocessing import StandardScaler
+from sklearn.compose import ColumnTransformer
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import get_scorer
+from sklearn.preprocessing import FunctionTransformer
 
-from bsym.data.features import fc_features, fisher_z, upper_triangle
+from bsym.data.features import ConnectomeFeatures, sc_vectors
 from bsym.models.base import BrainModel, Embeddings
 from bsym.models.heads import TASKS
 from bsym.models.layers import check_choice, check_int
+from bsym.models.linear import (
+    DEFAULT_ALPHAS,
+    DEFAULT_CS,
+    ConnectomeClassifier,
+    ConnectomeRegressor,
+    _grid,
+)
 from bsym.models.registry import ModelSpec
 
 FC_KINDS = {"fc": "correlation", "partial": "partial correlation", "tangent": "tangent"}
 FEATURES = ("fc", "partial", "tangent", "sc", "fc+sc", "partial+sc", "tangent+sc")
-DEFAULT_CS = tuple(float(c) for c in np.logspace(-5, 2, 8))
-DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-2, 6, 9))
 
-
-class NotFittedError(RuntimeError):
-    """The model was used before :meth:`ConnectomeLinear.fit`."""
+__all__ = ["FEATURES", "PRESETS", "SPEC", "ConnectomeFeatures", "ConnectomeLinear"]
 
 
 def _array(value):
@@ -39,82 +46,35 @@ def _array(value):
     return np.asarray(value)
 
 
-class ConnectomeFeatures:
-    """Connectome feature vectors of samples; fitted only for the tangent space.
-
-    Parameters
-    ----------
-    fc : {"fc", "partial", "tangent"} or None
-        ``"fc"``: Fisher-z Pearson correlations; ``"partial"``: Fisher-z partial
-        correlations; ``"tangent"``: tangent-space embedding around the group mean
-        covariance of the samples given to :meth:`fit` (nilearn
-        ``ConnectivityMeasure``; Ledoit-Wolf covariances). Entries below the diagonal
-        (and, for the tangent space, the diagonal too).
-    sc : bool
-        Append the SC upper triangle.
-    sc_log : bool
-        Apply ``log(1 + SC)`` first (for raw counts; window batches are already log1p).
-    """
-
-    def __init__(self, fc="fc", sc=False, sc_log=False):
-        self.fc, self.sc, self.sc_log = fc, sc, sc_log
-        self.measure_ = None
-
-    @property
-    def needs_fit(self):
-        return self.fc == "tangent"
-
-    def fit(self, samples):
-        if self.needs_fit:
-            from nilearn.connectome import ConnectivityMeasure
-
-            self.measure_ = ConnectivityMeasure(kind="tangent", vectorize=True)
-            self.measure_.fit([b.T for b in samples["bold"]])
-        return self
-
-    def transform(self, samples):
-        parts = []
-        if self.fc == "fc":
-            parts.append(np.stack([fc_features(b) for b in samples["bold"]]))
-        elif self.fc == "partial":
-            from nilearn.connectome import ConnectivityMeasure
-
-            measure = ConnectivityMeasure(kind="partial correlation", vectorize=True,
-                                          discard_diagonal=True)
-            parts.append(fisher_z(measure.fit_transform([b.T for b in samples["bold"]])))
-        elif self.fc == "tangent":
-            if self.measure_ is None:
-                raise NotFittedError("the tangent space needs a group reference: fit the "
-                                     "model on training subjects first")
-            parts.append(self.measure_.transform([b.T for b in samples["bold"]]))
-        if self.sc:
-            sc = samples["sc"]
-            if self.sc_log:
-                if (sc < 0).any():
-                    raise ValueError("sc_log=True expects non-negative SC weights (raw "
-                                     "counts); received negative entries")
-                sc = np.log1p(sc)
-            parts.append(upper_triangle(sc))
-        return np.concatenate(parts, axis=1).astype(np.float64)
+def _column(items):
+    """A 1-D object array holding one array per sample (for a DataFrame column)."""
+    column = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        column[i] = item
+    return column
 
 
 class ConnectomeLinear(BrainModel):
     """Connectome features, standardised, then a regularised linear model.
 
     Features: Fisher-z FC upper triangle (``"fc"``), Fisher-z partial correlations
-    (``"partial"``), tangent-space FC (``"tangent"``, nilearn), SC upper triangle
-    (``"sc"``), or FC and SC concatenated (``"fc+sc"`` ...). Then StandardScaler and
-    L2 LogisticRegression (classification) or Ridge (regression). The regularisation
-    strength is chosen by an inner cross-validation on the training data only, in
-    which the tangent reference and the scaler are refitted on each inner training
-    fold; the final model is refitted on all training data with the chosen value.
+    (``"partial"``), tangent-space FC (``"tangent"``), SC upper triangle (``"sc"``), or FC
+    and SC concatenated (``"fc+sc"`` ...), all FC by nilearn's ``ConnectivityMeasure``
+    (:class:`~bsym.data.features.ConnectomeFeatures`). Then StandardScaler and L2
+    LogisticRegression (classification) or Ridge (regression), the regularisation chosen
+    by an inner cross-validation on the training data only, in which the tangent
+    reference and the scaler are refitted on each inner training fold
+    (:class:`~bsym.models.linear.ConnectomeClassifier` /
+    :class:`~bsym.models.linear.ConnectomeRegressor`, the fitted ``estimator_``).
 
     How it fits the model interface: a :class:`~bsym.models.base.BrainModel` with
-    ``objective = "none"`` and no torch parameters. Use :meth:`fit`, :meth:`predict`,
-    :meth:`predict_proba`, :meth:`decision_function`, :meth:`score` (scikit-learn
-    conventions; fitted attributes end in ``_``); :meth:`embed` returns the feature
-    vectors as subject embeddings so it can be linear-probed like any encoder. The
-    training engine refuses to pretrain it and :meth:`supervised_loss` raises.
+    ``objective = "none"`` and no torch parameters, whose settings are checked when it
+    is built, like every registered model. :meth:`fit` takes a batch (a dict with
+    ``bold`` and/or ``sc``), :meth:`predict`, :meth:`predict_proba`,
+    :meth:`decision_function` and :meth:`score` delegate to ``estimator_``; :meth:`embed`
+    returns the feature vectors as subject embeddings so it can be linear-probed like any
+    encoder. The training engine refuses to pretrain it and :meth:`supervised_loss`
+    raises. For scikit-learn pipelines on arrays, use the estimators directly.
 
     Parameters
     ----------
@@ -143,20 +103,12 @@ class ConnectomeLinear(BrainModel):
 
     Attributes
     ----------
+    estimator_ : ConnectomeClassifier or ConnectomeRegressor
+        The fitted estimator: ``best_param_``, ``cv_scores_``, ``cv_splits_``,
+        ``pipeline_``, ``features_`` (``features_.measure_.mean_`` is the tangent
+        reference).
     classes_ : ndarray
         Labels seen in :meth:`fit` (classification).
-    features_ : ConnectomeFeatures
-        Fitted feature map; ``features_.measure_.mean_`` is the tangent reference.
-    n_features_ : int
-    scaler_ : StandardScaler
-    estimator_ : LogisticRegression or Ridge
-    best_param_ : float
-        The chosen C or alpha.
-    param_grid_ : ndarray
-    cv_scores_ : ndarray, shape (n_params, n_folds)
-        Inner validation scores (greater is better).
-    cv_splits_ : list of (ndarray, ndarray)
-        Inner (train, validation) indices into the training samples.
     """
 
     objective = "none"
@@ -170,8 +122,8 @@ class ConnectomeLinear(BrainModel):
         self.n_classes = None if n_classes is None else check_int("n_classes", n_classes, 2)
         self.features = check_choice("features", features, FEATURES)
         self.inner_folds = check_int("inner_folds", inner_folds, 2)
-        self.Cs = self._grid("Cs", Cs)
-        self.alphas = self._grid("alphas", alphas)
+        self.Cs = _grid("Cs", Cs)
+        self.alphas = _grid("alphas", alphas)
         if scoring is not None:
             get_scorer(scoring)
         self.scoring = scoring
@@ -179,19 +131,12 @@ class ConnectomeLinear(BrainModel):
         self.max_iter = check_int("max_iter", max_iter)
         self.seed = check_int("seed", seed, 0)
         parts = self.features.split("+")
-        self._fc_kind = parts[0] if parts[0] in FC_KINDS else None
+        self._fc_kind = FC_KINDS.get(parts[0])
         self._uses_sc = "sc" in parts
-
-    @staticmethod
-    def _grid(name, values):
-        values = np.atleast_1d(np.asarray(values, dtype=np.float64))
-        if values.ndim != 1 or not len(values) or not (np.isfinite(values) & (values > 0)).all():
-            raise ValueError(f"{name} must be a non-empty list of positive numbers, got {values}")
-        return values
 
     # -- inputs ---------------------------------------------------------------------------
     def _samples(self, data):
-        """``{"bold": list of (R, T_i) arrays or None, "sc": (n, R, R) or None, "groups"}``."""
+        """``{"bold": list of (T_i, R) tables or None, "sc": (n, R, R) or None, "groups"}``."""
         if not isinstance(data, Mapping):
             raise TypeError(f"expected a batch (a dict with 'bold' and/or 'sc'), received "
                             f"{type(data).__name__}")
@@ -200,13 +145,12 @@ class ConnectomeLinear(BrainModel):
             if data.get("bold") is None:
                 raise ValueError(f"features={self.features!r} needs 'bold' (n, ROIs, time) or a "
                                  f"list of (ROIs, time) arrays; the batch has {sorted(data)}")
-            bold = data["bold"]
-            bold = [_array(b).astype(np.float64) for b in bold]
+            bold = [_array(b).astype(np.float64) for b in data["bold"]]
             for i, b in enumerate(bold):
                 if b.ndim != 2 or b.shape[1] < 3:
                     raise ValueError(f"bold sample {i} must be (ROIs, time points >= 3); "
                                      f"received shape {b.shape}")
-            samples["bold"] = bold
+            samples["bold"] = [b.T for b in bold]
         if self._uses_sc:
             if data.get("sc") is None:
                 raise ValueError(f"features={self.features!r} needs 'sc' (n, ROIs, ROIs); the "
@@ -214,9 +158,12 @@ class ConnectomeLinear(BrainModel):
             sc = _array(data["sc"]).astype(np.float64)
             if sc.ndim != 3 or sc.shape[1] != sc.shape[2]:
                 raise ValueError(f"sc must be (n, ROIs, ROIs); received shape {sc.shape}")
+            if self.sc_log and (sc < 0).any():
+                raise ValueError("sc_log=True expects non-negative SC weights (raw counts); "
+                                 "received negative entries")
             samples["sc"] = sc
         counts = {len(v) for k, v in samples.items() if k != "groups" and v is not None}
-        rois = {b.shape[0] for b in samples["bold"] or ()} | (
+        rois = {b.shape[1] for b in samples["bold"] or ()} | (
             {samples["sc"].shape[1]} if samples["sc"] is not None else set())
         if len(counts) > 1:
             raise ValueError(f"bold and sc hold different numbers of samples: {sorted(counts)}")
@@ -234,64 +181,42 @@ class ConnectomeLinear(BrainModel):
                                  "samples")
         return samples
 
-    @staticmethod
-    def _subset(samples, index):
-        out = dict(samples)
-        if samples["bold"] is not None:
-            out["bold"] = [samples["bold"][i] for i in index]
-        if samples["sc"] is not None:
-            out["sc"] = samples["sc"][index]
-        out["n"] = len(index)
-        return out
+    @property
+    def _fitted_features(self):
+        """Whether the features learn from the training data (the tangent reference)."""
+        return self._fc_kind == "tangent"
+
+    def _feature_table(self, samples):
+        """Features that need no fitting: FC vectors and/or SC upper triangles."""
+        parts = []
+        if self._fc_kind is not None:
+            parts.append(ConnectomeFeatures(self._fc_kind).transform(samples["bold"]))
+        if self._uses_sc:
+            parts.append(sc_vectors(samples["sc"], log=self.sc_log))
+        return np.concatenate(parts, axis=1).astype(np.float64)
+
+    def _estimator_input(self, samples):
+        """What ``estimator_`` takes: the feature table, or the scans when the features are
+        fitted (with the SC beside them in a two-column frame)."""
+        if not self._fitted_features:
+            return self._feature_table(samples)
+        if not self._uses_sc:
+            return samples["bold"]
+        return pd.DataFrame({"bold": _column(samples["bold"]), "sc": _column(samples["sc"])})
 
     def _new_features(self):
-        return ConnectomeFeatures(self._fc_kind, self._uses_sc, self.sc_log)
+        if not self._fitted_features:
+            return None
+        bold = ConnectomeFeatures(self._fc_kind)
+        if not self._uses_sc:
+            return bold
+        sc = FunctionTransformer(sc_vectors, kw_args={"log": self.sc_log})
+        return ColumnTransformer([("bold", bold, "bold"), ("sc", sc, "sc")])
 
-    # -- model selection ------------------------------------------------------------------
+    # -- fitting and prediction -----------------------------------------------------------
     @property
     def _classifier(self):
         return self.task == "classification"
-
-    def _estimator(self, value):
-        if self._classifier:
-            return LogisticRegression(C=float(value), max_iter=self.max_iter)
-        return Ridge(alpha=float(value))
-
-    def _score(self, estimator, x, y):
-        if self.scoring is not None:
-            return float(get_scorer(self.scoring)(estimator, x, y))
-        if self._classifier:
-            return -log_loss(y, estimator.predict_proba(x), labels=estimator.classes_)
-        return -mean_squared_error(y, estimator.predict(x))
-
-    def _splits(self, y, groups):
-        n = len(y)
-        if self._classifier:
-            smallest = np.bincount(y).min()
-            if groups is not None:
-                per_class = min(len(np.unique(groups[y == c])) for c in np.unique(y))
-                smallest = min(smallest, per_class)
-            folds = min(self.inner_folds, int(smallest))
-            if folds < 2:
-                raise ValueError("the inner cross-validation needs at least 2 samples (subjects) "
-                                 "of every class in the training data")
-            splitter = (StratifiedGroupKFold(folds, shuffle=True, random_state=self.seed)
-                        if groups is not None else
-                        StratifiedKFold(folds, shuffle=True, random_state=self.seed))
-        else:
-            units = len(np.unique(groups)) if groups is not None else n
-            folds = min(self.inner_folds, units)
-            if folds < 2:
-                raise ValueError("the inner cross-validation needs at least 2 training samples "
-                                 "(subjects)")
-            splitter = (GroupKFold(folds, shuffle=True, random_state=self.seed)
-                        if groups is not None else
-                        KFold(folds, shuffle=True, random_state=self.seed))
-        return [(tr, va) for tr, va in splitter.split(np.zeros(n), y, groups)]
-
-    def _fit_linear(self, x, y, value):
-        scaler = StandardScaler().fit(x)
-        return scaler, self._estimator(value).fit(scaler.transform(x), y)
 
     def fit(self, X, y, groups=None):
         """Choose the regularisation on inner folds of (X, y), then refit on all of it.
@@ -318,83 +243,64 @@ class ConnectomeLinear(BrainModel):
         if y.ndim != 1 or len(y) != samples["n"]:
             raise ValueError(f"expected {samples['n']} targets, received shape {y.shape}")
         if self._classifier:
-            self.classes_, y_fit = np.unique(y, return_inverse=True)
-            if len(self.classes_) < 2:
-                raise ValueError("classification needs at least 2 classes in the training data")
-            if self.n_classes is not None and len(self.classes_) > self.n_classes:
-                raise ValueError(f"the labels have {len(self.classes_)} classes; n_classes is "
+            n_labels = len(np.unique(y))
+            if self.n_classes is not None and n_labels > self.n_classes:
+                raise ValueError(f"the labels have {n_labels} classes; n_classes is "
                                  f"{self.n_classes}")
-            grid = np.sort(self.Cs)               # ties go to the smaller C
+            estimator = ConnectomeClassifier(self._new_features(), Cs=tuple(self.Cs),
+                                             inner_folds=self.inner_folds,
+                                             scoring=self.scoring, max_iter=self.max_iter,
+                                             random_state=self.seed)
         else:
-            y_fit = y.astype(np.float64)
-            if not np.isfinite(y_fit).all():
-                raise ValueError("regression targets must be finite numbers")
-            grid = np.sort(self.alphas)[::-1]     # ties go to the larger alpha
-        self.cv_splits_ = self._splits(y_fit, samples["groups"])
-        scores = np.empty((len(grid), len(self.cv_splits_)))
-        shared = None
-        if not self._new_features().needs_fit:
-            shared = self._new_features().transform(samples)
-        for f, (tr, va) in enumerate(self.cv_splits_):
-            if shared is None:
-                features = self._new_features().fit(self._subset(samples, tr))
-                x_tr = features.transform(self._subset(samples, tr))
-                x_va = features.transform(self._subset(samples, va))
-            else:
-                x_tr, x_va = shared[tr], shared[va]
-            for g, value in enumerate(grid):
-                scaler, estimator = self._fit_linear(x_tr, y_fit[tr], value)
-                scores[g, f] = self._score(estimator, scaler.transform(x_va), y_fit[va])
-        self.param_grid_, self.cv_scores_ = grid, scores
-        self.best_param_ = float(grid[int(np.argmax(scores.mean(axis=1)))])
-        self.features_ = self._new_features().fit(samples)
-        x = shared if shared is not None else self.features_.transform(samples)
-        self.n_features_ = x.shape[1]
-        self.scaler_, self.estimator_ = self._fit_linear(x, y_fit, self.best_param_)
+            estimator = ConnectomeRegressor(self._new_features(), alphas=tuple(self.alphas),
+                                            inner_folds=self.inner_folds,
+                                            scoring=self.scoring, random_state=self.seed)
+        self.estimator_ = estimator.fit(self._estimator_input(samples), y,
+                                        groups=samples["groups"])
         return self
 
-    # -- prediction -----------------------------------------------------------------------
     def _check_fitted(self):
         if not hasattr(self, "estimator_"):
             raise NotFittedError("this connectome model is not fitted yet: call fit(X, y) on "
                                  "the training data first")
 
+    @property
+    def classes_(self):
+        self._check_fitted()
+        return self.estimator_.classes_
+
     def transform(self, X):
         """Feature vectors (n, n_features), before standardisation."""
-        features = getattr(self, "features_", None) or self._new_features()
-        return features.transform(self._samples(X))
+        samples = self._samples(X)
+        if not self._fitted_features:
+            return self._feature_table(samples)
+        if not hasattr(self, "estimator_"):
+            raise NotFittedError("the tangent space needs a group reference: fit the model on "
+                                 "training subjects first")
+        return self.estimator_.features_.transform(self._estimator_input(samples))
+
+    def _delegate(self, method, X):
+        self._check_fitted()
+        return getattr(self.estimator_, method)(self._estimator_input(self._samples(X)))
 
     def decision_function(self, X):
         """Logits (n,) for two classes, (n, n_classes) otherwise; predictions for regression."""
-        self._check_fitted()
-        x = self.scaler_.transform(self.transform(X))
-        if self._classifier:
-            return self.estimator_.decision_function(x)
-        return self.estimator_.predict(x)
+        return self._delegate("decision_function" if self._classifier else "predict", X)
 
     def predict(self, X):
         """Labels (as given to :meth:`fit`) or continuous predictions, shape (n,)."""
-        self._check_fitted()
-        x = self.scaler_.transform(self.transform(X))
-        if self._classifier:
-            return self.classes_[self.estimator_.predict(x)]
-        return self.estimator_.predict(x)
+        return self._delegate("predict", X)
 
     def predict_proba(self, X):
         """Class probabilities (n, n_classes), columns in the order of ``classes_``."""
-        self._check_fitted()
         if not self._classifier:
             raise ValueError("predict_proba needs task='classification'")
-        return self.estimator_.predict_proba(self.scaler_.transform(self.transform(X)))
+        return self._delegate("predict_proba", X)
 
     def score(self, X, y):
         """Accuracy (classification) or R^2 (regression), as scikit-learn."""
-        predicted = self.predict(X)
-        y = _array(y)
-        if self._classifier:
-            return float(np.mean(predicted == y))
-        residual = ((y - predicted) ** 2).sum()
-        return float(1.0 - residual / ((y - y.mean()) ** 2).sum())
+        self._check_fitted()
+        return float(self.estimator_.score(self._estimator_input(self._samples(X)), _array(y)))
 
     # -- the model interface --------------------------------------------------------------
     def embed(self, batch):
@@ -417,7 +323,8 @@ class ConnectomeLinear(BrainModel):
         """Coefficients of the linear model (fitted), or of a one-output model on
         ``n_rois`` ROIs before fitting."""
         if hasattr(self, "estimator_"):
-            n = int(self.estimator_.coef_.size + np.size(self.estimator_.intercept_))
+            model = self.estimator_.pipeline_.named_steps["model"]
+            n = int(model.coef_.size + np.size(model.intercept_))
         elif self.n_rois is not None:
             edges = self.n_rois * (self.n_rois - 1) // 2
             n = edges * (2 if "+" in self.features else 1) + 1
