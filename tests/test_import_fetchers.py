@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import requests
 from _builders import AFFINE, SHAPE, assert_fails
+from conftest import write_toy_store
 from sklearn.utils import Bunch
 
 from bsym.data import CohortError
@@ -189,10 +190,15 @@ def test_offline_atlas(tmp_path, monkeypatch):
 
 
 def test_existing_store_checked_before_downloading(tmp_path, monkeypatch):
-    (tmp_path / "out").mkdir()
+    write_toy_store(tmp_path / "out")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a store\n")
     monkeypatch.setattr(nilearn.datasets, "fetch_abide_pcp", _never)
     with pytest.raises(CohortError, match="already exists"):
         run("abide", tmp_path / "out")
+    with pytest.raises(CohortError, match="not a cohort store written by bsym"):
+        run("abide", tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "not a store\n"
 
 
 def test_unmatched_file_and_bad_arguments(msdl, tmp_path, monkeypatch):

@@ -163,7 +163,7 @@ CASES = [
     ("ROI count", _edit_npy("func/s03.npy", lambda x: x[:4]), "s03.npy", "s03",
      "expected 5 ROIs"),
     ("transposed", _edit_npy("func/s03.npy", lambda x: x.T.copy()), "s03.npy", "s03",
-     "transposed"),
+     "stored time x ROIs (30 x 5), not ROIs x time: rois.tsv lists 5 ROIs"),
     ("NaN", _edit_npy("func/s02.npy", _set((1, 3), np.nan)), "s02.npy", "s02", "NaN"),
     ("Inf", _edit_npy("func/s02.npy", _set((1, 3), np.inf)), "s02.npy", "s02", "Inf"),
     ("constant ROI", _edit_npy("func/s01.npy", _set(2, 7.0)), "s01.npy", "s01",
@@ -193,7 +193,8 @@ CASES = [
         lambda t: "\n".join(line + ("\tn_timepoints" if i == 0 else "\t1")
                             for i, line in enumerate(t.splitlines())) + "\n"),
      "participants.tsv", None, "reserved"),
-    ("rois count", _write("rois.tsv", "name\nr1\nr2\n"), "s01.npy", "s01", "expected 2 ROIs"),
+    ("rois count", _write("rois.tsv", "name\nr1\nr2\n"), "rois.tsv", None,
+     "rois.tsv lists 2 ROIs but the fMRI has 5"),
     ("dataset.json key", _write("dataset.json", json.dumps({"orientaton": "x"})),
      "dataset.json", None, "unknown key(s) orientaton"),
     ("dataset.json orientation", _write("dataset.json", json.dumps({"orientation": "x"})),

@@ -164,3 +164,84 @@ def test_store_files_are_listed_in_the_manifest(toy_store):
                for root, _, files in os.walk(toy_store.path) for f in files}
     listed = set(toy_store.manifest["arrays"]) | set(toy_store.manifest["tables"]) | {"manifest.json"}
     assert on_disk == listed
+
+
+def test_reading_an_array_checks_its_checksum_once_per_process(toy_store, monkeypatch):
+    import bsym.data.store as store
+
+    rel = toy_store.subjects["bold_file"][2]
+    path = toy_store.path / rel
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # still a valid array, one value changed
+    path.write_bytes(bytes(data))
+    cohort = open_cohort(toy_store.path)  # sizes match: opening does not hash arrays
+    with pytest.raises(CohortError, match="checksum differs from the manifest") as info:
+        cohort.bold(cohort.scans[2])
+    assert rel in str(info.value) and "subject sub-02" in str(info.value)
+    assert "Fix: restore the file from a backup" in str(info.value)
+
+    hashed = []
+    monkeypatch.setattr(store, "file_sha256",
+                        lambda file: hashed.append(file) or hashlib.sha256(
+                            open(file, "rb").read()).hexdigest())
+    fresh = open_cohort(toy_store.path)
+    scan = fresh.scans[0]
+    for _ in range(3):
+        fresh.window(scan, 0, 10)
+        open_cohort(toy_store.path).window(scan, 5, 10)
+    name = os.path.basename(fresh.row(scan)["bold_file"])
+    assert [p.name for p in hashed] == [name]  # six reads, three opens: hashed once
+    os.utime(toy_store.path / fresh.row(scan)["bold_file"], ns=(1, 1))  # "modified"
+    open_cohort(toy_store.path).window(scan, 0, 10)
+    assert [p.name for p in hashed] == [name, name]
+
+
+def test_manifest_edits_are_caught(toy_store):
+    path = toy_store.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for edit, problem in [
+        (lambda m: m.update(n_subjects=7), "does not match its content_sha256"),
+        (lambda m: m.pop("content_sha256"), "no content_sha256 field"),
+        (lambda m: m.update(format_version="2"), "format_version is '2'"),
+    ]:
+        changed = json.loads(json.dumps(manifest))
+        edit(changed)
+        path.write_text(json.dumps(changed))
+        with pytest.raises(CohortError, match=problem) as info:
+            open_cohort(toy_store.path)
+        assert "manifest.json" in str(info.value) and "Fix:" in str(info.value)
+    path.write_bytes(b"\xff\xfe not json")
+    with pytest.raises(CohortError, match="manifest is not valid JSON"):
+        open_cohort(toy_store.path)
+
+
+def test_stores_of_format_1_are_still_read(toy_store):
+    path = toy_store.path / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.pop("content_sha256")
+    manifest["format_version"] = 1
+    for entry in manifest["arrays"].values():
+        entry.pop("bytes")
+    path.write_text(json.dumps(manifest))
+    cohort = open_cohort(toy_store.path, verify=True)
+    assert cohort.bold(cohort.scans[0]).shape == (8, 60)
+
+
+def test_truncated_array_is_caught_on_open(toy_store):
+    rel = toy_store.subjects["sc_file"][1]
+    path = toy_store.path / rel
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(CohortError, match="as in the manifest, received .* \\(truncated\\)") as info:
+        open_cohort(toy_store.path)
+    assert rel in str(info.value) and "subject sub-01" in str(info.value)
+
+
+def test_a_folder_appearing_during_the_write_is_kept(tmp_path):
+    out = tmp_path / "store"
+    with pytest.raises(CohortError, match="not a cohort store written by bsym"):
+        with CohortWriter(out, source={"name": "t"}, atlas="a", overwrite=True) as writer:
+            writer.add_scan(subject="s1", bold=np.random.rand(4, 20), tr=1.0)
+            out.mkdir()
+            (out / "notes.txt").write_text("mine")
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]

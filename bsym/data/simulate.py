@@ -65,6 +65,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from bsym.errors import UsageError
+
 YEO7_NETWORKS = ("Visual", "Somatomotor", "DorsalAttention", "VentralAttention", "Limbic",
                  "Frontoparietal", "Default")
 #: Share of ROIs per Yeo-7 network (roughly as in Schaefer-400).
@@ -270,7 +272,7 @@ def _network_index(index, n_networks, what):
 
 def _check_positive_int(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, received {value!r}")
+        raise UsageError(f"{name} must be an integer >= {minimum}, received {value!r}")
     return int(value)
 
 
@@ -694,19 +696,20 @@ def _check_arguments(n_subjects, n_rois, n_timepoints, n_networks, n_sites, site
     n_networks = _check_positive_int(n_networks, "n_networks", 2)
     n_rois = _check_positive_int(n_rois, "n_rois", 2)
     if n_rois < n_networks:
-        raise ValueError(f"n_rois must be >= n_networks ({n_networks}), received {n_rois}")
+        raise UsageError(f"n_rois must be >= n_networks ({n_networks}), received {n_rois}. "
+                         "Fix: ask for fewer networks (--networks) or more ROIs (--rois)")
     n_timepoints = _check_positive_int(n_timepoints, "n_timepoints", 2)
     n_sites = _check_positive_int(n_sites, "n_sites", 1)
     if sessions not in (1, 2):
-        raise ValueError(f"sessions must be 1 (pre) or 2 (pre and post), received {sessions!r}")
+        raise UsageError(f"sessions must be 1 (pre) or 2 (pre and post), received {sessions!r}")
     if site_trs is None:
         site_trs = tuple(DEFAULT_SITE_TRS[i % len(DEFAULT_SITE_TRS)] for i in range(n_sites))
     site_trs = tuple(float(t) for t in np.atleast_1d(site_trs))
     if len(site_trs) != n_sites:
-        raise ValueError(f"site_trs must give one TR per site ({n_sites}), "
+        raise UsageError(f"site_trs must give one TR per site ({n_sites}), "
                          f"received {len(site_trs)}")
     if not all(0 < t <= 30 for t in site_trs):
-        raise ValueError(f"site_trs must be in seconds (0 < TR <= 30), received {site_trs}")
+        raise UsageError(f"site_trs must be in seconds (0 < TR <= 30), received {site_trs}")
     return n_subjects, n_rois, n_timepoints, n_networks, n_sites, site_trs
 
 
@@ -773,7 +776,8 @@ def simulate_cohort(out, *, n_subjects=200, n_rois=100, n_timepoints=1200, n_net
     config : SimulationConfig, optional
         Model constants and effect sizes; recorded in the manifest.
     overwrite : bool
-        Replace an existing store at ``out``.
+        Replace an existing store at ``out`` (only a store bsym wrote; anything else
+        there is refused).
     progress : bool
         Show a progress bar over integration steps.
     roi_order : {"original", "shuffled"}
@@ -793,14 +797,10 @@ def simulate_cohort(out, *, n_subjects=200, n_rois=100, n_timepoints=1200, n_net
     ...                          n_timepoints=200, progress=False)  # doctest: +SKIP
     >>> cohort.subjects[["subject", "condition", "age", "sex"]].head()  # doctest: +SKIP
     """
-    from bsym.data.store import CohortWriter, open_cohort
+    from bsym.data.store import CohortWriter, check_store_output, open_cohort
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        from bsym.data.errors import CohortError
-
-        raise CohortError("a store already exists here", file=out,
-                          fix="choose another --out directory or pass --overwrite")
+    check_store_output(out, overwrite=overwrite)  # before minutes of simulation
     sim = simulate(n_subjects=n_subjects, n_rois=n_rois, n_timepoints=n_timepoints,
                    n_networks=n_networks, n_sites=n_sites, site_trs=site_trs,
                    sessions=sessions, seed=seed, config=config, progress=progress)

@@ -15,17 +15,31 @@ Arrays are plain ``.npy`` files opened with memory mapping, so reading one
 window touches only that window's pages (``benchmarks/store_read.py`` measures
 this against a raw ``np.load(mmap_mode="r")`` and HDF5). A store is written in a
 hidden sibling directory and renamed into place after its manifest is written:
-a killed write never leaves a directory that reads as a valid store.
+a killed write never leaves a directory that reads as a valid store, and a full
+disk leaves the previous store as it was.
+
+Nothing else is ever replaced: ``--out`` may name a new path, an empty folder or
+a store bsym wrote (with ``overwrite``); any other file or folder is refused.
+Every file is verified on read: the manifest carries the SHA-256 of its own
+content and of every table and array, and each file is hashed the first time a
+process opens it (see :func:`checked_sha256`), so a changed byte is an error
+naming the file rather than silently different data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import hashlib
+import io
 import json
 import os
 import platform
+import re
 import shutil
+import tokenize
 import uuid
+import warnings
 from collections import OrderedDict
 from functools import cached_property
 from pathlib import Path
@@ -35,11 +49,15 @@ import pandas as pd
 
 from bsym.data.checks import check_bold, check_matrix, check_tr, check_unique
 from bsym.data.errors import CohortError
-from bsym.io import file_sha256, fsync_dir
+from bsym.errors import BsymError
+from bsym.io import check_writable, disk_error, file_sha256, fsync_dir, guard_output, json_sha256
 
 FORMAT = "bsym-cohort"
-FORMAT_VERSION = 1
+#: 2: the manifest records the SHA-256 of its own content and each array's size in bytes.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+#: The manifest field holding the SHA-256 of the canonical JSON of every other field.
+CHECKSUM_FIELD = "content_sha256"
 
 #: Columns of the subjects table that are not labels.
 RESERVED_COLUMNS = (
@@ -47,6 +65,13 @@ RESERVED_COLUMNS = (
     "bold_file", "confounds_file",
 )
 MATRIX_KINDS = ("sc", "lengths")
+ARRAY_FOLDERS = ("bold", *MATRIX_KINDS, "confounds")
+TABLES = ("subjects.parquet", "rois.parquet")
+#: The names of the array files bsym writes (``bold/000000.npy``, ...).
+ARRAY_FILE = re.compile(r"(bold|sc|lengths|confounds)/[0-9]{6}\.npy")
+#: What to do about a store file that does not match its manifest.
+DAMAGED_FIX = ("restore the file from a backup, or re-create the store with the command "
+               "that wrote it (`bsym data simulate` / `bsym data import ... --overwrite`)")
 #: How ROIs are numbered in a store: as the source gives them, or by a fixed, seeded
 #: permutation (so that an ROI's index carries no information about its network).
 ROI_ORDERS = ("original", "shuffled")
@@ -56,6 +81,82 @@ def _bsym_version() -> str:
     from bsym import __version__
 
     return __version__
+
+
+# -- what an output path may be -------------------------------------------------------
+def _marked_manifest(folder: Path):
+    """The manifest of ``folder`` if it parses and carries the store format marker."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def _foreign_entries(folder: Path) -> list:
+    """Files and folders in ``folder`` that a store writer does not write."""
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in (MANIFEST, *TABLES) and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.name in ARRAY_FOLDERS and entry.is_dir() and not entry.is_symlink():
+            foreign += [f for f in sorted(entry.iterdir())
+                        if f.is_symlink() or not f.is_file()
+                        or not ARRAY_FILE.fullmatch(f"{entry.name}/{f.name}")]
+            continue
+        foreign.append(entry)
+    return foreign
+
+
+def is_store(path) -> bool:
+    """Whether ``path`` is a cohort store written by bsym (and holds nothing else).
+
+    True for a real folder whose ``manifest.json`` parses and carries the store format
+    marker, and which holds only the files a store writer writes. Only such a folder
+    may be replaced (with ``overwrite``): anything else at an output path is the user's.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir() or _marked_manifest(path) is None:
+        return False
+    try:
+        return not _foreign_entries(path)
+    except OSError:
+        return False
+
+
+def check_store_output(path, *, overwrite):
+    """Raise :class:`CohortError` unless a cohort store may be written at ``path``.
+
+    Allowed: a new path in a writable folder, an empty folder, or (with ``overwrite``)
+    a store bsym wrote. Refused, with or without ``overwrite``: a file, a symlink, or a
+    folder holding anything else, so nothing of the user's is ever deleted. Run it
+    before any slow work; :class:`CohortWriter` runs it again when it commits.
+    """
+    path = Path(path)
+    fix = "choose an --out location in a folder you can write to"
+    try:
+        check_writable(path, fix=fix)
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            return  # an empty folder: filled in place of nothing
+        if path.is_dir() and not path.is_symlink() and _marked_manifest(path) is not None:
+            foreign = _foreign_entries(path)
+            if foreign:
+                more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+                raise CohortError(
+                    f"this cohort store also holds {foreign[0].relative_to(path)}{more}, which "
+                    "bsym did not write; bsym never deletes files it did not write, with or "
+                    "without --overwrite", file=path,
+                    fix="move those files out of the store, or choose another --out path")
+        guard_output(path, is_ours=is_store, what="cohort store", overwrite=overwrite,
+                     fix_other="choose another --out path (a new or empty folder), or move "
+                     "this one away yourself (a damaged store too: bsym cannot tell it is one)")
+    except CohortError:
+        raise
+    except BsymError as err:
+        raise CohortError(str(err)) from None
+    except OSError as err:
+        raise CohortError(f"cannot inspect the output location ({err.strerror or err})",
+                          file=path, fix=fix) from None
 
 
 class CohortWriter:
@@ -78,7 +179,8 @@ class CohortWriter:
     sc_symmetric : bool
         Whether structural matrices must be symmetric.
     overwrite : bool
-        Replace an existing store at ``path``.
+        Replace an existing store at ``path`` (only a store bsym wrote: any other file
+        or non-empty folder there is refused; see :func:`check_store_output`).
     roi_order : {"original", "shuffled"}
         ``shuffled`` stores the ROIs in a fixed permutation drawn from ``roi_seed``:
         fMRI rows, matrix rows and columns and the ROI table are reordered alike, the ROI
@@ -109,11 +211,7 @@ class CohortWriter:
         self.roi_order = roi_order
         self.roi_seed = int(roi_seed)
         self._permutation = None
-        if self.path.exists() and not overwrite:
-            raise CohortError(
-                "a store already exists here", file=self.path,
-                fix="choose another --out directory or pass --overwrite",
-            )
+        check_store_output(self.path, overwrite=overwrite)
         self._tmp = None
         self._rows = []
         self._scan_ids = set()
@@ -124,9 +222,11 @@ class CohortWriter:
 
     # -- context management ---------------------------------------------------------
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.parent / f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}"
-        self._tmp.mkdir()
+        tmp = self.path.parent / f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}"
+        with self._disk_errors():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
+        self._tmp = tmp
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -139,6 +239,14 @@ class CohortWriter:
         else:
             shutil.rmtree(self._tmp, ignore_errors=True)
         return False
+
+    @contextlib.contextmanager
+    def _disk_errors(self):
+        """Report a failed write (a full disk, a permission problem) as a BsymError."""
+        try:
+            yield
+        except OSError as err:
+            raise disk_error(err, self.path, what="the cohort store") from err
 
     # -- adding content -------------------------------------------------------------
     @property
@@ -191,10 +299,18 @@ class CohortWriter:
     def _save(self, folder, index, array):
         rel = f"{folder}/{index:06d}.npy"
         target = self._tmp / rel
-        target.parent.mkdir(exist_ok=True)
-        np.save(target, np.ascontiguousarray(array), allow_pickle=False)
-        self._arrays[rel] = {"sha256": file_sha256(target), "shape": list(array.shape),
-                             "dtype": str(array.dtype)}
+        # The bytes of np.save, written by Python so that a full disk raises ENOSPC
+        # (numpy's own writer reports only a short count).
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+        data = buffer.getvalue()
+        with self._disk_errors():
+            target.parent.mkdir(exist_ok=True)
+            with open(target, "wb") as handle:
+                handle.write(data)
+        self._arrays[rel] = {"sha256": hashlib.sha256(data).hexdigest(),
+                             "shape": list(array.shape), "dtype": str(array.dtype),
+                             "bytes": len(data)}
         return rel
 
     def add_scan(self, scan=None, *, subject, bold, tr, session="1", site="unknown",
@@ -303,8 +419,9 @@ class CohortWriter:
         tables = {}
         for name, table in (("subjects", subjects), ("rois", self._rois)):
             rel = f"{name}.parquet"
-            table.to_parquet(self._tmp / rel, index=False)
-            tables[rel] = file_sha256(self._tmp / rel)
+            with self._disk_errors():
+                table.to_parquet(self._tmp / rel, index=False)
+                tables[rel] = file_sha256(self._tmp / rel)
         labels = [c for c in subjects.columns
                   if c not in RESERVED_COLUMNS and not c.endswith("_file")]
         manifest = {
@@ -327,24 +444,44 @@ class CohortWriter:
             "tables": tables,
             "arrays": self._arrays,
         }
+        manifest = json.loads(json.dumps(manifest, default=_json_default))
+        manifest[CHECKSUM_FIELD] = json_sha256(manifest)
         tmp_manifest = self._tmp / (MANIFEST + ".tmp")
-        with open(tmp_manifest, "w") as fh:
-            json.dump(manifest, fh, indent=1, sort_keys=True, default=_json_default)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_manifest, self._tmp / MANIFEST)
-        fsync_dir(self._tmp)
+        with self._disk_errors():
+            with open(tmp_manifest, "w") as fh:
+                json.dump(manifest, fh, indent=1, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_manifest, self._tmp / MANIFEST)
+            fsync_dir(self._tmp)
+        # Something may have appeared at the output while the store was being written.
+        check_store_output(self.path, overwrite=self.overwrite)
+        self._replace()
+
+    def _replace(self):
+        """Rename the complete new store into place; the old one goes only afterwards."""
         old = None
-        if self.path.exists():
-            if not self.overwrite:
-                raise CohortError("a store appeared here while writing", file=self.path,
-                                  fix="pass --overwrite or choose another directory")
-            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.path, old)
-        os.replace(self._tmp, self.path)
-        fsync_dir(self.path.parent)
+        with self._disk_errors():
+            if self.path.exists():  # a store bsym wrote, or an empty folder
+                old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(self.path, old)
+            try:
+                os.replace(self._tmp, self.path)
+            except OSError:
+                if old is not None:
+                    os.replace(old, self.path)  # put the old store back
+                raise
+            fsync_dir(self.path.parent)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if is_store(old):
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                try:
+                    old.rmdir()
+                except OSError:  # files were added to it since the check: keep them
+                    warnings.warn(f"{self.path} was replaced, but files that appeared in it "
+                                  f"while the store was written were kept in {old}",
+                                  stacklevel=3)
 
 
 def _json_default(value):
@@ -400,11 +537,47 @@ class Cohort:
     @cached_property
     def subjects(self) -> pd.DataFrame:
         """One row per scan."""
-        return pd.read_parquet(self.path / "subjects.parquet")
+        return self._table("subjects.parquet")
 
     @cached_property
     def rois(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / "rois.parquet")
+        return self._table("rois.parquet")
+
+    def _table(self, rel) -> pd.DataFrame:
+        file = self._check_file(rel, self.manifest["tables"][rel], what="table")
+        try:
+            return pd.read_parquet(file)
+        except Exception as err:  # pyarrow reports a damaged file in many exception types
+            raise CohortError(f"cannot read the table ({type(err).__name__}: {err})",
+                              file=file, fix=DAMAGED_FIX) from None
+
+    def _check_file(self, rel, expected, subject=None, *, what="file"):
+        """The path of store file ``rel`` once its SHA-256 matches ``expected``."""
+        file = self.path / rel
+        try:
+            digest = checked_sha256(file)
+        except FileNotFoundError:
+            raise CohortError(f"missing {what} {rel}" if what == "table" else "file is missing",
+                              file=file, subject=subject, fix=DAMAGED_FIX) from None
+        except OSError as err:
+            raise CohortError(f"cannot read the {what} ({err.strerror or err})", file=file,
+                              subject=subject, fix="make the store readable to you") from None
+        if digest != expected:
+            problem = (f"{rel} does not match its manifest checksum" if what == "table"
+                       else "checksum differs from the manifest")
+            raise CohortError(f"{problem}: the file changed after the store was written",
+                              file=file, subject=subject, fix=DAMAGED_FIX)
+        return file
+
+    @cached_property
+    def _owners(self) -> dict:
+        """Array file -> the subject it belongs to."""
+        owners = {}
+        for column in [c for c in self.subjects.columns if c.endswith("_file")]:
+            for rel, subject in zip(self.subjects[column], self.subjects["subject"]):
+                if isinstance(rel, str):
+                    owners.setdefault(rel, subject)
+        return owners
 
     @property
     def n_rois(self) -> int:
@@ -448,12 +621,29 @@ class Cohort:
     def _open(self, rel):
         array = self._maps.get(rel)
         if array is None:
-            array = _load_npy(self.path / rel, None)
+            array = self._load(rel)
             self._maps[rel] = array
             if len(self._maps) > self.MAX_OPEN_ARRAYS:
                 self._maps.popitem(last=False)
         else:
             self._maps.move_to_end(rel)
+        return array
+
+    def _load(self, rel) -> np.ndarray:
+        """Memory-map array file ``rel`` after checking it against the manifest."""
+        subject = self._owners.get(rel)
+        entry = self.manifest["arrays"].get(rel)
+        if entry is None:
+            raise CohortError(f"{rel} is not listed in the manifest", file=self.path,
+                              subject=subject, fix=DAMAGED_FIX)
+        file = self._check_file(rel, entry["sha256"], subject)
+        array = _load_npy(file, subject)
+        if list(array.shape) != entry["shape"] or str(array.dtype) != entry.get(
+                "dtype", str(array.dtype)):
+            raise CohortError(
+                f"expected shape {tuple(entry['shape'])} {entry.get('dtype', '')} as in the "
+                f"manifest, received {array.shape} {array.dtype}", file=file, subject=subject,
+                fix=DAMAGED_FIX)
         return array
 
     def bold(self, scan) -> np.ndarray:
@@ -497,17 +687,24 @@ class Cohort:
 
     # -- validation -------------------------------------------------------------------
     def check_structure(self):
-        """Cheap checks on read: tables, files present, shapes as in the manifest."""
-        for rel, digest in self.manifest["tables"].items():
-            if not (self.path / rel).is_file():
-                raise CohortError(f"missing table {rel}", file=self.path,
-                                  fix="the store is damaged; re-create it")
-            if file_sha256(self.path / rel) != digest:
-                raise CohortError(f"{rel} does not match its manifest checksum",
-                                  file=self.path / rel,
-                                  fix="the store was modified after writing; re-create it")
-        subjects = self.subjects
-        check_unique(subjects["scan"], what="scan id", file=self.path / "subjects.parquet")
+        """Cheap checks on read: tables intact, every file present at its recorded size.
+
+        Run by :func:`open_cohort`; the tables are hashed (once per process), the arrays
+        only checked for presence and size (each is hashed when first read, see
+        :meth:`check_checksums`).
+        """
+        subjects = self.subjects  # reading a table checks its checksum
+        self._check_file("rois.parquet", self.manifest["tables"]["rois.parquet"], what="table")
+        table = self.path / "subjects.parquet"
+        missing = [c for c in ("scan", "subject", "session", "site", "tr", "n_timepoints",
+                               "bold_file") if c not in subjects.columns]
+        if missing or len(subjects) != self.manifest["n_scans"]:
+            raise CohortError(
+                f"expected {self.manifest['n_scans']} scans with columns scan, subject, "
+                f"bold_file, ...; received {len(subjects)} rows"
+                + (f" without {', '.join(missing)}" if missing else ""),
+                file=table, fix=DAMAGED_FIX)
+        check_unique(subjects["scan"], what="scan id", file=table)
         arrays = self.manifest["arrays"]
         for column in [c for c in subjects.columns if c.endswith("_file")]:
             for rel, scan in zip(subjects[column], subjects["scan"]):
@@ -515,11 +712,34 @@ class Cohort:
                     continue
                 if rel not in arrays:
                     raise CohortError(f"{rel} is not listed in the manifest",
-                                      file=self.path, subject=scan,
-                                      fix="the store is damaged; re-create it")
-                if not (self.path / rel).is_file():
-                    raise CohortError("file is missing", file=self.path / rel, subject=scan,
-                                      fix="the store is damaged; re-create it")
+                                      file=self.path, subject=scan, fix=DAMAGED_FIX)
+        base = os.fspath(self.path)
+        for rel, entry in arrays.items():
+            try:
+                size = os.stat(os.path.join(base, rel)).st_size
+            except FileNotFoundError:
+                raise CohortError("file is missing", file=self.path / rel,
+                                  subject=self._owners.get(rel), fix=DAMAGED_FIX) from None
+            if "bytes" in entry and size != entry["bytes"]:
+                raise CohortError(
+                    f"expected {entry['bytes']} bytes as in the manifest, received {size} "
+                    f"({'truncated' if size < entry['bytes'] else 'extended'})",
+                    file=self.path / rel, subject=self._owners.get(rel), fix=DAMAGED_FIX)
+        return self
+
+    def check_checksums(self, *, progress=False):
+        """Hash every table and array and compare with the manifest (``bsym data info``).
+
+        Each file is hashed once per process (see :func:`checked_sha256`), so reading the
+        arrays afterwards costs nothing more. Raises :class:`CohortError`; returns self.
+        """
+        from tqdm.auto import tqdm
+
+        for rel, digest in self.manifest["tables"].items():
+            self._check_file(rel, digest, what="table")
+        arrays = self.manifest["arrays"]
+        for rel in tqdm(sorted(arrays), desc="checksums", disable=not progress, unit="file"):
+            self._check_file(rel, arrays[rel]["sha256"], self._owners.get(rel))
         return self
 
     def verify(self, *, progress=False):
@@ -530,26 +750,11 @@ class Cohort:
         from tqdm.auto import tqdm
 
         self.check_structure()
-        arrays = self.manifest["arrays"]
-        owner = {}
-        for _, row in self.subjects.iterrows():
-            for column in row.index:
-                if column.endswith("_file") and isinstance(row[column], str):
-                    owner.setdefault(row[column], row["subject"])
-        for rel in tqdm(sorted(arrays), desc="verifying", disable=not progress, unit="file"):
-            file = self.path / rel
-            subject = owner.get(rel)
-            if not file.is_file():
-                raise CohortError("file is missing", file=file, subject=subject,
-                                  fix="the store is damaged; re-create it")
-            if file_sha256(file) != arrays[rel]["sha256"]:
-                raise CohortError("checksum differs from the manifest", file=file,
-                                  subject=subject,
-                                  fix="the file changed after writing; re-create the store")
-            array = _load_npy(file, subject)
-            if list(array.shape) != arrays[rel]["shape"]:
-                raise CohortError(f"shape {array.shape} differs from the manifest",
-                                  file=file, subject=subject, fix="re-create the store")
+        self.check_checksums()
+        for rel in tqdm(sorted(self.manifest["arrays"]), desc="verifying",
+                        disable=not progress, unit="file"):
+            file, subject = self.path / rel, self._owners.get(rel)
+            array = self._load(rel)
             kind = rel.split("/")[0]
             if kind == "bold":
                 check_bold(array, file=file, subject=subject, n_rois=self.n_rois)
@@ -655,16 +860,100 @@ class Cohort:
         return "\n".join(lines)
 
 
+#: SHA-256 of the store files this process has hashed, by path, size, mtime and inode.
+_DIGESTS: dict = {}
+
+
+def checked_sha256(file) -> str:
+    """SHA-256 of ``file``, computed once per process while the file stays unchanged.
+
+    Store files are verified the first time a process opens them; repeated reads (every
+    window of every epoch) then cost one ``stat``. A file rewritten since (another size,
+    modification time or inode) is hashed again.
+    """
+    stat = os.stat(file)
+    key = (os.path.abspath(file), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = _DIGESTS[key] = file_sha256(file)
+    return digest
+
+
 def _load_npy(file, subject):
     try:
         return np.load(file, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as err:
         raise CohortError(f"cannot read the array ({err})", file=file, subject=subject,
-                          fix="the file is truncated or not a .npy file; re-create it") from None
+                          fix=DAMAGED_FIX) from None
+
+
+_MANIFEST_FIELDS = {
+    "format": str, "format_version": int, "bsym_version": str, "created": str,
+    "source": dict, "atlas": str, "sc_symmetric": bool, "n_rois": int, "n_scans": int,
+    "n_subjects": int, "matrices": list, "labels": list, "tables": dict, "arrays": dict,
+}
+_OPTIONAL_FIELDS = {"host": dict, "preprocessing": dict, "roi_order": dict, CHECKSUM_FIELD: str}
+
+
+def _check_manifest(manifest, file):
+    """Raise :class:`CohortError` unless ``manifest`` is complete, consistent and intact."""
+    fix = ("restore manifest.json from a backup, or delete the store folder and re-create "
+           "it (`bsym data simulate` / `bsym data import ...`)")
+
+    def damaged(problem):
+        return CohortError(f"{problem}: the manifest was edited or damaged after the store "
+                           "was written", file=file, fix=fix)
+
+    recorded = manifest.get(CHECKSUM_FIELD)
+    if recorded is not None or manifest["format_version"] >= 2:
+        content = {k: v for k, v in manifest.items() if k != CHECKSUM_FIELD}
+        if recorded != json_sha256(content):
+            raise damaged(f"its content does not match its {CHECKSUM_FIELD}"
+                          if recorded else f"no {CHECKSUM_FIELD} field")
+    unknown = sorted(set(manifest) - set(_MANIFEST_FIELDS) - set(_OPTIONAL_FIELDS))
+    if unknown:
+        raise damaged(f"unknown field {unknown[0]!r}")
+    for key, kind in {**_MANIFEST_FIELDS, **_OPTIONAL_FIELDS}.items():
+        if key not in manifest:
+            if key in _MANIFEST_FIELDS:
+                raise damaged(f"no {key!r} field")
+        elif not isinstance(manifest[key], kind) or (kind is int and isinstance(
+                manifest[key], bool)):
+            raise damaged(f"field {key!r} is a {type(manifest[key]).__name__}, expected a "
+                          f"{kind.__name__}")
+    if min(manifest["n_rois"], manifest["n_scans"], manifest["n_subjects"]) < 1:
+        raise damaged("n_rois, n_scans and n_subjects must be positive")
+    if not set(manifest["matrices"]) <= set(MATRIX_KINDS):
+        raise damaged(f"matrices {manifest['matrices']} are not among {MATRIX_KINDS}")
+    if not all(isinstance(label, str) for label in manifest["labels"]):
+        raise damaged("labels must be column names")
+    tables = manifest["tables"]
+    if sorted(tables) != sorted(TABLES) or not all(isinstance(v, str) for v in tables.values()):
+        raise damaged(f"expected tables {', '.join(TABLES)} with their SHA-256")
+    for rel, entry in manifest["arrays"].items():
+        if not ARRAY_FILE.fullmatch(rel):
+            raise damaged(f"array {rel!r} is not a store file name")
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                and isinstance(entry.get("shape"), list)
+                and all(isinstance(n, int) and n >= 0 for n in entry["shape"])
+                and isinstance(entry.get("bytes", 0), int)
+                and isinstance(entry.get("dtype", ""), str)):
+            raise damaged(f"array {rel!r} lacks its sha256 or shape")
+
+
+def _interrupted_replacement(path: Path):
+    """The previous store left beside ``path`` by a replacement that was cut short."""
+    for old in sorted(path.parent.glob(f".{path.name}.old-*")):
+        if _marked_manifest(old) is not None:
+            return old
+    return None
 
 
 def open_cohort(path, *, verify=False) -> Cohort:
     """Open a cohort store for lazy reading.
+
+    The manifest and both tables are checked at once, every array's presence and size
+    too; each array is hashed and compared with the manifest when first read.
 
     Parameters
     ----------
@@ -675,6 +964,12 @@ def open_cohort(path, *, verify=False) -> Cohort:
     """
     path = Path(path)
     if not path.is_dir():
+        old = _interrupted_replacement(path) if not path.exists() else None
+        if old is not None:
+            raise CohortError(
+                "no such store directory, but the store it was replacing is intact beside it "
+                f"({old.name}): the replacement was interrupted", file=path,
+                fix=f"rename {old} to {path}, or write the new store again")
         raise CohortError("no such store directory", file=path,
                           fix="create it with `bsym data simulate` or `bsym data import`")
     manifest_file = path / MANIFEST
@@ -684,18 +979,31 @@ def open_cohort(path, *, verify=False) -> Cohort:
             fix="the write was interrupted or this is not a bsym store; re-run the import",
         )
     try:
-        manifest = json.loads(manifest_file.read_text())
-    except json.JSONDecodeError as err:
+        manifest = json.loads(manifest_file.read_bytes())
+    except ValueError as err:  # invalid JSON or invalid UTF-8
         raise CohortError(f"manifest is not valid JSON ({err})", file=manifest_file,
-                          fix="re-create the store") from None
-    if manifest.get("format") != FORMAT:
-        raise CohortError(f"expected format {FORMAT!r}, received {manifest.get('format')!r}",
-                          file=manifest_file, fix="point bsym at a cohort store directory")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+                          fix="restore it from a backup, or delete the store folder and "
+                          "re-create it") from None
+    except OSError as err:
+        raise CohortError(f"cannot read the manifest ({err.strerror or err})",
+                          file=manifest_file, fix="make the store readable to you") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        received = manifest.get("format") if isinstance(manifest, dict) else manifest
+        raise CohortError(f"expected format {FORMAT!r}, received {str(received)[:40]!r}",
+                          file=manifest_file, fix="point bsym at a cohort store directory "
+                          "(or, if this is a damaged one, re-create it)")
+    version = manifest.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CohortError(f"format_version is {str(version)[:20]!r}, expected a number",
+                          file=manifest_file, fix="restore manifest.json from a backup, or "
+                          "delete the store folder and re-create it")
+    if version > FORMAT_VERSION:
         raise CohortError(
             f"store format version {manifest['format_version']} is newer than this bsym "
             f"reads ({FORMAT_VERSION})", file=manifest_file, fix="upgrade bsym",
         )
+    manifest.setdefault("format_version", version)
+    _check_manifest(manifest, manifest_file)
     cohort = Cohort(path, manifest)
     cohort.check_structure()
     if verify:

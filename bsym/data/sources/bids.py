@@ -67,6 +67,9 @@ CONFOUND_SUFFIXES = ("_desc-confounds_timeseries.tsv", "_desc-confounds_regresso
 #: Entities that name a variant of the same run rather than the run itself.
 VARIANT_ENTITIES = ("space", "res", "den", "desc", "cohort")
 TR_RTOL = 1e-3
+#: fMRIPrep confound columns regressed out by default: 6 motion parameters, CSF, white matter.
+DEFAULT_CONFOUNDS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "csf",
+                     "white_matter")
 #: What nibabel raises for unreadable or truncated images.
 NIFTI_ERRORS = (OSError, EOFError, ValueError, zlib.error, ImageFileError)
 
@@ -216,7 +219,7 @@ def _labels_from_table(path, values):
     if not path.is_file():
         raise CohortError("no such atlas label table", file=path,
                           fix="give a .tsv with columns index and name")
-    table = read_tsv(path, what="atlas label table")
+    table = read_tsv(path, what="atlas label table", categories=("network",))
     missing = [c for c in ("index", "name") if c not in table.columns]
     if missing:
         raise CohortError(f"expected columns index and name, missing {', '.join(missing)}",
@@ -252,19 +255,51 @@ def _masker(atlas_img, standardize):
 
 def _parcellate(masker, bold, img, values, *, tr, confounds, subject):
     """Region series (ROIs x time), columns in the order of the atlas label ``values``."""
+    from nilearn.image.resampling import BoundingBoxError
+
     masker.set_params(t_r=tr)
-    series = masker.transform(img, confounds=confounds)
+    try:
+        series = masker.transform(img, confounds=confounds)
+    except BoundingBoxError:  # the atlas lies wholly outside the BOLD's field of view
+        _check_overlap(masker.labels_img, img, values, bold=bold, subject=subject)
+        raise
     ids = [v for k, v in sorted((k, v) for k, v in masker.region_ids_.items()
                                 if k != "background")]
     got = {int(v): i for i, v in enumerate(ids)}
     lost = [v for v in values if v not in got]
     if lost:
+        _check_overlap(masker.labels_img, img, lost, bold=bold, subject=subject)
         raise CohortError(
             f"atlas region(s) {', '.join(map(str, lost[:5]))} have no voxels on this "
             "scan's grid", file=bold, subject=subject,
             fix="use an atlas whose regions are larger than the BOLD voxels, or drop them",
         )
     return np.asarray(series)[:, [got[v] for v in values]].T
+
+
+def _check_overlap(atlas_img, img, lost, *, bold, subject):
+    """Refuse an atlas whose lost regions lie outside the BOLD image (another space)."""
+    from nibabel.affines import apply_affine
+
+    labels = np.round(np.asanyarray(atlas_img.dataobj)).astype(int)
+    ijk = np.argwhere(labels != 0)
+    voxels = apply_affine(np.linalg.inv(img.affine), apply_affine(atlas_img.affine, ijk))
+    inside = np.all((voxels > -0.5) & (voxels < np.array(img.shape[:3]) - 0.5), axis=1)
+    values = labels[tuple(ijk.T)]
+    outside = [v for v in lost if inside[values == v].mean() < 0.5]
+    if not outside:
+        return
+    space = entities(bold.name).get("space")
+    raise CohortError(
+        f"atlas region(s) {', '.join(map(str, outside[:5]))} lie outside this BOLD image "
+        f"(only {inside.mean():.0%} of the atlas's labelled voxels fall inside it): the atlas "
+        "and the BOLD are in different spaces or do not overlap",
+        file=bold, subject=subject,
+        fix="use the atlas in the BOLD's space"
+        + (f" (space-{space}: the tpl-{space} version of the atlas)" if space else "")
+        + ", or register and resample it onto this BOLD (nearest neighbour); if the scan's "
+        "field of view really misses those regions, drop them from the atlas",
+    )
 
 
 def _scan_series(scan, masker, values, confounds):
@@ -384,8 +419,7 @@ def _plan(root, atlas_name, connectomes, participants):
 
 def import_bids(derivatives, out, *, atlas, atlas_labels=None, connectomes=None,
                 participants=None,
-                confounds=("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
-                           "csf", "white_matter"),
+                confounds=DEFAULT_CONFOUNDS,
                 standardize=False, overwrite=False, progress=True, roi_order="original",
                 roi_seed=0):
     """Parcellate fMRIPrep derivatives with a label atlas and import them.
@@ -407,7 +441,9 @@ def import_bids(derivatives, out, *, atlas, atlas_labels=None, connectomes=None,
     participants : str or Path, optional
         Participants table; defaults to ``derivatives/participants.tsv`` if present.
     confounds : sequence of str
-        Confound columns regressed out; ``()`` for none.
+        Confound columns regressed out (default :data:`DEFAULT_CONFOUNDS`: ``trans_x``,
+        ``trans_y``, ``trans_z``, ``rot_x``, ``rot_y``, ``rot_z``, ``csf``,
+        ``white_matter``); ``()`` for none.
     standardize : bool
         z-score each region's series (off by default: the models scale inputs).
     overwrite : bool

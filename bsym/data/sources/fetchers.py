@@ -41,7 +41,7 @@ import pandas as pd
 
 from bsym.data.errors import CohortError
 from bsym.data.sources.readers import flat_rois, progress_bar, read_confounds
-from bsym.data.store import CohortWriter, open_cohort
+from bsym.data.store import CohortWriter, check_store_output, open_cohort
 
 #: ABIDE I repetition time (seconds) per SITE_ID, from the per-site scan
 #: parameter sheets of ABIDE I (fcon_1000.projects.nitrc.org/indi/abide/).
@@ -122,9 +122,7 @@ def _write(out, records, *, source, atlas, preprocessing, rois, options, progres
 
 
 def _check_out(out, overwrite):
-    if Path(out).exists() and not overwrite:
-        raise CohortError("a store already exists here", file=out,
-                          fix="choose another --out directory or pass --overwrite")
+    check_store_output(out, overwrite=overwrite)  # before any download
 
 
 # -- ABIDE ----------------------------------------------------------------------------

@@ -29,12 +29,17 @@ are named ``<subject>_ses-<session>`` (session ``1`` when there is none).
 * ``site``: optional (default from ``dataset.json``, else ``unknown``).
 * ``family``: optional, for group-aware splits.
 * any other column is a label (``age``, ``sex``, ``diagnosis``, ...); empty
-  cells and ``n/a`` are missing values.
+  cells and ``n/a`` are missing values. A label (or ``site``) column has one
+  coding: all numbers or all words, one spelling per category.
+* UTF-8, tab-separated, unique column names, one cell per column on every line.
 
 Array files:
 
 * fMRI is read as ROIs x time. Files stored time x ROIs need
   ``"orientation": "time_x_rois"`` in ``dataset.json`` (for every func file).
+  A file whose time axis has the ROI count of ``rois.tsv``, the SC or the
+  scans before it, or (with none of these) has more ROIs than time points, is
+  refused as transposed.
 * ``.csv``/``.tsv``: numbers only, plus optionally one header row and/or one
   first column of names (a header whose first cell is empty, as pandas
   writes, marks both).
@@ -62,8 +67,9 @@ recorded in the manifest, e.g. ``{"bandpass": [0.01, 0.1]}``).
 Every problem (a missing or unreadable file, wrong shape, NaN/Inf, a constant
 ROI, ROI counts that differ between fMRI and SC, an asymmetric SC, negative
 counts, duplicate subject ids, a missing or bad TR, a func file that has no
-line in participants.tsv) stops the import with a message that names the file
-and the subject, and nothing is written.
+line in participants.tsv, and anything ambiguous: duplicated columns, labels
+coded several ways, fMRI that looks transposed) stops the import with a
+message that names the file and the subject, and nothing is written.
 """
 
 from __future__ import annotations
@@ -130,9 +136,16 @@ def _scans(folder: Path, options: dict) -> list:
     if not rows:
         raise CohortError("participants.tsv has no lines", file=table,
                           fix="add one line per scan")
-    scans = []
+    scans, lines = [], {}
     for row in rows:
         stem = _scan_stem(row)
+        if stem in lines:
+            raise CohortError(
+                f"lines {lines[stem]} and {row['_line']} both point to the fMRI file "
+                f"func/{stem}.<ext> (subject + _ses- + session)", file=table, subject=stem,
+                fix="give every line its own scan: fix the subject or session of one line",
+            )
+        lines[stem] = row["_line"]
         tr = row.get("tr")
         if tr is None:
             tr = options.get("tr")
@@ -251,10 +264,17 @@ def import_folder(folder, out, *, sc_symmetric=True, overwrite=False, progress=T
             names, networks, coords = rois
             writer.set_rois(names, networks=networks, coords=coords, file=folder / "rois.tsv")
         confound_names = None
-        for scan in progress_bar(scans, desc="folder", progress=progress):
-            bold = read_array(scan["func"], subject=scan["stem"],
-                              variable=variables.get("func"), kind="bold")
-            bold = orient(bold, orientation, file=scan["func"], subject=scan["stem"])
+        matrix_counts = _matrix_roi_counts(folder, kinds, scans[0]["subject"], variables)
+        known = dict(matrix_counts)
+        if rois is not None:
+            known[len(rois[0])] = f"rois.tsv lists {len(rois[0])} ROIs"
+        for k, scan in enumerate(progress_bar(scans, desc="folder", progress=progress)):
+            bold = _read_func(scan, variables, orientation)
+            _check_orientation(bold, known, orientation, file=scan["func"],
+                               subject=scan["stem"])
+            if k == 0 and rois is not None and len(rois[0]) not in matrix_counts:
+                _check_roi_table(folder, len(rois[0]), bold, scans, variables, orientation)
+            known.setdefault(bold.shape[0], f"func/{scan['func'].name} has {bold.shape[0]} ROIs")
             confounds = None
             if with_confounds:
                 confounds, confound_names = _confounds(folder, scan, bold.shape[1],
@@ -272,6 +292,86 @@ def import_folder(folder, out, *, sc_symmetric=True, overwrite=False, progress=T
             writer.preprocessing["confound_columns"] = confound_names
             writer.preprocessing["confounds"] = "stored, not regressed out"
     return open_cohort(out)
+
+
+def _read_func(scan, variables, orientation):
+    bold = read_array(scan["func"], subject=scan["stem"], variable=variables.get("func"),
+                      kind="bold")
+    return orient(bold, orientation, file=scan["func"], subject=scan["stem"])
+
+
+def _on_disk(bold, orientation) -> str:
+    n_rois, n_time = bold.shape
+    return f"{n_rois} x {n_time}" if orientation == "rois_x_time" else f"{n_time} x {n_rois}"
+
+
+def _matrix_roi_counts(folder: Path, kinds, subject, variables) -> dict:
+    """ROI counts the first subject's SC/lengths state: {count: where}."""
+    counts = {}
+    for kind in kinds:
+        path = _matrix_file(folder, kind, subject)
+        shape = read_array(path, subject=subject, variable=variables.get(kind), kind=kind).shape
+        if shape[0] == shape[1]:
+            counts.setdefault(shape[0], f"{kind}/{path.name} is {shape[0]} x {shape[1]}")
+    return counts
+
+
+def _check_orientation(bold, known: dict, orientation, *, file, subject) -> None:
+    """Refuse fMRI whose shape says it is more likely stored the other way round.
+
+    ``known`` maps ROI counts already stated (rois.tsv, SC, earlier scans) to
+    where they are stated. A scan is transposed when its time axis has a known
+    ROI count and its ROI axis has none; with nothing known, more ROIs than time
+    points is taken as transposed.
+    """
+    n_rois, n_time = bold.shape
+    if n_rois in known:
+        return
+    declared = "ROIs x time" if orientation == "rois_x_time" else "time x ROIs"
+    other = "time x ROIs" if orientation == "rois_x_time" else "ROIs x time"
+    fix = f"save it as {declared}: np.save(path, x.T)"
+    if orientation == "rois_x_time":
+        fix += (' (or, if every func file is stored time x ROIs, set "orientation": '
+                '"time_x_rois" in dataset.json)')
+    else:
+        fix += ' (dataset.json says "orientation": "time_x_rois" for every func file)'
+    if n_time in known:
+        raise CohortError(
+            f"stored {other} ({_on_disk(bold, orientation)}), not {declared}: "
+            f"{known[n_time]}", file=file, subject=subject, fix=fix,
+        )
+    if not known and n_rois > n_time:
+        raise CohortError(
+            f"looks stored {other} ({_on_disk(bold, orientation)}): read as {declared} it "
+            f"has {n_rois} ROIs but only {n_time} time points", file=file,
+            subject=subject, fix=fix + "; if it really has more ROIs than time points, add "
+            "rois.tsv (one line per ROI) to confirm the ROI count",
+        )
+
+
+def _check_roi_table(folder: Path, n_listed, bold, scans, variables, orientation) -> None:
+    """Blame rois.tsv, not the first func file, when the fMRI files agree among themselves."""
+    n_rois = bold.shape[0]
+    if n_rois == n_listed:
+        return
+    others = []
+    for scan in scans[1:4]:
+        try:
+            others.append(_read_func(scan, variables, orientation).shape[0])
+        except CohortError:
+            continue
+    if n_listed in others:
+        return  # the first func file is the odd one out: the store names it
+    first = scans[0]["func"]
+    raise CohortError(
+        f"rois.tsv lists {n_listed} ROIs but the fMRI has {n_rois} (func/{first.name} is "
+        f"{_on_disk(bold, orientation)}"
+        + (f"; the next {len(others)} func file(s) have {', '.join(map(str, others))} ROIs"
+           if others else "") + ")",
+        file=folder / "rois.tsv",
+        fix=f"give rois.tsv one line per ROI ({n_rois} after the header), in the order of the "
+        "fMRI rows, or delete rois.tsv",
+    )
 
 
 def _check_extra_matrices(folder: Path, kinds, subjects: set) -> None:

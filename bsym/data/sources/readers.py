@@ -10,15 +10,19 @@ Paths may be :class:`pathlib.Path` objects or :class:`zipfile.Path` objects
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
+import re
 import struct
+import tokenize
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bsym.data.checks import MISSING_VALUES, check_id, check_label_coding
 from bsym.data.errors import CohortError
 
 #: Array file formats the importers accept, in the order they are looked for.
@@ -46,12 +50,28 @@ def where(path):
 
 
 # -- arrays ---------------------------------------------------------------------------
+def _npy_from_bytes(data: bytes):
+    """Parse ``.npy`` bytes; a header that disagrees with the data's size is an error
+    (a damaged header must not make NumPy allocate or read something else)."""
+    fh = io.BytesIO(data)
+    version = np.lib.format.read_magic(fh)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is not None:
+        shape, _, dtype = read_header(fh)
+        expected, received = math.prod(shape) * dtype.itemsize, len(data) - fh.tell()
+        if received != expected and not dtype.hasobject:  # (NumPy refuses pickles itself)
+            raise ValueError(f"its header announces shape {shape} of {dtype} ({expected} bytes "
+                             f"of data), the file holds {received} bytes of data")
+        fh.seek(0)
+    return np.load(fh, allow_pickle=False)
+
+
 def load_npy(path, *, subject=None):
     """Read a ``.npy`` file (no pickles)."""
     try:
-        with io.BytesIO(path.read_bytes()) as fh:
-            return np.load(fh, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
+        return _npy_from_bytes(path.read_bytes())
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as err:
         raise CohortError(
             f"cannot read the .npy array ({err})", file=where(path), subject=subject,
             fix="the file is truncated, corrupt or holds Python objects; save it again "
@@ -121,9 +141,18 @@ def load_mat(path, *, subject=None, variable=None, prefer=()):
               and np.issubdtype(v.dtype, np.number)}
     if len(arrays) == 1:
         return next(iter(arrays.values()))
-    for name in prefer:
-        if name in arrays:
-            return arrays[name]
+    named = [name for name in prefer if name in arrays]
+    key = next((k for k, names in MAT_NAMES.items() if tuple(prefer) == names), "func")
+    key = "func" if key == "bold" else key
+    if len(named) > 1:
+        raise CohortError(
+            f"expected one 2-D array to read, found several candidates: {', '.join(named)}",
+            file=where(path), subject=subject,
+            fix=f"name the variable to read (in dataset.json: \"mat_variable\": "
+            f"{{\"{key}\": \"{named[0]}\"}}), or save one array per file",
+        )
+    if named:
+        return arrays[named[0]]
     raise CohortError(
         f"expected one 2-D numeric array, found {len(arrays)} "
         f"({', '.join(sorted(arrays)) or 'none'}; all variables: "
@@ -139,6 +168,16 @@ def _is_number(text) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _counting(cells) -> bool:
+    """True for cells reading 0, 1, 2, ... or 1, 2, 3, ... (at least 3 of them)."""
+    try:
+        values = [float(c) for c in cells]
+    except (TypeError, ValueError):
+        return False
+    n = len(values)
+    return n >= 3 and values in (list(range(n)), list(range(1, n + 1)))
 
 
 def load_text_matrix(path, *, subject=None):
@@ -180,6 +219,16 @@ def load_text_matrix(path, *, subject=None):
             file=where(path), subject=subject,
             fix="keep only numbers (plus at most one header row and one name column)",
         )
+    for first, what, numbers in ((values[0] if values.size else [], "row", "column numbers"),
+                                 (values[:, 0] if values.size else [], "column", "row numbers")):
+        if _counting(first):
+            raise CohortError(
+                f"the first {what} reads {', '.join(c.strip() for c in first[:3])}, ..., "
+                f"{first[-1].strip()}: it may be {numbers} (as pandas writes them) or data, "
+                "and bsym does not guess", file=where(path), subject=subject,
+                fix=f"save the matrix without {numbers} (np.savetxt(path, x, delimiter=',')), "
+                "or give rows and columns names that are not numbers",
+            )
     return numeric.to_numpy(dtype=np.float64)
 
 
@@ -200,9 +249,12 @@ def read_array(path, *, subject=None, variable=None, kind="bold"):
         )
     array = np.asarray(array)
     if array.ndim != 2:
+        layout = "ROIs x time" if kind == "bold" else "ROIs x ROIs"
         raise CohortError(
-            f"expected a 2-D array, received shape {array.shape}", file=where(path),
-            subject=subject, fix="store one matrix per file",
+            f"expected a 2-D array ({layout}), received shape {array.shape}", file=where(path),
+            subject=subject, fix=f"store one {layout} matrix per file"
+            + (" (a single ROI's series as x[None, :])" if kind == "bold" and array.ndim == 1
+               else ""),
         )
     return array
 
@@ -233,31 +285,137 @@ def read_json(path):
     return value
 
 
-def read_tsv(path, *, what="table"):
-    """Read a tab-separated table with a header (``.csv`` files: comma-separated)."""
+SEPARATOR_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", " ": "space"}
+
+
+def _separator_in(line):
+    """The separator a table line seems to use, or None for a single cell."""
+    for sep in ("\t", ",", ";"):
+        if sep in line:
+            return sep
+    return " " if re.search(r"\S\s+\S", line.strip()) else None
+
+
+def read_table(path, *, what="table"):
+    """Read a delimited table with a header row, cells exactly as written.
+
+    Tab-separated, or comma-separated for ``.csv`` files; UTF-8 (a byte-order
+    mark and Windows line ends are fine); blank lines are skipped. Raises when
+    the file uses another separator, a line has a different number of cells
+    than the header, or two columns have the same name (also up to case and
+    spaces), so that no column is renamed or dropped behind the user's back.
+
+    Returns
+    -------
+    names : list of str
+        The column names (spaces around them removed).
+    lines : list of (int, list of str)
+        Line number and cells (one per column) of each data line.
+    """
     path = Path(path)
     if not path.is_file():
         raise CohortError(f"no such {what} file", file=path, fix="check the path")
     sep = "," if suffix(path) == ".csv" else "\t"
+    sep_name = SEPARATOR_NAMES[sep]
+    data = path.read_bytes()
     try:
-        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
         raise CohortError(
-            f"cannot read the {what} ({type(err).__name__}: {str(err).strip()})", file=where(path),
-            fix=f"save it as a {'comma' if sep == ',' else 'tab'}-separated table with "
-            "a header row",
+            f"the {what} is not UTF-8 text (byte 0x{data[err.start]:02x} at position "
+            f"{err.start})", file=path, fix="save it with UTF-8 encoding",
         ) from None
-    table.columns = [str(c).strip() for c in table.columns]
-    return table.apply(lambda col: col.str.strip())
+    numbered = [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not numbered:
+        raise CohortError(f"the {what} is empty", file=path,
+                          fix=f"write a header row and one line per row, {sep_name}-separated")
+
+    def cells(line):
+        return next(csv.reader([line], delimiter=sep))
+
+    header_line, header = numbered[0][1], cells(numbered[0][1])
+    if len(header) == 1:
+        found = _separator_in(header_line)
+        if found is not None and found != sep:
+            raise CohortError(
+                f"expected a {sep_name}-separated {what}, but the header line "
+                f"{header_line.strip()!r} is {SEPARATOR_NAMES[found]}-separated",
+                file=path, fix=f"save it {sep_name}-separated (one {sep_name} between columns)",
+            )
+    names = [name.strip() for name in header]
+    while len(names) > 1 and not names[-1]:
+        names.pop()  # trailing separators after the last name
+    unnamed = [k + 1 for k, name in enumerate(names) if not name]
+    if unnamed:
+        raise CohortError(f"column {unnamed[0]} of the header has no name", file=path,
+                          fix="name every column, or delete the empty one")
+    folded = {}
+    for k, name in enumerate(names, start=1):
+        key = re.sub(r"\s+", " ", name.casefold())
+        if key in folded:
+            first, j = folded[key]
+            same = (f"duplicate column {name!r} (columns {j} and {k})" if first == name else
+                    f"columns {first!r} (column {j}) and {name!r} (column {k}) differ only in "
+                    "case or spacing")
+            raise CohortError(
+                same, file=path,
+                fix="give every column a unique name: rename or delete one of them",
+            )
+        folded[key] = (name, k)
+    rows = []
+    for number, line in numbered[1:]:
+        row = cells(line)
+        if len(row) > len(names) and not any(c.strip() for c in row[len(names):]):
+            row = row[:len(names)]
+        if len(names) < len(row) <= len(header):
+            raise CohortError(
+                f"column {len(names) + 1} of the header has no name, but line {number} has "
+                f"a value there", file=path, fix="name every column, or delete the empty one",
+            )
+        if len(row) != len(names):
+            found = _separator_in(line)
+            how = (f"; it looks {SEPARATOR_NAMES[found]}-separated"
+                   if len(row) == 1 and found not in (None, sep) else "")
+            raise CohortError(
+                f"line {number} has {len(row)} cell(s) but the header has {len(names)} "
+                f"columns{how}", file=path,
+                fix=f"give every line one cell per column, {sep_name}-separated (an empty "
+                "cell is a missing value)",
+            )
+        rows.append((number, row))
+    return names, rows
+
+
+def read_tsv(path, *, what="table", categories=()):
+    """Read a tab-separated table with a header (``.csv`` files: comma-separated).
+
+    Returns a DataFrame of strings with the spaces around cells removed; see
+    :func:`read_table` for what is refused. Columns named in ``categories`` must
+    code their values one way (:func:`bsym.data.checks.check_label_coding`).
+    """
+    names, rows = read_table(path, what=what)
+    for column in categories:
+        if column in names:
+            k = names.index(column)
+            check_label_coding(column, [(i, cells[k]) for i, cells in rows], file=path)
+    table = pd.DataFrame([row for _, row in rows], columns=names, dtype=object)
+    if not rows:
+        table = pd.DataFrame({name: pd.Series(dtype=object) for name in names})
+    return table.apply(lambda col: col.str.strip()).astype(object)
 
 
 def _number_or_text(value):
-    if value is None or value == "" or value.lower() in ("n/a", "na", "nan"):
+    if value is None or value.strip().lower() in MISSING_VALUES:
         return None
+    value = value.strip()
     if _is_number(value):
         number = float(value)
         return int(number) if number.is_integer() and "." not in value else number
     return value
+
+
+#: participants.tsv columns whose values are categories (besides the labels).
+CATEGORY_ID_COLUMNS = ("site",)
 
 
 def read_participants(path):
@@ -266,38 +424,46 @@ def read_participants(path):
     Accepts ``subject`` or the BIDS ``participant_id`` column; ``session``,
     ``site``, ``tr`` and ``family`` are optional; every other column is a
     label. Empty cells and ``n/a`` become None. Raises on duplicate
-    subject/session pairs.
+    subject/session pairs, ids that cannot be file names, and label (and
+    ``site``) columns whose coding is ambiguous (see
+    :func:`bsym.data.checks.check_label_coding`).
     """
-    table = read_tsv(path, what="participants table")
-    if "subject" not in table.columns and "participant_id" in table.columns:
-        table = table.rename(columns={"participant_id": "subject"})
-    if "subject" not in table.columns:
+    path = Path(path)
+    names, lines = read_table(path, what="participants table")
+    if "subject" in names and "participant_id" in names:
+        raise CohortError("both a 'subject' and a 'participant_id' column", file=path,
+                          fix="keep one subject id column")
+    names = ["subject" if name == "participant_id" else name for name in names]
+    if "subject" not in names:
         raise CohortError(
-            f"expected a 'subject' column, received columns: {', '.join(table.columns)}",
-            file=where(path), fix="name the subject id column 'subject' (or 'participant_id')",
+            f"expected a 'subject' column, received columns: {', '.join(names)}",
+            file=path, fix="name the subject id column 'subject' (or 'participant_id')",
         )
-    dup_cols = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
-    if dup_cols:
-        raise CohortError(f"duplicate column(s) {', '.join(dup_cols)}", file=where(path),
-                          fix="give every column a unique name")
+    records = [(i, dict(zip(names, cells))) for i, cells in lines]
+    for column in names:
+        if column not in ID_COLUMNS or column in CATEGORY_ID_COLUMNS:
+            check_label_coding(column, [(i, r[column]) for i, r in records], file=path)
     rows, seen = [], {}
-    for i, record in enumerate(table.to_dict("records"), start=2):
-        subject = record["subject"]
+    for i, record in records:
+        subject = record["subject"].strip()
         if not subject:
-            raise CohortError(f"line {i} has an empty subject id", file=where(path),
+            raise CohortError(f"line {i} has an empty subject id", file=path,
                               fix="fill the subject column or delete the line")
-        session = record.get("session") or ""
+        check_id(subject, what="subject id", file=path, line=i)
+        session = (record.get("session") or "").strip()
+        if session:
+            check_id(session, what="session", file=path, line=i)
         key = (subject, session)
         if key in seen:
             which = f" session {session}" if session else ""
             raise CohortError(
                 f"duplicate subject id: {subject}{which} is on lines {seen[key]} and {i}",
-                file=where(path), subject=subject,
+                file=path, subject=subject,
                 fix="give every scan one line (add a session column for repeated scans)",
             )
         seen[key] = i
-        row = {k: (v if k in ("subject", "session", "site", "family") else _number_or_text(v))
-               for k, v in record.items()}
+        row = {k: (v.strip() if k in ("subject", "session", "site", "family")
+                   else _number_or_text(v)) for k, v in record.items()}
         row["session"] = session
         row["_line"] = i
         rows.append(row)
@@ -309,7 +475,7 @@ def read_rois(path):
 
     Returns ``(names, networks or None, coords or None)``.
     """
-    table = read_tsv(path, what="ROI table")
+    table = read_tsv(path, what="ROI table", categories=("network",))
     if "name" not in table.columns:
         raise CohortError(
             f"expected a 'name' column, received columns: {', '.join(table.columns)}",
@@ -321,6 +487,11 @@ def read_rois(path):
         except ValueError:
             raise CohortError("the 'index' column holds non-numbers", file=where(path),
                               fix="use integer label values in 'index'") from None
+        repeated = sorted(set(table["index"][table["index"].duplicated()]))
+        if repeated:
+            raise CohortError(
+                f"the 'index' column repeats {', '.join(repeated[:5])}, so the ROI order is "
+                "ambiguous", file=where(path), fix="give every ROI its own index")
         table = table.iloc[order]
     names = table["name"].tolist()
     networks = table["network"].tolist() if "network" in table.columns else None
@@ -368,6 +539,12 @@ def read_confounds(path, *, subject=None, columns=None, n_timepoints=None,
             OSError) as err:
         raise CohortError(f"cannot read the confounds ({str(err).strip()})", file=where(path),
                           subject=subject, fix="save a tab-separated table with a header") from None
+    header = [name.strip() for name in re.split(sep, first.lstrip("\ufeff").strip())]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise CohortError(f"duplicate confound column(s) {', '.join(repeated)}",
+                          file=where(path), subject=subject,
+                          fix="give every confound column a unique name (rename or delete one)")
     table.columns = [str(c).strip() for c in table.columns]
     if columns is not None:
         missing = [c for c in columns if c not in table.columns]
