@@ -137,6 +137,20 @@ def disk_error(err: OSError, path, *, what="the output"):
     return BsymError(f"{path}: could not write {what}: {cause}; nothing was replaced. Fix: {fix}")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path, *, what="the output"):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
@@ -157,6 +171,7 @@ def atomic_path(path, *, what="the output"):
     os.close(fd)
     tmp = Path(tmp)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as an ordinary file, not mkstemp's 0600
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -184,3 +199,81 @@ def atomic_write_json(path, payload, *, what="the output", indent=1) -> Path:
     """Write ``payload`` as JSON (sorted keys) to ``path`` atomically."""
     text = json.dumps(payload, indent=indent, sort_keys=True, default=str) + "\n"
     return atomic_write_text(path, text, what=what)
+
+
+# -- recorded checksums: <file>.sha256 beside each verified artifact ---------------------
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def checksum_path(path) -> Path:
+    """The sidecar ``<file>.sha256`` that records the SHA-256 of ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(path, digest=None, *, what="the output") -> str:
+    """Record the SHA-256 of ``path`` (or ``digest``) in its sidecar, atomically.
+
+    The sidecar is one ``sha256sum`` line (``<hex>  <name>``), so ``sha256sum -c`` in the
+    file's folder checks it too, and it travels with the file when a folder is copied.
+    """
+    path = Path(path)
+    digest = digest or file_sha256(path)
+    atomic_write_text(checksum_path(path), f"{digest}  {path.name}\n",
+                      what=f"the checksum of {what}")
+    return digest
+
+
+def recorded_checksum(path):
+    """The SHA-256 recorded for ``path`` in its sidecar, or None when there is none."""
+    from bsym.errors import BsymError
+
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return None
+    try:
+        text = sidecar.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise BsymError(f"{sidecar}: cannot read the recorded checksum ({err.strerror or err}). "
+                        "Fix: make the file readable") from None
+    digest = (text.split() or [""])[0].lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise BsymError(f"{sidecar}: not a SHA-256 record: expected one `sha256sum` line "
+                        f"(64 hex digits, two spaces, {Path(path).name}), received "
+                        f"{text[:60]!r}. Fix: restore it from where the file came from")
+    return digest
+
+
+def verify_checksum(path, *, what, fix):
+    """Check ``path`` against its recorded SHA-256; return the digest, or None unrecorded.
+
+    Raises :class:`~bsym.errors.BsymError` naming the file when a byte changed since the
+    record was written; ``fix`` is the advice for that case.
+    """
+    from bsym.errors import BsymError
+
+    expected = recorded_checksum(path)
+    if expected is None:
+        return None
+    actual = file_sha256(path)
+    if actual != expected:
+        raise BsymError(
+            f"{path}: checksum mismatch: the file changed since bsym wrote it ({what}; "
+            f"SHA-256 {actual[:12]}..., {checksum_path(path).name} records "
+            f"{expected[:12]}...), so it is corrupt or was edited. Fix: {fix}")
+    return actual
+
+
+@contextlib.contextmanager
+def atomic_checksummed_path(path, *, what="the output"):
+    """:func:`atomic_path` that also records the new file's SHA-256 in ``<file>.sha256``.
+
+    The sidecar is written (atomically) after the whole file and before the file is
+    renamed into place; on any error neither the old file nor its old sidecar change.
+    """
+    path = Path(path)
+    with atomic_path(path, what=what) as tmp:
+        yield tmp
+        with open(tmp, "rb+") as handle:  # on disk (a full disk said so) before its record
+            os.fsync(handle.fileno())
+        write_checksum(path, file_sha256(tmp), what=what)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +14,8 @@ import torch
 from toy_models import make_model
 
 from bsym.data.dataset import WindowDataset
+from bsym.errors import BsymError
+from bsym.io import checksum_path, file_sha256, write_checksum
 from bsym.train import TrainConfig, train
 from bsym.train.checkpoint import (
     CheckpointError,
@@ -24,6 +30,7 @@ from bsym.train.checkpoint import (
     to_plain,
 )
 from bsym.train.devices import get_rng_state, set_rng_state
+from bsym.train.engine import is_run_dir
 
 torch.set_num_threads(1)
 
@@ -59,17 +66,19 @@ def test_training_checkpoints_load_with_weights_only(run_dir):
 def test_save_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
     save_checkpoint({"format": "bsym-checkpoint", "format_version": 1, "x": torch.ones(3)}, path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
-    def broken_save(obj, handle):
-        handle.write(b"partial")
-        raise OSError("disk full")
+    def full_disk(fd):  # where a full disk shows up on a delayed-allocation file system
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(BsymError, match="c.pt: could not write the checkpoint: the disk is full"):
         save_checkpoint({"format": "bsym-checkpoint", "x": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["x"], torch.ones(3))  # the old file is intact
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left
+    # no temp file left; the file and its record unchanged
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert sorted(before) == ["c.pt", "c.pt.sha256"]
 
 
 def test_truncated_and_garbage_files_give_clear_errors(run_dir, tmp_path):
@@ -113,7 +122,9 @@ def test_corrupt_latest_checkpoint_stops_resume(run_dir, toy_store):
     (run_dir / "final.pt").unlink()
     latest.write_bytes(latest.read_bytes()[:100])
     ds = WindowDataset(toy_store, window=20)
-    with pytest.raises(CheckpointError, match=f"{latest.name}: cannot be read"):
+    with pytest.raises(CheckpointError, match=f"{latest.name}: checksum mismatch: the file "
+                       "changed since bsym wrote it.*Fix: restore it.*or move it and its "
+                       ".sha256 file out of"):
         train(make_model(), ds, TrainConfig(**CONFIG), run_dir, resume=True)
 
 
@@ -173,3 +184,110 @@ def test_prune_keeps_the_newest(tmp_path):
     assert [p.name for p in removed] == ["step-00000001.pt", "step-00000002.pt"]
     assert [s for s, _ in list_checkpoints(tmp_path)] == [3, 10]
     assert latest_checkpoint(tmp_path).name == "step-00000010.pt"
+
+
+# -- recorded SHA-256 -------------------------------------------------------------------------
+def _flip(path, n=64):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + n] = bytes(b ^ 0xFF for b in data[middle:middle + n])
+    path.write_bytes(bytes(data))
+
+
+def test_every_checkpoint_has_its_sha256_recorded_and_checked(run_dir):
+    files = [run_dir / "final.pt"] + [p for _, p in list_checkpoints(run_dir)]
+    for path in files:
+        assert checksum_path(path).read_text() == f"{file_sha256(path)}  {path.name}\n"
+    final = run_dir / "final.pt"
+    _flip(final)
+    with pytest.raises(CheckpointError, match="final.pt: checksum mismatch: the file changed "
+                       "since bsym wrote it.*Fix: restore it"):
+        load_checkpoint(final)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_trained(final)
+
+
+def test_a_run_directory_copied_elsewhere_still_verifies_and_resumes(run_dir, toy_store,
+                                                                    tmp_path):
+    import shutil
+
+    moved = shutil.copytree(run_dir, tmp_path / "elsewhere" / "run")
+    (moved / "final.pt").unlink()  # resume from the newest periodic checkpoint
+    checksum_path(moved / "final.pt").unlink()
+    ds = WindowDataset(toy_store, window=20)
+    result = train(make_model(), ds, TrainConfig(**CONFIG), moved, resume=True)
+    assert result.resumed_from.name == "step-00000004.pt"
+    assert load_checkpoint(moved / "final.pt")["step"] == 4
+
+
+def test_a_checkpoint_without_its_record_is_refused_until_recorded(run_dir, tmp_path):
+    import shutil
+    import subprocess
+
+    copy = Path(shutil.copy(run_dir / "final.pt", tmp_path / "model.pt"))
+    with pytest.raises(CheckpointError, match="model.pt: no recorded SHA-256 \\(model.pt.sha256 "
+                       "is missing.*Fix: restore model.pt.sha256.*`sha256sum model.pt > "
+                       "model.pt.sha256`"):
+        load_checkpoint(copy)
+    if shutil.which("sha256sum"):  # the fix the message gives works as written
+        with open(checksum_path(copy), "w") as handle:
+            subprocess.run(["sha256sum", "model.pt"], cwd=tmp_path, stdout=handle, check=True)
+    else:
+        write_checksum(copy)
+    assert load_checkpoint(copy)["kind"] == "final"
+
+
+def test_prune_removes_the_records_too(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint({"format": "bsym-checkpoint", "step": step},
+                        tmp_path / "checkpoints" / f"step-{step:08d}.pt")
+    prune_checkpoints(tmp_path, keep=1)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-00000003.pt", "step-00000003.pt.sha256"]
+
+
+def test_what_counts_as_a_run_directory(run_dir, tmp_path):
+    assert is_run_dir(run_dir)
+    assert json.loads((run_dir / "run.json").read_text())["format"] == "bsym-run"
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    assert not is_run_dir(user) and not is_run_dir(tmp_path / "absent")
+    older = tmp_path / "older"  # a run of an older bsym stopped before its summary
+    (older / "checkpoints").mkdir(parents=True)
+    (older / "checkpoints" / "step-00000002.pt").write_bytes(b"x")
+    assert is_run_dir(older)
+    (older / "notes.txt").write_text("mine")
+    assert not is_run_dir(older)
+
+
+def test_a_run_never_writes_into_a_users_folder(toy_store, tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    ds = WindowDataset(toy_store, window=20)
+    for resume in (False, True):
+        with pytest.raises(BsymError, match="user: this folder exists and is not a run "
+                           "directory written by bsym.*Fix: choose a new or empty --out"):
+            train(make_model(), ds, TrainConfig(**CONFIG), user, resume=resume)
+    assert [p.name for p in user.iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    train(make_model(), ds, TrainConfig(**CONFIG), empty)
+    assert is_run_dir(empty)
+
+
+def test_a_checkpoint_of_a_model_not_installed_is_a_clear_error(tmp_path):
+    path = tmp_path / "final.pt"
+    save_checkpoint({"format": "bsym-checkpoint", "format_version": 1,
+                     "model": {"name": "not-installed", "preset": "tiny", "config": {}},
+                     "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="final.pt: cannot rebuild the checkpoint's model: "
+                       "unknown model 'not-installed'.*Fix: install"):
+        load_trained(path)
+    save_checkpoint({"format": "bsym-checkpoint", "format_version": 1,
+                     "model": {"name": "toy-mae", "preset": "tiny", "config": {"depth": 3}},
+                     "state_dict": {}, "bsym_version": "9.9"}, path)
+    with pytest.raises(CheckpointError, match="cannot rebuild model 'toy-mae' from the "
+                       "checkpoint's config.*Fix: use the bsym version that wrote it \\(9.9\\)"):
+        load_trained(path)

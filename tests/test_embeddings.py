@@ -19,6 +19,7 @@ from bsym.evaluate.embeddings import (
     feature_embeddings,
     load_embeddings,
 )
+from bsym.io import checksum_path, file_sha256
 from bsym.models import Embeddings, ModelSpec, register
 from bsym.train.engine import TrainConfig, train
 
@@ -64,7 +65,7 @@ def test_scan_and_subject_pooling_match_a_direct_computation(store, tmp_path):
     assert list(emb.views) == ["default"]
     assert emb.scans["n_windows"].tolist() == [3] * 12  # 60 points, 20-point windows
     scan = "sub-02_ses-2"
-    windows = np.stack([scaler.transform(np.asarray(store.bold(scan))[:, s:s + 20])
+    windows = np.stack([scaler.transform(np.asarray(store.bold(scan))[:, s:s + 20].T).T
                         for s in (0, 20, 40)])
     model.eval()
     with torch.no_grad():
@@ -90,9 +91,11 @@ def test_cache_is_reused_and_a_changed_checkpoint_is_never_stale(store, tmp_path
     assert second.meta["cached"] is True
     np.testing.assert_array_equal(second.views["default"]["subject"],
                                   first.views["default"]["subject"])
-    # the same path now holds other weights: re-embedded, not reused
+    # the same path now holds other weights (a run redone: the file and its recorded
+    # SHA-256): re-embedded, not reused
     other, _, _ = train_checkpoint(store, tmp_path / "run2", seed=1)
     ckpt.write_bytes(other.read_bytes())
+    checksum_path(ckpt).write_bytes(checksum_path(other).read_bytes())
     third = embed_checkpoint(ckpt, store, out, progress=False)
     assert third.meta["cached"] is False
     assert third.meta["checkpoint_sha256"] != first.meta["checkpoint_sha256"]
@@ -162,3 +165,55 @@ def test_cli_embed(store, tmp_path, capsys):
     assert main(["embed", "--checkpoint", str(tmp_path / "nope.pt"), "--data",
                  str(store.path), "--out", str(tmp_path / "x.npz"), "--quiet"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def _flip(path, n=16):
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + n] = bytes(b ^ 0xFF for b in data[middle:middle + n])
+    path.write_bytes(bytes(data))
+
+
+def test_a_changed_embeddings_file_is_caught_on_read_and_replaced_only_with_force(store,
+                                                                                 tmp_path):
+    ckpt, _, _ = train_checkpoint(store, tmp_path / "run")
+    out = tmp_path / "emb.npz"
+    first = embed_checkpoint(ckpt, store, out, progress=False)
+    assert checksum_path(out).read_text() == f"{file_sha256(out)}  emb.npz\n"
+    _flip(out)
+    changed = out.read_bytes()
+    with pytest.raises(EmbeddingError, match="emb.npz: checksum mismatch: the file changed "
+                       "since bsym wrote it.*Fix: restore it.*--force"):
+        load_embeddings(out)
+    with pytest.raises(EmbeddingError, match="emb.npz: checksum mismatch.*Fix: pass --force"):
+        embed_checkpoint(ckpt, store, out, progress=False)
+    assert out.read_bytes() == changed  # refused: nothing replaced
+    again = embed_checkpoint(ckpt, store, out, progress=False, force=True)
+    assert again.meta["cached"] is False
+    np.testing.assert_array_equal(load_embeddings(out).views["default"]["subject"],
+                                  first.views["default"]["subject"])
+
+
+def test_embeddings_without_their_record_are_refused_by_readers_and_recomputed(store,
+                                                                              tmp_path):
+    ckpt, _, _ = train_checkpoint(store, tmp_path / "run")
+    out = tmp_path / "emb.npz"
+    embed_checkpoint(ckpt, store, out, progress=False)
+    checksum_path(out).unlink()  # as written by a bsym that kept no record
+    with pytest.raises(EmbeddingError, match="emb.npz: no recorded SHA-256.*Fix: rerun `bsym "
+                       "embed`"):
+        load_embeddings(out)
+    assert embed_checkpoint(ckpt, store, out, progress=False).meta["cached"] is False
+    load_embeddings(out, cohort=store)
+
+
+def test_embed_never_replaces_a_file_it_did_not_write(store, tmp_path):
+    ckpt, _, _ = train_checkpoint(store, tmp_path / "run")
+    mine = tmp_path / "mine.npz"
+    np.savez(mine, x=np.arange(3))
+    before = mine.read_bytes()
+    for force in (False, True):
+        with pytest.raises(EmbeddingError, match="mine.npz: this file exists and is not a file "
+                           "of embeddings written by bsym.*Fix: choose another --out"):
+            embed_checkpoint(ckpt, store, mine, progress=False, force=force)
+    assert mine.read_bytes() == before and not checksum_path(mine).exists()

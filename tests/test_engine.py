@@ -445,7 +445,8 @@ def test_ddp_on_cpu_matches_one_process_with_the_joint_batch(dataset, store, tmp
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
     ckpt = load_checkpoint(out / "checkpoints" / "step-00000002.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
-    assert {p.name for p in out.iterdir()} == {"checkpoints", "final.pt", "run.json"}
+    assert {p.name for p in out.iterdir()} == {"checkpoints", "final.pt", "final.pt.sha256",
+                                              "run.json"}
     # same as one process with batch 2 x 4 (the ranks split each permutation in two)
     single = make_model(seed=0)
     train(single, dataset, cfg(steps=4, batch_size=8, label="age", lr=1e-3))

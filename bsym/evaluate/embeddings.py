@@ -17,15 +17,16 @@ run's budget up to it.
 
 A saved file (``.npz``) holds every view of a multi-view model and is keyed by the
 checkpoint's SHA-256, the data-manifest hash, the view and the windowing: a changed
-checkpoint or store never reuses it (:func:`embed_checkpoint` recomputes).
+checkpoint or store never reuses it (:func:`embed_checkpoint` recomputes). Its SHA-256 is
+recorded beside it in ``<file>.sha256`` and checked on every read: a changed byte is an
+error naming the file. A file without that record (written before bsym kept one) is
+refused by the readers and recomputed by ``bsym embed``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +34,18 @@ import numpy as np
 import pandas as pd
 
 from bsym import __version__
+from bsym.errors import BsymError
 from bsym.evaluate import EvaluationError
 from bsym.evaluate.results import config_hash
-from bsym.io import file_sha256
+from bsym.io import (
+    CHECKSUM_SUFFIX,
+    atomic_checksummed_path,
+    check_writable,
+    checksum_path,
+    file_sha256,
+    guard_output,
+    verify_checksum,
+)
 
 FORMAT = "bsym-embeddings"
 FORMAT_VERSION = 1
@@ -91,11 +101,12 @@ class EmbeddingSet:
                 return next(iter(self.views))
             if "fusion" in self.views:
                 return "fusion"
-            raise EmbeddingError(f"the embeddings have views {sorted(self.views)}; name one "
-                                 "(view=... / --view)")
+            raise EmbeddingError(f"{self.meta.get('path') or 'the embeddings'}: several views "
+                                 f"{sorted(self.views)}. Fix: name one (view=... / --view)")
         if view not in self.views:
-            raise EmbeddingError(f"no view {view!r} in the embeddings; expected one of "
-                                 f"{sorted(self.views)}")
+            raise EmbeddingError(f"{self.meta.get('path') or 'the embeddings'}: no view {view!r}; "
+                                 f"expected one of {sorted(self.views)}. Fix: pass --view "
+                                 f"{sorted(self.views)[0]} (or another listed view)")
         return view
 
     def check_cohort(self, cohort):
@@ -104,12 +115,14 @@ class EmbeddingSet:
             raise EmbeddingError(
                 f"embeddings {self.meta.get('path') or ''} were computed on data with manifest "
                 f"{str(self.manifest_hash)[:12]}..., but the store {cohort.path} has manifest "
-                f"{cohort.manifest_hash[:12]}...; expected embeddings of this store "
-                "(re-run `bsym embed` on it)")
+                f"{cohort.manifest_hash[:12]}...; expected embeddings of this store. Fix: "
+                f"rerun `bsym embed` on {cohort.path}, or give the store these were made from")
         known = set(cohort.subjects["scan"])
         unknown = sorted(set(self.scans["scan"]) - known)
         if unknown:
-            raise EmbeddingError(f"embedded scans not in {cohort.path}: {', '.join(unknown[:3])}")
+            raise EmbeddingError(f"{self.meta.get('path') or 'embeddings'}: embedded scans not in "
+                                 f"{cohort.path}: {', '.join(unknown[:3])}. Fix: rerun "
+                                 f"`bsym embed` on {cohort.path}")
         return self
 
     def scan_features(self, view=None):
@@ -158,9 +171,9 @@ class EmbeddingSet:
 
     # -- files -----------------------------------------------------------------------
     def save(self, path) -> Path:
-        """Write an ``.npz`` file atomically (no pickled objects)."""
+        """Write an ``.npz`` file atomically (no pickled objects), with its SHA-256 in
+        ``<path>.sha256``; a full disk leaves any previous file intact."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {c: np.array(self.scans[c].astype(str).tolist(), dtype=str) for c in
                   ("scan", "subject", "session", "site")}
         arrays["n_windows"] = self.scans["n_windows"].to_numpy(dtype=np.int64)
@@ -174,15 +187,9 @@ class EmbeddingSet:
         meta = {k: v for k, v in self.meta.items() if k != "path"}
         arrays["meta"] = np.array(json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
                                               **meta}, default=str))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
+        with atomic_checksummed_path(path, what="the embeddings file") as tmp:
+            with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         self.meta["path"] = str(path)
         return path
 
@@ -206,11 +213,38 @@ def _pool(x, scans, subjects=None):
     return sums / totals[:, None], list(order)
 
 
-def load_embeddings(path, *, cohort=None) -> EmbeddingSet:
-    """Read an embeddings file; with ``cohort``, check it was computed on that store."""
+def _damaged_fix(path):
+    return (f"restore it (with its {CHECKSUM_SUFFIX} file) from a copy, or rerun `bsym embed` "
+            f"with --out {path} --force to recompute it")
+
+
+def _verified(path, fix):
+    """The recorded SHA-256 of an embeddings file, checked (None when not recorded)."""
+    try:
+        return verify_checksum(path, what="an embeddings file", fix=fix)
+    except BsymError as err:
+        raise EmbeddingError(str(err)) from None
+
+
+def _read_meta(path) -> dict:
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["meta"]))
+
+
+def is_embeddings_file(path) -> bool:
+    """Whether ``path`` is an embeddings file written by ``bsym embed`` (by its content)."""
     path = Path(path)
-    if not path.is_file():
-        raise EmbeddingError(f"{path}: no such embeddings file (make it with `bsym embed`)")
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        meta = _read_meta(path)
+    except Exception:  # noqa: BLE001 - anything unreadable is not ours
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def _read_embeddings(path) -> EmbeddingSet:
+    """Read an embeddings file without checking its recorded SHA-256."""
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
@@ -223,13 +257,48 @@ def load_embeddings(path, *, cohort=None) -> EmbeddingSet:
                     continue
                 _, name, kind = key.split(_SEP)
                 views.setdefault(name, {"subject": None, "roi": None})[kind] = data[key]
-    except (OSError, ValueError, KeyError) as err:
-        raise EmbeddingError(f"{path}: cannot read embeddings ({err}); expected a file written "
-                             "by `bsym embed`") from None
-    if meta.get("format") != FORMAT:
-        raise EmbeddingError(f"{path}: expected format {FORMAT!r}, received {meta.get('format')!r}")
+    except Exception as err:  # noqa: BLE001 - a damaged or foreign file raises many kinds
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else "no detail"
+        raise EmbeddingError(f"{path}: cannot read embeddings ({type(err).__name__}: {detail}); "
+                             "expected an .npz file written by `bsym embed`. Fix: give a file "
+                             "written by `bsym embed`; if this was one, "
+                             f"{_damaged_fix(path)}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise EmbeddingError(f"{path}: expected format {FORMAT!r}, received {got!r}. Fix: "
+                             "give an embeddings file written by `bsym embed`")
     meta["path"] = str(path)
-    out = EmbeddingSet(scans=scans, views=views, meta=meta)
+    return EmbeddingSet(scans=scans, views=views, meta=meta)
+
+
+def load_embeddings(path, *, cohort=None) -> EmbeddingSet:
+    """Read an embeddings file after checking its recorded SHA-256; with ``cohort``, check
+    it was computed on that store.
+
+    Raises
+    ------
+    EmbeddingError
+        The file is missing, changed since bsym wrote it (checksum mismatch), unreadable,
+        not written by ``bsym embed``, has no recorded SHA-256, or (with ``cohort``) was
+        computed on another store.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise EmbeddingError(f"{path}: is a folder, expected an embeddings file. Fix: give a "
+                             f"file in it (e.g. {path / 'final.npz'})")
+    if not path.is_file():
+        raise EmbeddingError(f"{path}: no such embeddings file. Fix: make it with `bsym embed` "
+                             "(--out), or give the path it was written to")
+    digest = _verified(path, _damaged_fix(path))
+    out = _read_embeddings(path)
+    if digest is None:
+        sidecar = checksum_path(path)
+        raise EmbeddingError(
+            f"{path}: no recorded SHA-256 ({sidecar.name} is missing beside it), so bsym "
+            "cannot tell whether the file changed since it was written (files written before "
+            f"bsym kept these records have none). Fix: rerun `bsym embed` with --out {path} "
+            f"(it recomputes the file with its record), or restore {sidecar.name} from where "
+            "the file came from")
     if cohort is not None:
         out.check_cohort(cohort)
     return out
@@ -428,7 +497,9 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
 
     The file at ``out`` is reused only when it was made from a checkpoint with the same
     SHA-256, from the same data manifest and with the same windowing; otherwise (or with
-    ``force``) the embeddings are recomputed and the file replaced.
+    ``force``) the embeddings are recomputed and the file replaced. Only an embeddings
+    file written by bsym is ever replaced (any other file at ``out`` is an error, with or
+    without ``force``), and one that changed since bsym wrote it only with ``force``.
 
     Parameters
     ----------
@@ -453,10 +524,13 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
         With ``meta["cached"]`` telling whether the file was reused.
     """
     from bsym.data.preprocess import RobustScaler, SignalCleaning
-    from bsym.train.checkpoint import load_checkpoint, load_trained
+    from bsym.train.checkpoint import check_fits_store, load_checkpoint, load_trained
 
     checkpoint = Path(checkpoint)
+    if out is not None:
+        check_embeddings_out(out)
     ckpt = load_checkpoint(checkpoint)
+    check_fits_store(ckpt, checkpoint, cohort, subjects=subjects)
     settings = _checkpoint_settings(ckpt)
     sha = file_sha256(checkpoint)
     model_name = ckpt["model"]["name"]
@@ -467,8 +541,10 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
                 "model": model_name, "features": None, "cover_end": True,
                 "subjects": sorted(str(s) for s in subjects) if subjects is not None else None}
     if out is not None and Path(out).is_file() and not force:
+        recorded = _verified(out, f"pass --force to recompute and replace it, or restore it "
+                             f"(with its {CHECKSUM_SUFFIX} file) from a copy")
         try:
-            cached = load_embeddings(out)
+            cached = _read_embeddings(out) if recorded else None  # unrecorded: recomputed
         except EmbeddingError:
             cached = None
         if cached is not None and all(cached.meta.get(k) == v for k, v in expected.items()
@@ -510,6 +586,34 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
     return out_set
 
 
+def check_embeddings_out(path) -> None:
+    """Raise :class:`EmbeddingError` unless ``bsym embed`` may write the file ``path``:
+    absent, or an embeddings file bsym wrote, in a location the user can write."""
+    try:
+        guard_output(path, is_ours=is_embeddings_file, what="file of embeddings", overwrite=True,
+                     flag="--force", fix_other="choose another --out file (bsym embed writes "
+                     f"the .npz and its {CHECKSUM_SUFFIX} record)")
+    except BsymError as err:
+        raise EmbeddingError(str(err)) from None
+
+
+def is_embeddings_folder(path) -> bool:
+    """Whether ``path`` is a folder of ``bsym embed --run``: embeddings files written by
+    bsym, their records and temporary files only."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    for entry in path.iterdir():
+        name = entry.name
+        if name.startswith(".") and name.endswith(".tmp"):
+            continue
+        if name.endswith(".npz" + CHECKSUM_SUFFIX) and entry.is_file():
+            continue
+        if not (name.endswith(".npz") and is_embeddings_file(entry)):
+            return False
+    return True
+
+
 def run_point(ckpt) -> dict:
     """Where in its pretraining run a checkpoint is: ``label`` (``final`` or ``step<N>``),
     ``step``, ``total_steps``, ``fraction`` and the run's ``budget`` up to it."""
@@ -539,16 +643,31 @@ def embed_run(run, cohort, out_dir, *, snapshots=True, **options) -> dict:
     dict
         File stem (``final``, ``step0``, ...) -> EmbeddingSet.
     """
-    from bsym.train.checkpoint import FINAL_NAME, list_snapshots
+    from bsym.train.checkpoint import FINAL_NAME, check_fits_store, list_snapshots, load_checkpoint
 
     run, out_dir = Path(run), Path(out_dir)
     final = run / FINAL_NAME
+    if not run.is_dir():
+        raise EmbeddingError(f"{run}: no such run directory. Fix: give the --out folder of a "
+                             "finished `bsym pretrain` run (or --checkpoint FILE)")
     if not final.is_file():
         raise EmbeddingError(f"{run}: no {FINAL_NAME}; expected the directory of a finished "
-                             "`bsym pretrain` run")
+                             "`bsym pretrain` run. Fix: finish the run (`bsym pretrain ... "
+                             "--resume`), or give a checkpoint with --checkpoint")
     points = [("final", final)]
     if snapshots:
         points += [(f"step{step}", path) for step, path in list_snapshots(run)]
+    empty = out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir())
+    if not empty:
+        try:
+            guard_output(out_dir, is_ours=is_embeddings_folder, what="folder of embeddings",
+                         overwrite=True, flag="--force", fix_other="choose a new or empty --out "
+                         "folder (bsym embed --run writes final.npz and step<N>.npz there)")
+        except BsymError as err:
+            raise EmbeddingError(str(err)) from None
+    check_writable(out_dir / "final.npz")
+    for _, path in points:  # every checkpoint checked before anything is written
+        check_fits_store(load_checkpoint(path), path, cohort, subjects=options.get("subjects"))
     out_dir.mkdir(parents=True, exist_ok=True)
     return {stem: embed_checkpoint(path, cohort, out_dir / f"{stem}.npz", **options)
             for stem, path in points}
@@ -589,7 +708,7 @@ def feature_embeddings(cohort, kind="fc", *, scans=None) -> EmbeddingSet:
     EmbeddingSet
         One view named ``kind``; ``n_windows`` is 1 per scan.
     """
-    from bsym.data.features import fc_matrix, fisher_z, log_sc, upper_triangle
+    from bsym.data.features import ConnectomeFeatures, log_sc, upper_triangle
 
     if kind not in ("fc", "sc", "fc+sc"):
         raise EmbeddingError(f"kind must be 'fc', 'sc' or 'fc+sc', received {kind!r}")
@@ -601,13 +720,16 @@ def feature_embeddings(cohort, kind="fc", *, scans=None) -> EmbeddingSet:
         cohort.require(matrices=("sc",))
     subject_vectors, roi_rows = [], []
     sc_cache = {}
+    correlation = ConnectomeFeatures(kind="correlation")  # nilearn ConnectivityMeasure
     for row in table.itertuples(index=False):
         parts, rows = [], []
         if "fc" in kind:
-            z = fisher_z(fc_matrix(np.asarray(cohort.bold(row.scan))))
-            np.fill_diagonal(z, 0.0)
-            parts.append(upper_triangle(z))
-            rows.append(z)
+            bold = np.asarray(cohort.bold(row.scan))
+            vector = correlation.transform(bold.T)[0]  # Fisher-z FC, upper triangle
+            z = np.zeros((len(bold), len(bold)))
+            z[np.triu_indices(len(bold), 1)] = vector
+            parts.append(vector)
+            rows.append(z + z.T)
         if "sc" in kind:
             if row.subject not in sc_cache:
                 sc_cache[row.subject] = log_sc(np.asarray(cohort.sc(row.subject)))

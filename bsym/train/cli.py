@@ -56,8 +56,8 @@ def add_parser(subparsers):
         "Run under `torchrun --nproc-per-node N -m bsym pretrain ...` for several GPUs.")
     p.add_argument("--model", required=True, help="registered model name (see `bsym models list`)")
     p.add_argument("--data", required=True, help="cohort store directory")
-    p.add_argument("--out", required=True, help="run directory (must not hold a run unless "
-                   "--resume)")
+    p.add_argument("--out", required=True, help="run directory: new or empty, or a run "
+                   "directory of bsym with --resume (any other folder is refused)")
     p.add_argument("--preset", default="tiny", help="model preset (default tiny)")
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE", help="model constructor override (repeatable)")
@@ -201,8 +201,9 @@ def _pretrain(args):
     from bsym.track import DEFAULT_URI, NullTracker, Tracker
     from bsym.train.checkpoint import CheckpointError, RunExistsError
     from bsym.train.devices import DeviceError, seed_everything
-    from bsym.train.engine import TrainConfig, train
+    from bsym.train.engine import TrainConfig, check_run_dir, train
 
+    check_run_dir(args.out, resume=args.resume)  # before any work: never into a user's folder
     try:
         spec = get_spec(args.model)
     except KeyError as err:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -28,6 +27,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data._utils.collate import default_collate
 
 from bsym import __version__
+from bsym.errors import BsymError, UsageError
+from bsym.io import CHECKSUM_SUFFIX, atomic_write_text, check_writable, guard_output
 from bsym.track import NullTracker
 from bsym.train import devices
 from bsym.train.budget import Consumption, StepFlops
@@ -36,6 +37,7 @@ from bsym.train.checkpoint import (
     FINAL_NAME,
     FORMAT,
     FORMAT_VERSION,
+    SNAPSHOT_DIR,
     CheckpointError,
     RunExistsError,
     check_data,
@@ -53,6 +55,9 @@ from bsym.train.checkpoint import (
 from bsym.train.schedule import WarmupCosine
 
 RUN_SUMMARY = "run.json"
+#: ``format`` of the run record (``run.json``), written when a run starts and completed
+#: when it ends: what makes a folder a bsym run directory.
+RUN_FORMAT = "bsym-run"
 
 # Seed purposes (derive_seed(seed, PURPOSE, a, b) keeps the streams apart).
 _SEED_GLOBAL, _SEED_MASKS, _SEED_LOADER, _SEED_EVAL = 1, 2, 3, 4
@@ -300,9 +305,12 @@ class _BatchStream:
                                         seed=derive(seed, _SEED_LOADER, 0, 0) % 2**31)
         self.per_epoch = self.sampler.num_samples // batch_size
         if self.per_epoch < 1:
-            raise ValueError(
+            most = len(dataset) // env.world_size
+            raise UsageError(
                 f"the training set has {len(dataset)} samples: too few for one batch of "
-                f"{batch_size} per process x {env.world_size} process(es); lower batch_size")
+                f"{batch_size} per process x {env.world_size} process(es); lower batch_size. "
+                f"Fix: a batch size (--batch-size) of at most {max(most, 1)}, or more scans or "
+                "windows (a shorter --window, --stride)")
         self.consumed = int(consumed)
         self._it = None
 
@@ -436,10 +444,12 @@ def stage_budgets(model, config) -> list:
     if config.stage_steps is not None:
         given = config.stage_steps
         if set(given) != set(stages):
-            raise ValueError(f"stage_steps must give a budget for each stage of the model: "
-                             f"expected {stages}, received {sorted(given)}")
+            raise UsageError(f"stage_steps must give a budget for each stage of the model: "
+                             f"expected {stages}, received {sorted(given)}. Fix: --stage-steps "
+                             + ",".join(f"{s}=N" for s in stages))
         if not any(given.values()):
-            raise ValueError(f"stage_steps gives no step to any stage: {given}")
+            raise UsageError(f"stage_steps gives no step to any stage: {given}. Fix: give at "
+                             "least one stage a positive number of steps")
         return [(s, given[s]) for s in stages]
     base, extra = divmod(int(config.steps), len(stages))
     return [(s, base + (extra if i == len(stages) - 1 else 0)) for i, s in enumerate(stages)]
@@ -521,15 +531,56 @@ def evaluate_loss(model, dataset, *, batch_size=16, seed=0, device=None, stage=N
 
 
 # -- output directory ---------------------------------------------------------------------
-def _check_out_dir(out_dir, resume):
+def is_run_dir(path) -> bool:
+    """Whether ``path`` is a folder holding a run written by bsym.
+
+    That is: it has the run record (``run.json``), or (a run of an older bsym stopped
+    before its record) it holds run files only (``checkpoints/``, ``snapshots/``,
+    ``final.pt``), at least one checkpoint among them.
+    """
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return False
+    record = path / RUN_SUMMARY
+    if record.is_file():
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and (
+            data.get("format") == RUN_FORMAT or {"bsym_version", "model", "train_config"} <= set(data))
+    names = {p.name for p in path.iterdir()}
+    run_files = {CHECKPOINT_DIR, SNAPSHOT_DIR, FINAL_NAME, FINAL_NAME + CHECKSUM_SUFFIX}
+    only_run_files = all(n in run_files or (n.startswith(".") and n.endswith(".tmp"))
+                         for n in names)
+    held = (path / FINAL_NAME).is_file() or list_checkpoints(path) or list_snapshots(path)
+    return bool(only_run_files and held)
+
+
+def check_run_dir(out_dir, *, resume=False):
+    """Raise a clear error unless a run may write ``out_dir``; return the checkpoint to resume.
+
+    An absent or empty folder starts a run. A folder that is not a bsym run directory is
+    never written into, with or without ``resume``; a run directory needs ``resume``
+    (which continues it from its newest checkpoint, or returns it when finished). A
+    location that cannot be written is reported before any work starts.
+
+    Returns
+    -------
+    Path or None
+        ``final.pt`` or the newest periodic checkpoint to resume from.
+    """
     if out_dir is None:
         if resume:
             raise ValueError("resume=True needs the out_dir of the run to continue")
         return None
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunExistsError(f"{out_dir} exists and is not a directory; expected an output "
-                             "directory")
+    empty = out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir())
+    if not empty:
+        guard_output(out_dir, is_ours=is_run_dir, what="run directory", overwrite=True,
+                     flag="--resume", fix_other="choose a new or empty --out folder for the "
+                     "run (bsym writes final.pt, run.json, checkpoints/ and snapshots/ there)")
+    check_writable(out_dir / RUN_SUMMARY, fix="choose an --out folder you can write to")
     if resume:
         final = out_dir / FINAL_NAME
         return final if final.exists() else latest_checkpoint(out_dir)
@@ -539,9 +590,8 @@ def _check_out_dir(out_dir, resume):
         finished = (out_dir / FINAL_NAME).exists()
         raise RunExistsError(
             f"{out_dir} already holds a {'finished' if finished else 'started'} run "
-            f"({held[0].name}); pass resume=True (--resume) to "
-            f"{'reuse' if finished else 'continue'} it, or choose another output directory "
-            "(nothing was overwritten)")
+            f"({held[0].name}); nothing was overwritten. Fix: pass resume=True (--resume) to "
+            f"{'reuse' if finished else 'continue'} it, or choose another output directory")
     return None
 
 
@@ -566,10 +616,19 @@ def _check_resume(ckpt, path, model, config, data, budgets, env, label):
                               "to continue exactly")
 
 
-def _write_json(path, payload):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+def _write_json(path, payload, what="the run record"):
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n", what=what)
+
+
+def _start_record(meta):
+    """The run record written when a run starts (completed by :func:`_summary` at its end)."""
+    identity, config = meta["identity"], meta["config"]
+    return {"format": RUN_FORMAT, "status": "running", "bsym_version": __version__,
+            "model": identity["name"], "preset": identity["preset"],
+            "model_config": identity["config"], "mode": meta["mode"], "label": meta["label"],
+            "train_config": config.to_dict(), "stages": meta["budgets"],
+            "data": {k: v for k, v in meta["data"].items() if k != "dataset"},
+            "world_size": meta["env"].world_size}
 
 
 # -- the loop -----------------------------------------------------------------------------
@@ -614,6 +673,9 @@ def train(model, train_dataset, config=None, out_dir=None, *, val_dataset=None, 
     ------
     RunExistsError
         ``out_dir`` holds a run and ``resume`` is False.
+    BsymError
+        ``out_dir`` exists and is not a bsym run directory (nor empty), or cannot be
+        written; a checkpoint write failed (a full disk: the previous checkpoint is intact).
     CheckpointError
         The checkpoint to resume is unreadable or made for another model, other data or
         other training settings.
@@ -636,12 +698,15 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
     mode = "supervised" if label is not None else "pretrain"
     objective = getattr(model, "objective", "self_supervised")
     if mode == "pretrain" and objective != "self_supervised":
-        raise ValueError(f"model {getattr(model, 'name', None) or type(model).__name__!r} has "
+        raise UsageError(f"model {getattr(model, 'name', None) or type(model).__name__!r} has "
                          f"objective {objective!r}: pretraining needs a self-supervised model; "
-                         "set config.label for supervised training")
+                         "set config.label for supervised training. Fix: pretrain a "
+                         "self-supervised model (brainsymphony, brainlm, brainjepa, brainmass); "
+                         "train supervised baselines with `bsym supervised`")
     if objective == "none":
-        raise ValueError(f"model {getattr(model, 'name', None) or type(model).__name__!r} is not "
-                         "trained by gradient descent (objective 'none'): fit it with model.fit")
+        raise UsageError(f"model {getattr(model, 'name', None) or type(model).__name__!r} is not "
+                         "trained by gradient descent (objective 'none'): fit it with model.fit. "
+                         "Fix: use its features directly (e.g. `bsym probe --features fc`)")
     device = devices.select_device(config.device, local_rank=env.local_rank)
     dtype = devices.autocast_dtype(device, config.precision)
     devices.seed_everything(derive(config.seed, _SEED_GLOBAL, env.rank, 0),
@@ -657,11 +722,11 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
     classes = label_classes(train_dataset, label) if label is not None else None
 
     out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt_path = _check_out_dir(out_dir, resume)
+    ckpt_path = check_run_dir(out_dir, resume=resume)
     devices.barrier()  # every rank has checked out_dir before rank 0 writes to it
     ckpt = None
     if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path, fix=_resume_fix(ckpt_path, out_dir))
         _check_resume(ckpt, ckpt_path, model, config, data, budgets, env, label)
         try:
             model.load_state_dict(ckpt["state_dict"])
@@ -718,6 +783,8 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                                 "experiment": getattr(tracker, "experiment", None),
                                 "run_id": run_id if tracker.enabled else None}
             stop = False
+            if ckpt is None and out_dir is not None and is_main:
+                _write_json(out_dir / RUN_SUMMARY, _start_record(meta))
             if ckpt is None and 0 in snapshot_steps and out_dir is not None and is_main:
                 _save_snapshot(model, meta, out_dir, budgets[0][0], 0, 0, history,
                                val_history, prior_wall)
@@ -843,7 +910,7 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                                 model, optimizer, schedule, rng, meta, stage, si, stage_step,
                                 step, stream.consumed, history, val_history,
                                 prior_wall + time.perf_counter() - started, finished=False)
-                            last_ckpt = save_checkpoint(state, checkpoint_path(out_dir, step))
+                            last_ckpt = _save(state, checkpoint_path(out_dir, step), last_ckpt)
                             prune_checkpoints(out_dir, config.keep_checkpoints)
                     if step in snapshot_steps and out_dir is not None and is_main:
                         _save_snapshot(model, meta, out_dir, stage, si, stage_step, history,
@@ -876,7 +943,7 @@ def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracke
                                           len(budgets) - 1, budgets[-1][1], step,
                                           stream.consumed, history, val_history, wall,
                                           finished=True)
-                result.final_path = save_checkpoint(final, out_dir / FINAL_NAME)
+                result.final_path = _save(final, out_dir / FINAL_NAME, last_ckpt)
                 _write_json(out_dir / RUN_SUMMARY, _summary(result, meta, out_dir))
                 tracker.log_artifact(out_dir / RUN_SUMMARY)
             elif out_dir is not None:
@@ -976,10 +1043,32 @@ def _budget_metrics(consumption):
     return out
 
 
+def _save(state, path, previous):
+    """:func:`save_checkpoint`; a failed write (a full disk) says what the run keeps."""
+    try:
+        return save_checkpoint(state, path)
+    except BsymError as err:
+        kept = (f"the previous checkpoint {previous} is intact: once fixed, `bsym pretrain ... "
+                "--resume` continues from it" if previous is not None else
+                "no checkpoint of this run was written yet")
+        raise CheckpointError(f"{err} ({kept})") from None
+
+
+def _resume_fix(path, out_dir):
+    """What to do about a damaged checkpoint met when resuming."""
+    if path.name == FINAL_NAME:
+        return (f"restore it (with its {CHECKSUM_SUFFIX} file) from a copy, or move it away "
+                "and resume again (the run then continues from its newest checkpoint)")
+    return (f"restore it (with its {CHECKSUM_SUFFIX} file) from a copy, or move it and its "
+            f"{CHECKSUM_SUFFIX} file out of {out_dir / CHECKPOINT_DIR} and resume again (the "
+            "run then continues from the checkpoint before it)")
+
+
 def _summary(result, meta, out_dir):
     identity, config = meta["identity"], meta["config"]
     history = result.history
     return {
+        "format": RUN_FORMAT, "status": "finished",
         "bsym_version": __version__,
         "model": identity["name"], "preset": identity["preset"],
         "model_config": identity["config"],
