@@ -441,6 +441,7 @@ def test_summary_is_written_atomically_as_json(tmp_path, capsys):
     assert "sweep sum" in capsys.readouterr().err  # the progress bar
     path = write_summary(result, tmp_path / "out" / "sum.json")
     data = json.loads(path.read_text())
+    assert data.pop("format") == "bsym-sweep"  # its mark: a later sweep may replace it
     assert data == json.loads(json.dumps(result.to_dict()))
     assert data["n_complete"] == 3 and data["best_params"] == result.best_params
     assert [row["number"] for row in data["trials"]] == [0, 1, 2]

@@ -23,12 +23,12 @@ summary family (statsmodels).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bsym.evaluate import EvaluationError
+from bsym.outputs import save_figure
 
 FAMILIES = ("roi_in", "roi_out", "net_in", "net_out", "net_pair")
 
@@ -155,9 +155,10 @@ def attention_checkpoint(checkpoint, cohort, *, maps=None, batch_size=16, device
     from bsym.data.preprocess import RobustScaler, SignalCleaning
     from bsym.evaluate.embeddings import _checkpoint_settings
     from bsym.io import file_sha256
-    from bsym.train.checkpoint import load_trained
+    from bsym.train.checkpoint import check_fits_store, load_trained
 
     model, ckpt = load_trained(checkpoint)
+    check_fits_store(ckpt, checkpoint, cohort)
     settings = _checkpoint_settings(ckpt)
     state = (ckpt.get("extra") or {}).get("scaler")
     out = attention_maps(model, cohort, window=settings["window"],
@@ -469,8 +470,7 @@ def plot_network_contrast(result, path, *, map=None, title=None):
                  "* FDR", fontsize=8)
     fig.colorbar(image, ax=ax, shrink=0.8, label="t")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, what="the attention heatmap", dpi=120)
+    finally:
+        plt.close(fig)

@@ -131,10 +131,12 @@ def _tracker(args):
 
     if args.no_tracking:
         return NullTracker()
-    return Tracker(args.tracking_uri or DEFAULT_URI, args.experiment)
+    return Tracker(args.tracking_uri or DEFAULT_URI, args.experiment).check_store()
 
 
 def _splits(args, cohort, label):
+    """The split file of ``label`` (made on first use); one made for another store, label
+    or task type is refused before any work."""
     from bsym.evaluate.splits import load_splits, make_splits
 
     options = {"n_splits": args.n_folds, "n_repeats": args.repeats,
@@ -142,17 +144,34 @@ def _splits(args, cohort, label):
                "group_by": args.group_by, "seed": args.seed, "pretrain": args.pretrain_split}
     given = {k: v for k, v in options.items() if v is not None}
     path = Path(args.splits)
-    if path.exists() and not given:
-        return load_splits(path)
-    return make_splits(cohort, path, label=label, **given)
+    if (path.exists() or path.is_symlink()) and not given:
+        splits = load_splits(path)
+    else:
+        splits = make_splits(cohort, path, label=label, **given)
+    if label is not None:
+        splits.check_task(label, getattr(args, "task_type", None), cohort=cohort)
+    return splits.check_cohort(cohort)
 
 
-def _cohort_and_splits(args):
-    """The store and the task's split file; a missing label fails before any work."""
+def _results(args):
+    """The result table of ``--results``, checked before any work: bsym appends only to
+    its own result tables, in a folder it can write to."""
+    from bsym.evaluate.results import ResultTable
+
+    return ResultTable(args.results).check_output()
+
+
+def _cohort_and_splits(args, checkpoint=None):
+    """The store and the task's split file; a missing label (or a ``checkpoint`` that does
+    not fit the store) fails before any work."""
     from bsym.data import open_cohort
 
     cohort = open_cohort(args.data)
     cohort.require(labels=[args.task])
+    if checkpoint is not None:
+        from bsym.train.checkpoint import check_fits_store, load_checkpoint
+
+        check_fits_store(load_checkpoint(checkpoint), checkpoint, cohort)
     return cohort, _splits(args, cohort, args.task)
 
 
@@ -211,10 +230,10 @@ def _probe(args):
         ProbeConfig,
         linear_probe,
     )
-    from bsym.evaluate.results import ResultTable
 
     cohort = open_cohort(args.data)
     cohort.require(labels=[args.task])  # a missing label fails before any work
+    results = _results(args)
     if args.features:
         sources = [feature_embeddings(cohort, args.features)]
     else:
@@ -229,7 +248,7 @@ def _probe(args):
             frame = linear_probe(embeddings, cohort, splits, args.task, view=view,
                                  task=args.task_type, config=ProbeConfig(level=args.level),
                                  folds=args.fold, model=args.model, dataset=args.dataset,
-                                 protocol=protocol, results=ResultTable(args.results),
+                                 protocol=protocol, results=results,
                                  tracker=tracker if final else None, force=args.force,
                                  permutations=args.permutations if final else 0,
                                  allow_pretrained_subjects=args.allow_pretrained_subjects,
@@ -258,9 +277,9 @@ def _permutation_line(real, null):
 def _finetune(args):
     from bsym.evaluate.finetune import FineTuneConfig, fine_tune
     from bsym.evaluate.probe import CLASSIFICATION_METRICS, REGRESSION_METRICS
-    from bsym.evaluate.results import ResultTable
 
-    cohort, splits = _cohort_and_splits(args)
+    cohort, splits = _cohort_and_splits(args, checkpoint=args.checkpoint)
+    results = _results(args)
     config = FineTuneConfig(**_training_fields(args), view=args.view,
                             freeze_encoder=args.freeze_encoder, max_windows=args.max_windows,
                             lp_init=not args.no_lp_init,
@@ -268,7 +287,7 @@ def _finetune(args):
                             class_balanced=not args.no_class_balance)
     frame = fine_tune(args.checkpoint, cohort, splits, args.task, config=config,
                       folds=args.fold, task=args.task_type, model=args.model,
-                      dataset=args.dataset, results=ResultTable(args.results),
+                      dataset=args.dataset, results=results,
                       tracker=_tracker(args), force=args.force,
                       allow_pretrained_subjects=args.allow_pretrained_subjects,
                       progress=not args.quiet)
@@ -280,45 +299,65 @@ def _finetune(args):
 def _supervised(args):
     from bsym.evaluate.foldtrain import TrainingConfig
     from bsym.evaluate.probe import CLASSIFICATION_METRICS, REGRESSION_METRICS
-    from bsym.evaluate.results import ResultTable
     from bsym.evaluate.supervised import train_supervised
 
     cohort, splits = _cohort_and_splits(args)
-    params = _read_fold_params(args.params) if args.params else None
+    results = _results(args)
+    params = _read_fold_params(args.params, args, splits) if args.params else None
     frame = train_supervised(args.model, cohort, splits, args.task, preset=args.preset,
                              model_args=dict(args.model_arg),
                              config=TrainingConfig(**_training_fields(args)), params=params,
                              window=args.window, target_tr=args.target_tr,
                              max_windows=args.max_windows, task=args.task_type,
                              dataset=args.dataset, folds=args.fold,
-                             results=ResultTable(args.results), tracker=_tracker(args),
+                             results=results, tracker=_tracker(args),
                              force=args.force, progress=not args.quiet)
     print(f"supervised {args.model} on {args.task}, split {splits.sha256[:12]}; rows in "
           f"{args.results}")
     print(_summary(frame, CLASSIFICATION_METRICS + REGRESSION_METRICS))
 
 
-def _read_fold_params(path):
-    """``{fold: params}`` from a `bsym sweep` result file."""
+def _read_fold_params(path, args=None, splits=None):
+    """``{fold: params}`` from a `bsym sweep` result file; one swept for another split,
+    task or model than ``args`` and ``splits`` ask for is refused."""
     import json
 
     try:
-        folds = json.loads(Path(path).read_text())["folds"]
-        return {int(k): dict(v["params"]) for k, v in folds.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        folds = document["folds"]
+        params = {int(k): dict(v["params"]) for k, v in folds.items()}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError,
+            AttributeError) as err:
         raise UsageError(f"--params {path}: expected a `bsym sweep` result file "
                          f'({{"folds": {{"0": {{"params": {{...}}}}}}}}); could not read it '
-                         f"({type(err).__name__}: {err})") from None
+                         f"({type(err).__name__}: {err}). Fix: pass the --out file of "
+                         "`bsym sweep`") from None
+    asked = {} if args is None else {"model": args.model, "task": args.task}
+    if splits is not None:
+        asked["split_hash"] = splits.sha256
+    made = {k: document.get(k) for k in asked if document.get(k) is not None}
+    differ = {k: v for k, v in made.items() if str(v) != str(asked[k])}
+    if differ:
+        shown = "; ".join(f"{k}: swept {v!r}, asked {asked[k]!r}" for k, v in differ.items())
+        raise UsageError(f"--params {path}: these hyper-parameters were chosen for another "
+                         f"{' and '.join(differ)} ({shown}), on other inner folds. Fix: run "
+                         "`bsym sweep` with this --model, --task and --splits "
+                         f"({splits.path if splits is not None else 'the split file'}) and "
+                         "pass its --out file as --params")
+    return params
 
 
 def _netid(args):
     from bsym.data import open_cohort
     from bsym.evaluate.embeddings import load_embeddings
     from bsym.evaluate.netid import METRICS, network_identification
-    from bsym.evaluate.results import ResultTable
+    from bsym.outputs import guard_figure
     from bsym.stats.controls import netid_summary
 
     cohort = open_cohort(args.data)
+    results = _results(args)
+    if args.figure:
+        guard_figure(args.figure, "--figure")
     random_init = None
     if args.embeddings and Path(args.embeddings).is_dir():
         folder = Path(args.embeddings)
@@ -330,7 +369,7 @@ def _netid(args):
     frame = network_identification(embeddings, cohort, view=args.view, seeds=args.seeds,
                                    n_neighbors=args.neighbors, permutations=args.permutations,
                                    random_init=random_init, model=args.model,
-                                   dataset=args.dataset, results=ResultTable(args.results),
+                                   dataset=args.dataset, results=results,
                                    figure=args.figure, tracker=_tracker(args), force=args.force,
                                    progress=not args.quiet)
     summary = netid_summary(frame, metrics=("ari_kmeans", "knn_accuracy"))
@@ -350,9 +389,12 @@ def _attention(args):
         contrast_attention,
         plot_network_contrast,
     )
+    from bsym.outputs import OutputFolder, layout, write_csv, write_parquet
 
     cohort = open_cohort(args.data)
     cohort.require(labels=[args.factor])  # before any model is run
+    folder = OutputFolder(args.out, "attention", legacy=layout(
+        r"contrast\.(parquet|csv)", r"network_contrast_.+\.png")).check()
     maps = attention_checkpoint(args.checkpoint, cohort, maps=args.map or None,
                                 batch_size=args.batch_size, device=args.device,
                                 progress=not args.quiet)
@@ -361,11 +403,12 @@ def _attention(args):
                                 paired=paired, n_permutations=args.permutations,
                                 alpha=args.alpha, seed=args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.table.to_parquet(out / "contrast.parquet", index=False)
-    result.table.to_csv(out / "contrast.csv", index=False)
-    for name in sorted(result.table["map"].unique()):
-        plot_network_contrast(result, out / f"network_contrast_{name}.png", map=name)
+    with folder:
+        write_parquet(result.table, out / "contrast.parquet", "attention-contrast",
+                      what="the attention contrast")
+        write_csv(result.table, out / "contrast.csv", what="the attention contrast")
+        for name in sorted(result.table["map"].unique()):
+            plot_network_contrast(result, out / f"network_contrast_{name}.png", map=name)
     a, b = result.levels
     print(f"{'paired' if result.paired else 'unpaired'} contrast {b} - {a} of {args.factor} over "
           f"{len(result.subjects)} subjects; tables and figures in {out}")
@@ -380,6 +423,7 @@ def _attention(args):
 def _health(args):
     from bsym.data import open_cohort
     from bsym.evaluate.health import (
+        check_outputs,
         check_tracked_run,
         log_health,
         plot_loss_curves,
@@ -389,6 +433,8 @@ def _health(args):
     )
     from bsym.train.cli import read_subject_ids
 
+    figure_path = args.figure or _figure_path(args.out)
+    check_outputs(args.out, figure_path)
     cohort = open_cohort(args.data)
     subjects = read_subject_ids(args.subjects_file, "--subjects-file") \
         if args.subjects_file else None
@@ -406,7 +452,7 @@ def _health(args):
                             allow_pretrained_subjects=args.allow_pretrained_subjects,
                             progress=not args.quiet)
     out = write_table(table, args.out)
-    figure = plot_loss_curves(args.checkpoint, args.figure or _figure_path(args.out))
+    figure = plot_loss_curves(args.checkpoint, figure_path)
     log_health(tracker, table, run_id, artifacts=(out, figure))
     shown = table[["view", "pretext_score", "trivial_score", "trivial_baseline",
                    "effective_rank", "learned"]]
@@ -423,12 +469,18 @@ def _figure_path(out):
 
 def _make_splits(args):
     from bsym.data import open_cohort
-    from bsym.evaluate.splits import make_pretrain_split
+    from bsym.evaluate.splits import make_pretrain_split, subject_list_is_ours
+    from bsym.io import guard_output
 
     if (args.subjects_out or args.val_subjects_out or args.probe_subjects_out) and \
             args.pretrain_fraction is None:
         raise UsageError("--subjects-out needs --pretrain-fraction (it lists pretraining "
                          "subjects)")
+    lists = [args.subjects_out, args.probe_subjects_out, args.val_subjects_out]
+    for path in filter(None, lists):  # before the split file is made
+        guard_output(path, is_ours=subject_list_is_ours, what="subject list", overwrite=True,
+                     fix_other="choose another path for the subject list, or move this file "
+                     "away yourself")
     cohort = open_cohort(args.data)
     if args.pretrain_fraction is not None:
         split = make_pretrain_split(cohort, args.splits, fraction=args.pretrain_fraction,
@@ -462,8 +514,10 @@ def add_parser(subparsers):
         description="Embed every window of every scan (the checkpoint's window, "
         "non-overlapping and tiling the whole scan, scaled with its scaler), average per scan, "
         "and save all views, ROI embeddings and position-only ROI embeddings (the model's "
-        "output for all-zero data) to an .npz file. An existing file made from the same "
-        "checkpoint bytes and data manifest is reused; a changed checkpoint is re-embedded.")
+        "output for all-zero data) to an .npz file, with its SHA-256 in FILE.sha256 (checked "
+        "by every command that reads it). An existing file made from the same checkpoint "
+        "bytes and data manifest is reused; a changed checkpoint is re-embedded. Only a file "
+        "bsym embed wrote is ever replaced.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="trained weights (final.pt)")
     source.add_argument("--run", help="a pretraining run directory: embed final.pt and every "
@@ -478,7 +532,8 @@ def add_parser(subparsers):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--no-roi", action="store_true", help="do not keep ROI embeddings")
-    p.add_argument("--force", action="store_true", help="recompute even if the file is current")
+    p.add_argument("--force", action="store_true", help="recompute even if the file is current "
+                   "(also replaces an embeddings file that changed since bsym wrote it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_embed)
 

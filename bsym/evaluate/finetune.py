@@ -433,11 +433,12 @@ def fine_tune(checkpoint, cohort, splits, label, *, config=None, folds=None, tas
     """
     from bsym.data.preprocess import RobustScaler
     from bsym.evaluate.embeddings import _checkpoint_settings
-    from bsym.train.checkpoint import load_checkpoint, load_trained
+    from bsym.train.checkpoint import check_fits_store, load_checkpoint, load_trained
 
     config = config or FineTuneConfig()
-    splits.check_cohort(cohort)
+    splits.check_cohort(cohort).check_task(label, task, cohort)
     ckpt = load_checkpoint(checkpoint)
+    check_fits_store(ckpt, checkpoint, cohort)
     if not allow_pretrained_subjects:
         check_not_pretrained_on((ckpt.get("extra") or {}).get("train_subjects"),
                                 (ckpt.get("data") or {}).get("manifest_hash"), cohort,

@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -35,7 +33,8 @@ import numpy as np
 import pandas as pd
 
 from bsym.evaluate import EvaluationError
-from bsym.io import file_sha256, fsync_dir
+from bsym.io import file_sha256
+from bsym.outputs import save_figure
 
 MIN_EFFECTIVE_RANK = 2.0
 DEAD_TOLERANCE = 1e-3
@@ -379,7 +378,8 @@ def _load_model(checkpoint):
     if not hasattr(model, "pretext_predictions"):
         raise HealthError(f"{checkpoint}: model {ckpt['model']['name']!r} has no pretext task "
                           "(pretext_predictions); expected a self-supervised model such as "
-                          "brainsymphony, brainlm, brainjepa or brainmass")
+                          "brainsymphony, brainlm, brainjepa or brainmass. Fix: give the "
+                          "final.pt of a `bsym pretrain` run of one of them")
     return model, ckpt
 
 
@@ -438,10 +438,14 @@ def training_health(checkpoint, cohort, subjects=None, *, embeddings=None, seed=
         every objective's scores (JSON); a multi-objective view (``fusion``) shows the
         objective with the smallest margin over its baseline.
     """
+    from bsym.train.checkpoint import check_fits_store
+
     checkpoint = Path(checkpoint)
     model, ckpt = _load_model(checkpoint)
+    check_fits_store(ckpt, checkpoint, cohort, subjects=())  # the atlas, before any work
     held = held_out_subjects(ckpt, cohort, subjects,
                              allow_pretrained_subjects=allow_pretrained_subjects)
+    check_fits_store(ckpt, checkpoint, cohort, subjects=held)
     sha = file_sha256(checkpoint)
     if embeddings is not None:
         _check_embeddings(embeddings, sha, cohort)
@@ -472,28 +476,42 @@ def _row(base, view, scores, health, source):
 
 
 # -- outputs -------------------------------------------------------------------------------
-def _atomic_write(path, write):
-    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    fsync_dir(path.parent)
-    return path
+HEALTH_KIND = "health-table"
+
+
+def health_table_is_ours(path) -> bool:
+    """Whether ``path`` is a health table bsym wrote: Parquet marked ``health-table`` (or,
+    from an older bsym, with exactly the health columns), or CSV with exactly them."""
+    from bsym.outputs import csv_header, parquet_columns_and_kind
+
+    if Path(path).suffix.lower() == ".csv":
+        return csv_header(path) == list(HEALTH_COLUMNS)
+    found = parquet_columns_and_kind(path)
+    if found is None:
+        return False
+    columns, kind = found
+    return kind == HEALTH_KIND or (kind is None and columns == list(HEALTH_COLUMNS))
+
+
+def check_outputs(out, figure):
+    """Refuse, before any work, a health table or loss figure path that holds anything
+    bsym did not write (its own earlier outputs are replaced)."""
+    from bsym.io import guard_output
+    from bsym.outputs import guard_figure
+
+    guard_output(out, is_ours=health_table_is_ours, what="health table", overwrite=True,
+                 fix_other="choose another --out path, or move this file away yourself")
+    guard_figure(figure, "--figure")
 
 
 def write_table(table, path) -> Path:
-    """Write the health table atomically: Parquet, or CSV for a ``.csv`` path."""
+    """Write the health table atomically: Parquet (marked as bsym's), or CSV for a
+    ``.csv`` path."""
+    from bsym.outputs import write_csv, write_parquet
+
     if Path(path).suffix.lower() == ".csv":
-        return _atomic_write(path, lambda h: h.write(table.to_csv(index=False).encode()))
-    return _atomic_write(path, lambda h: table.to_parquet(h, index=False))
+        return write_csv(table, path, what="the health table")
+    return write_parquet(table, path, HEALTH_KIND, what="the health table")
 
 
 def plot_loss_curves(checkpoint, path) -> Path:
@@ -521,9 +539,8 @@ def plot_loss_curves(checkpoint, path) -> Path:
            title=f"{identity.get('name')} ({identity.get('preset')}): "
                  f"{len(history.get('step') or [])} logged steps")
     fig.tight_layout()
-    suffix = Path(path).suffix.lstrip(".").lower() or "png"
     try:
-        return _atomic_write(path, lambda h: fig.savefig(h, format=suffix, dpi=120))
+        return save_figure(fig, path, what="the loss-curve figure", dpi=120)
     finally:
         plt.close(fig)
 

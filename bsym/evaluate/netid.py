@@ -33,6 +33,7 @@ import pandas as pd
 
 from bsym.evaluate import EvaluationError
 from bsym.evaluate.results import config_hash, log_evaluation, provenance
+from bsym.outputs import save_figure
 
 METRICS = ("ari_kmeans", "nmi_kmeans", "ari_spectral", "nmi_spectral", "knn_accuracy",
            "knn_balanced_accuracy", "majority_rate")
@@ -178,10 +179,10 @@ def plot_confusions(scores, path, *, title=None):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, what="the confusion-matrix figure", dpi=120)
+    finally:
+        plt.close(fig)
 
 
 def group_sc(cohort, subjects) -> np.ndarray:

@@ -449,7 +449,7 @@ def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, con
     config = config or ProbeConfig()
     cohort.require(labels=[label])
     embeddings.check_cohort(cohort)
-    splits.check_cohort(cohort)
+    splits.check_cohort(cohort).check_task(label, task, cohort)
     if not allow_pretrained_subjects:
         check_not_pretrained_on(embeddings.meta.get("pretrain_subjects"),
                                 embeddings.meta.get("trained_on"), cohort, splits.subjects,

@@ -2,6 +2,8 @@
 
 Rows are appended per fold, atomically (the table is rewritten to a temporary file under
 an exclusive lock and renamed into place), so parallel workflow jobs can share one file.
+The Parquet metadata marks the file as a bsym result table (``bsym.artifact``); rows are
+never appended to (nor written over) any other file.
 A fold already in the table is not recomputed unless forced, or unless its row was made
 from other data, another split or another configuration (then it is stale and replaced).
 Every summary, leaderboard and statistical test reads this table.
@@ -26,12 +28,11 @@ git_sha, config_hash, manifest_hash, split_hash
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import math
-import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ import pandas as pd
 
 from bsym import __version__
 from bsym.evaluate import EvaluationError
-from bsym.io import file_lock, json_sha256
+from bsym.io import check_writable, disk_error, file_lock, json_sha256
+from bsym.outputs import write_parquet
 
 KEY_COLUMNS = ("model", "view", "dataset", "task", "protocol", "control", "checkpoint", "seed",
                "fold", "replicate")
@@ -50,6 +52,11 @@ CONTROLS = ("none", "random_init", "shuffled_labels", "position_only", "permuted
 #: Provenance that must match for a stored row to count as done.
 PROVENANCE_COLUMNS = ("config_hash", "manifest_hash", "split_hash")
 PROTOCOLS = ("linear_probe", "finetune", "supervised", "network_identification")
+#: The ``bsym.artifact`` mark of a result table's Parquet metadata.
+RESULT_KIND = "result-table"
+#: Columns every row bsym writes has: a table without the mark (written before tables
+#: carried it) is a result table when it has them.
+LEGACY_COLUMNS = ("model", "dataset", "task", "protocol", "fold", "git_sha")
 
 
 def config_hash(config) -> str:
@@ -118,14 +125,62 @@ class ResultTable:
         return f"ResultTable({str(self.path)!r})"
 
     def read(self) -> pd.DataFrame:
-        """All rows (an empty frame with the key columns when the file does not exist)."""
-        if not self.path.exists():
+        """All rows (an empty frame with the key columns when the file does not exist).
+
+        Raises
+        ------
+        EvaluationError
+            The file is not a result table bsym wrote (another file, another bsym table,
+            or a damaged one).
+        """
+        if not (self.path.exists() or self.path.is_symlink()):
             return pd.DataFrame(columns=list(KEY_COLUMNS))
+        self._check_ours()
         try:
             return with_key_defaults(pd.read_parquet(self.path))
         except Exception as err:  # noqa: BLE001 - pyarrow raises several types
-            raise EvaluationError(f"{self.path}: cannot read the result table ({err}); expected "
-                                  "a Parquet file written by bsym") from None
+            raise self._damaged(f"cannot read it ({type(err).__name__}: {err})") from None
+
+    def _damaged(self, cause):
+        return EvaluationError(
+            f"{self.path}: {cause}; expected a result table bsym wrote. Fix: if bsym wrote it, "
+            "it is damaged: move it away (or restore it from a backup) and rerun, which "
+            "recomputes its folds; otherwise choose another --results path (a new one is "
+            "created)")
+
+    def _check_ours(self):
+        """Raise :class:`EvaluationError` unless the file is a bsym result table."""
+        from bsym.outputs import parquet_columns_and_kind
+
+        if self.path.is_symlink() or not self.path.is_file():
+            raise EvaluationError(
+                f"{self.path}: this is a {'symbolic link' if self.path.is_symlink() else 'folder'}"
+                ", not a result table bsym wrote; bsym appends only to its own result tables. "
+                "Fix: choose another --results path (a Parquet file, created on first use)")
+        found = parquet_columns_and_kind(self.path)
+        if found is None:
+            raise self._damaged("not a readable Parquet file (its footer is missing or "
+                                "damaged)")
+        columns, kind = found
+        if kind == RESULT_KIND:
+            return
+        if kind is None and set(LEGACY_COLUMNS) <= set(columns):
+            return  # written by an older bsym, before tables carried their mark
+        shown = f"{columns[:6]}{' ...' if len(columns) > 6 else ''}"
+        what = f"a bsym {kind}" if kind else f"a Parquet file with columns {shown}"
+        raise EvaluationError(
+            f"{self.path}: this is {what}, not a result table bsym wrote (expected the "
+            f"columns {list(LEGACY_COLUMNS)} and the mark {RESULT_KIND!r}); bsym appends only "
+            "to its own result tables and never replaces other files. Fix: choose another "
+            "--results path (a new one is created)")
+
+    def check_output(self) -> ResultTable:
+        """Raise :class:`EvaluationError` (or :class:`~bsym.errors.BsymError`) unless rows
+        can be appended here: before any work, so nothing is computed for nothing."""
+        check_writable(self.path, fix="choose a --results path in a folder you can write to")
+        if self.path.exists() or self.path.is_symlink():
+            self.read()
+        return self
 
     def find(self, key) -> dict | None:
         """The stored row with this key (a dict of the key columns), or None."""
@@ -171,8 +226,13 @@ class ResultTable:
             if missing:
                 raise EvaluationError(f"result row lacks key column(s) {missing}; expected "
                                       f"{list(KEY_COLUMNS)}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.path.with_name(self.path.name + ".lock")):
+        check_writable(self.path, fix="choose a --results path in a folder you can write to")
+        with contextlib.ExitStack() as stack:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(file_lock(self.path.with_name(self.path.name + ".lock")))
+            except OSError as err:
+                raise disk_error(err, self.path, what="the result table") from err
             old = self.read()
             new = pd.DataFrame(rows)
             if not old.empty:
@@ -183,14 +243,7 @@ class ResultTable:
             else:
                 table = new
             table = _normalise(table)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.",
-                                       suffix=".tmp")
-            os.close(fd)
-            try:
-                table.to_parquet(tmp, index=False)
-                os.replace(tmp, self.path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            write_parquet(table, self.path, RESULT_KIND, what="the result table")
         return table
 
 

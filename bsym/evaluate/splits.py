@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,64 +263,132 @@ class Splits:
     def check_cohort(self, cohort):
         """Raise :class:`SplitError` unless the split was made for this cohort store."""
         if cohort.manifest_hash != self.manifest_hash:
+            made = self.payload.get("dataset")
             raise SplitError(
-                f"{self.path or 'split'}: made for data with manifest {self.manifest_hash[:12]}..., "
-                f"but the store {cohort.path} has manifest {cohort.manifest_hash[:12]}...; "
-                "expected the store the split file was written for (make a new split file)")
+                f"{self.path or 'split'}: made for data with manifest "
+                f"{self.manifest_hash[:12]}... (the store {made!r}), but the store "
+                f"{cohort.path} has manifest "
+                f"{cohort.manifest_hash[:12]}...; expected the store the split file was written "
+                f"for. Fix: {_make_command(cohort.path, self.request.get('label'))}")
+        return self
+
+    def check_task(self, label, task=None, cohort=None):
+        """Raise :class:`SplitError` unless the split was made for ``label`` (and the task
+        type ``task``, when given).
+
+        A split file made without a label (unstratified) serves any label.
+        """
+        made, made_task = self.request.get("label"), self.request.get("task")
+        where = self.path or "split"
+        store = cohort.path if cohort is not None else None
+        if made is not None and str(made) != str(label):
+            raise SplitError(
+                f"{where}: this split file was made for the label {made!r} (stratified on "
+                f"it), but the task is {label!r}; a split is never reused for another label. "
+                f"Fix: {_make_command(store, label)}")
+        if made is not None and task is not None and made_task is not None and task != made_task:
+            raise SplitError(
+                f"{where}: this split file was made for {made!r} as a {made_task} task, but "
+                f"{task} was asked (--task-type); its folds are stratified for {made_task}. "
+                f"Fix: drop --task-type {task}, or "
+                f"{_make_command(store, label, f' --task-type {task}')}")
         return self
 
 
+def _make_command(store, label, extra=""):
+    """The fix for a split file made for something else: the command that makes the
+    right one (``store``: the store's path, or None)."""
+    store = store if store is not None else "STORE"
+    task = f" --task {label}" if label is not None else ""
+    return (f"make the split file of this task with `bsym splits --data {store}{task}{extra} "
+            "--splits NEW.json` and pass it as --splits (or pass a --splits path that does not "
+            "exist yet: it is made on first use)")
+
+
+_WHAT = {FORMAT: ("a split file", "--splits", "bsym splits --data STORE --task LABEL "
+                   "--splits FILE"),
+         PRETRAIN_FORMAT: ("a pretraining-cohort file", "--pretrain-split",
+                           "bsym splits --data STORE --pretrain-fraction F --splits FILE")}
+_REMAKE = ("if bsym wrote it, move it away and rerun: the same request makes the same "
+           "split again")
+
+
 def _check_payload(payload, path, fmt):
+    what, flag, command = _WHAT[fmt]
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise SplitError(f"{path}: expected a {fmt!r} file, received format {got!r}")
+        other = _WHAT.get(got)
+        hint = f" (that is {other[0]}, for {other[1]})" if other else ""
+        made_there = " (it is made there)" if fmt == FORMAT else ""
+        raise SplitError(f"{path}: expected {what} (format {fmt!r}), received format "
+                         f"{got!r}{hint}; bsym never replaces it. Fix: pass {what} made by "
+                         f"`{command}` as {flag}, or a path that does not exist "
+                         f"yet{made_there}")
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
         raise SplitError(f"{path}: format version {payload['format_version']} is newer than "
-                         f"this bsym reads ({FORMAT_VERSION}); upgrade bsym")
+                         f"this bsym reads ({FORMAT_VERSION}). Fix: upgrade bsym")
     body = {k: v for k, v in payload.items() if k != "sha256"}
     digest = canonical_hash(body)
     if payload.get("sha256") != digest:
         raise SplitError(f"{path}: content does not match its SHA-256 (stored "
                          f"{str(payload.get('sha256'))[:12]}..., computed {digest[:12]}...): the "
-                         "file was modified after writing; delete it to make it again")
+                         f"file was modified after writing. Fix: {_REMAKE}")
     return payload
 
 
 def _read(path, fmt):
     path = Path(path)
+    what, flag, command = _WHAT[fmt]
     if not path.is_file():
-        raise SplitError(f"{path}: no such split file")
+        raise SplitError(f"{path}: no such {what[2:]} ({'a folder' if path.is_dir() else 'absent'})"
+                         f". Fix: make it with `{command}` and pass it as {flag}")
     try:
-        payload = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SplitError(f"{path}: not valid JSON ({err}); delete it to make it again") from None
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise SplitError(f"{path}: not {what}: not valid JSON ({err}); bsym never replaces "
+                         f"it. Fix: pass {what} made by `{command}` as {flag} ({_REMAKE}), or "
+                         "a path that does not exist yet") from None
     return _check_payload(payload, path, fmt)
 
 
-def _compare(existing, payload, path):
+def _compare(existing, payload, path, store=None):
+    made, asked = existing["request"], payload["request"]
+    if "label" in made and made.get("label") != asked.get("label"):
+        raise SplitError(
+            f"{path}: this split file was made for the label {made.get('label')!r}, but "
+            f"{asked.get('label')!r} was asked; split files are never recomputed. Fix: "
+            f"{_make_command(store, asked.get('label'))}")
     diffs = []
-    for key in sorted(set(existing["request"]) | set(payload["request"])):
-        a, b = existing["request"].get(key), payload["request"].get(key)
+    for key in sorted(set(made) | set(asked)):
+        a, b = made.get(key), asked.get(key)
         if a != b:
             diffs.append(f"{key}: file {a!r}, requested {b!r}")
     if existing["manifest_hash"] != payload["manifest_hash"]:
         diffs.append(f"manifest_hash: file {existing['manifest_hash'][:12]}..., requested "
-                     f"{payload['manifest_hash'][:12]}...")
+                     f"{payload['manifest_hash'][:12]}... (another store)")
     if diffs:
         raise SplitError(f"{path} exists and was made for another request ({'; '.join(diffs)}); "
-                         "split files are never recomputed: choose another file name or "
-                         "delete this one")
+                         "split files are never recomputed. Fix: drop the split options to use "
+                         "this file as it was made, or pass another --splits path for this "
+                         "request (it is made there)")
 
 
 def _write_once(path, payload, fmt):
     """Write ``payload`` to ``path`` unless it exists; return what the file holds."""
+    from bsym.io import check_writable, disk_error
+
     path = Path(path)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         existing = _read(path, fmt)
         _compare(existing, payload, path)
         return existing
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    what, flag, _ = _WHAT[fmt]
+    check_writable(path, fix=f"choose a {flag} path in a folder you can write to")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise disk_error(err, path, what=what) from err
     try:
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=1, sort_keys=True)
@@ -332,6 +401,8 @@ def _write_once(path, payload, fmt):
             existing = _read(path, fmt)
             _compare(existing, payload, path)
             return existing
+    except OSError as err:
+        raise disk_error(err, path, what=what) from err
     finally:
         Path(tmp).unlink(missing_ok=True)
     return payload
@@ -380,13 +451,29 @@ class PretrainSplit:
             if which not in ("pretrain", "probe"):
                 raise ValueError(f"which must be 'pretrain' or 'probe', received {which!r}")
             subjects = getattr(self, which)
+        from bsym.io import atomic_write_text, guard_output
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(f"# {which} subjects of {self.path or 'pretrain split'} "
-                       f"(sha256 {self.sha256})\n" + "\n".join(subjects) + "\n")
-        os.replace(tmp, path)
+        guard_output(path, is_ours=subject_list_is_ours, what="subject list", overwrite=True,
+                     fix_other="choose another path for the subject list, or move this file "
+                     "away yourself")
+        atomic_write_text(path, f"# {which} subjects of {self.path or 'pretrain split'} "
+                          f"(sha256 {self.sha256})\n" + "\n".join(subjects) + "\n",
+                          what=f"the {which} subject list")
         return path
+
+
+_LIST_HEADER = re.compile(r"# \w+ subjects of .* \(sha256 [0-9a-f]{64}\)")
+
+
+def subject_list_is_ours(path) -> bool:
+    """Whether ``path`` is a subject list :meth:`PretrainSplit.write_subject_list` wrote
+    (its first line names the split file and its hash)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return bool(_LIST_HEADER.fullmatch(handle.readline().rstrip("\n")))
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def make_pretrain_split(cohort, path, *, fraction=0.25, seed=0, group_by="subject",
@@ -499,9 +586,13 @@ def make_splits(cohort, path, *, label=None, task=None, protocol="kfold", n_spli
         if not isinstance(pretrain, PretrainSplit):
             pretrain = load_pretrain_split(pretrain)
         if pretrain.manifest_hash != cohort.manifest_hash:
-            raise SplitError(f"the pretraining split {pretrain.path} was made for another store "
-                             f"(manifest {pretrain.manifest_hash[:12]}..., expected "
-                             f"{cohort.manifest_hash[:12]}...)")
+            raise SplitError(f"{pretrain.path}: this pretraining split was made for another "
+                             f"store ({pretrain.payload.get('dataset')!r}, manifest "
+                             f"{pretrain.manifest_hash[:12]}...; expected {cohort.path}, manifest "
+                             f"{cohort.manifest_hash[:12]}...). Fix: make the pretraining split of "
+                             f"this store with `bsym splits --data {cohort.path} "
+                             "--pretrain-fraction F --splits FILE` and pass it as "
+                             "--pretrain-split")
         table = table[table["subject"].isin(set(pretrain.probe))].reset_index(drop=True)
         pretrain_hash = pretrain.sha256
     if protocol == "site":
@@ -531,7 +622,7 @@ def make_splits(cohort, path, *, label=None, task=None, protocol="kfold", n_spli
     if path.exists():  # read, verify, compare: never recompute
         existing = load_splits(path)
         _compare(existing.payload, {"request": request, "manifest_hash": cohort.manifest_hash},
-                 path)
+                 path, store=cohort.path)
         return existing
 
     folds = []

@@ -134,7 +134,7 @@ def _prepare(name, preset, model_args, cohort, splits, label, task, window, targ
              max_windows):
     """``(baseline, labelled cohort, window source)`` after checking the inputs."""
     baseline = SupervisedBaseline(name, preset, model_args)
-    splits.check_cohort(cohort)
+    splits.check_cohort(cohort).check_task(label, task, cohort)
     labelled = LabelledCohort(cohort, label, task or infer_task(cohort.subjects[label]))
     tr = set(cohort.subjects["tr"].round(6))
     if target_tr is None and len(tr) > 1:

@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from bsym.errors import BsymError
+from bsym.io import disk_error
+from bsym.outputs import GENERATOR, OutputFolder, atomic_output, layout, write_csv
 
 #: Metrics shown by default, in this order (those present in the table).
 METRIC_ORDER = ("auroc", "balanced_accuracy", "accuracy", "f1", "pearson_r", "r2", "mse", "mae")
@@ -47,17 +49,36 @@ class ReportError(BsymError):
 
 
 # --------------------------------------------------------------------------- inputs
-def load_table(path) -> pd.DataFrame:
-    """A Parquet or CSV table."""
+def load_table(path, what="the result table", fix=None) -> pd.DataFrame:
+    """A Parquet or CSV table; ``what`` and ``fix`` word the errors."""
     path = Path(path)
-    if not path.exists():
-        raise ReportError(f"{path}: no such file; expected the result table (Parquet or CSV)")
+    fix = fix or ("pass the result table that `bsym probe | finetune | supervised | netid "
+                  "--results` wrote (the default is results/results.parquet)")
+    if not path.is_file():
+        state = "a folder, not a file" if path.is_dir() else "no such file"
+        raise ReportError(f"{path}: {state}; expected {what} (Parquet or CSV). Fix: {fix}")
     try:
         if path.suffix.lower() in (".csv", ".tsv"):
             return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
         return pd.read_parquet(path)
     except Exception as err:  # noqa: BLE001 - pyarrow and pandas raise several types
-        raise ReportError(f"{path}: cannot read the table ({err}); expected Parquet or CSV") from None
+        raise ReportError(f"{path}: cannot read {what} ({type(err).__name__}: {err}); it is "
+                          f"damaged or not a Parquet/CSV table. Fix: {fix}") from None
+
+
+def check_results(results: pd.DataFrame, source=None) -> pd.DataFrame:
+    """Raise :class:`ReportError` unless ``results`` has the result table's key columns."""
+    from bsym.stats import REQUIRED_COLUMNS
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in results.columns]
+    if missing:
+        where = f"{source}: " if source is not None else ""
+        raise ReportError(
+            f"{where}the result table lacks the column(s) {missing}; received "
+            f"{list(results.columns)[:8]}{' ...' if len(results.columns) > 8 else ''}. Fix: "
+            "pass the result table that `bsym probe | finetune | supervised | netid --results` "
+            "wrote")
+    return results
 
 
 def model_labels(results: pd.DataFrame) -> pd.DataFrame:
@@ -82,11 +103,15 @@ def load_health(health) -> pd.DataFrame | None:
     """The training-health table (path or frame; None stays None)."""
     if health is None:
         return None
-    frame = health if isinstance(health, pd.DataFrame) else load_table(health)
+    fix = ("pass the table `bsym health --out` wrote (or the workflow's "
+           "<dataset>_health.parquet)")
+    frame = health if isinstance(health, pd.DataFrame) else \
+        load_table(health, "the training-health table", fix)
     missing = [c for c in ("model", "view", "learned") if c not in frame.columns]
     if missing:
-        raise ReportError(f"the health table lacks columns {missing}; expected the table of "
-                          "`bsym health` (model, view, learned, ...)")
+        where = "" if isinstance(health, pd.DataFrame) else f"{health}: "
+        raise ReportError(f"{where}the health table lacks columns {missing}; expected the table "
+                          f"of `bsym health` (model, view, learned, ...). Fix: {fix}")
     return frame
 
 
@@ -122,13 +147,18 @@ def _has(frame, metric) -> bool:
     return metric in frame.columns and pd.to_numeric(frame[metric], errors="coerce").notna().any()
 
 
-def report_metrics(results: pd.DataFrame, metrics=None) -> list[str]:
-    """Metrics to report: the given ones (checked), else every known metric with a value."""
+def report_metrics(results: pd.DataFrame, metrics=None, source=None) -> list[str]:
+    """Metrics to report: the given ones (checked), else every known metric with a value
+    (``source``: the table's file, for messages)."""
     if metrics:
         lacking = [m for m in metrics if m not in results.columns]
         if lacking:
             known = [m for m in results.columns if m in METRIC_ORDER or m in NETID_METRICS]
-            raise ReportError(f"metric(s) {lacking} not in the result table; it has {known}")
+            where = f"{source}: " if source is not None else ""
+            raise ReportError(f"{where}metric(s) {lacking} not in the result table; it has "
+                              f"{known}. "
+                              f"Fix: pass --metric with one of {known} (or leave it out: "
+                              "every metric the table reports)")
         return list(metrics)
     return [m for m in METRIC_ORDER if _has(results, m)]
 
@@ -208,26 +238,49 @@ def format_leaderboard(board: pd.DataFrame, digits: int = 3) -> str:
 
 # --------------------------------------------------------------------------- stats
 def run_stats(results: pd.DataFrame, metric, out, *, alpha: float = 0.05, rope: float = 0.01,
-              figure_format: str = "png", health=None) -> dict:
+              figure_format: str = "png", health=None, source=None) -> dict:
     """Pairwise tests (CSV), rank tests per protocol (CSV) and CD diagrams into ``out``.
 
     ``metric`` is one metric or several: pairwise tests are run per metric; rank tests
     rank each task by the first of the metrics it reports, so ``["auroc", "pearson_r"]``
     ranks classification and regression tasks together. Real scores only; models that
     did not learn (``health``) carry :data:`UNLEARNED_MARK`. Returns the written paths and
-    notes on what could not be computed.
+    notes on what could not be computed. ``source`` (the table's file) words the errors.
+    Only a new, empty or bsym stats folder is written into (:class:`OutputFolder`).
     """
-    from bsym import stats
     from bsym.stats.controls import real_rows
 
     metrics = [metric] if isinstance(metric, str) else list(metric)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = stats_folder(out).check()
+    check_results(results, source)
     frame, _ = _split(mark_unlearned(model_labels(real_rows(results)), load_health(health)))
     lacking = [m for m in metrics if m not in frame.columns]
     if lacking:
-        raise ReportError(f"metric(s) {lacking} not columns of the result table; it has "
-                          f"{[c for c in frame.columns if c in METRIC_ORDER or c in NETID_METRICS]}")
+        known = [c for c in frame.columns if c in METRIC_ORDER or c in NETID_METRICS]
+        where = f"{source}: " if source is not None else ""
+        raise ReportError(f"{where}metric(s) {lacking} not columns of the result table; it "
+                          f"has {known}. Fix: pass --metric with one of {known}")
+    with folder:
+        return _write_stats(frame, metrics, out, alpha=alpha, rope=rope,
+                            figure_format=figure_format)
+
+
+def stats_folder(out) -> OutputFolder:
+    """The ``bsym stats --out`` folder (an older bsym's index-less one is recognised)."""
+    return OutputFolder(out, "stats", legacy=layout(r"pairwise_.+\.csv", r"ranks_.+\.csv",
+                                                    r"cd_.+\.(png|pdf|svg)"))
+
+
+def report_folder(out) -> OutputFolder:
+    """The ``bsym report --out`` folder (an older bsym's index-less one is recognised)."""
+    return OutputFolder(out, "report", legacy=lambda entries: "report.html" in entries and
+                        layout(r"report\.(html|md)", r"figures/[^/]+", r"tables/[^/]+")(entries))
+
+
+def _write_stats(frame, metrics, out, *, alpha, rope, figure_format):
+    from bsym import stats
+
     written, notes = {}, []
     for name in metrics:
         rows = frame[pd.to_numeric(frame[name], errors="coerce").notna()]
@@ -236,8 +289,7 @@ def run_stats(results: pd.DataFrame, metric, out, *, alpha: float = 0.05, rope: 
         except stats.StatsError as err:
             notes.append(f"pairwise tests ({name}): {err}")
             continue
-        written[f"pairwise_{name}"] = out / f"pairwise_{name}.csv"
-        pairs.to_csv(written[f"pairwise_{name}"], index=False)
+        written[f"pairwise_{name}"] = write_csv(pairs, out / f"pairwise_{name}.csv")
     tag = "+".join(metrics)
     for protocol, rows in frame.groupby(frame["protocol"].astype(str), sort=True):
         mapping = {}
@@ -257,13 +309,15 @@ def run_stats(results: pd.DataFrame, metric, out, *, alpha: float = 0.05, rope: 
                                      friedman_chi2=ranks.statistic, friedman_p=ranks.pvalue,
                                      iman_davenport_p=ranks.iman_davenport_pvalue, cd=ranks.cd,
                                      alpha=alpha)
-        written[f"ranks_{protocol}"] = out / f"ranks_{_slug(tag)}_{protocol}.csv"
-        table.to_csv(written[f"ranks_{protocol}"], index=False)
+        written[f"ranks_{protocol}"] = write_csv(table, out / f"ranks_{_slug(tag)}_{protocol}.csv")
         path = out / f"cd_{_slug(tag)}_{protocol}.{figure_format}"
         _close(stats.plot_critical_difference(ranks, path))
         written[f"cd_{protocol}"] = path
     if not written:
-        raise ReportError("no statistics could be computed: " + "; ".join(notes))
+        raise ReportError("no statistics could be computed: " + "; ".join(notes) + ". Fix: "
+                          "compare at least two models on the same dataset, task and protocol "
+                          "(add their rows to the result table), or pick --metric and "
+                          "--protocol where they exist")
     return {"written": written, "notes": notes}
 
 
@@ -515,7 +569,7 @@ def _verdict_section(doc, results, primary, health, figdir, tabdir, tables, note
     verdict = verdict.sort_values(["dataset", "task", "protocol", "mean"],
                                   ascending=[True, True, True, False], kind="stable")
     tables.append(tabdir / "verdict.csv")
-    verdict.to_csv(tables[-1], index=False)
+    write_csv(verdict, tables[-1])
     doc.text("Per dataset and task, each model's primary metric (mean over folds and seeds, "
              "95% t-interval) beside its controls: the same architecture at random "
              "initialisation through the same path, the probe refitted on labels permuted "
@@ -594,14 +648,13 @@ def _health_section(doc, health, loss_figures, figdir, tabdir, tables, note):
                             "trivial_score", "trivial_baseline", "effective_rank", "n_dims",
                             "dead_dims", "learned", "reason") if c in health.columns]
         tables.append(tabdir / "health.csv")
-        health.to_csv(tables[-1], index=False)
+        write_csv(health, tables[-1])
         doc.table(health[cols])
     for path in loss_figures:
         path = Path(path)
-        if not path.exists():
-            raise ReportError(f"{path}: no such loss-curve figure (bsym health --figure)")
         copy = figdir / f"loss_{_slug(path.parent.name, path.stem)}{path.suffix}"
-        shutil.copyfile(path, copy)
+        with atomic_output(copy, what="the loss-curve figure") as tmp:
+            shutil.copyfile(path, tmp)
         doc.figure(copy)
 
 
@@ -638,7 +691,7 @@ def _compute_section(doc, everything, primary, figdir, tabdir, tables, note):
     if points.empty:
         return
     tables.append(tabdir / "compute_curves.csv")
-    points.to_csv(tables[-1], index=False)
+    write_csv(points, tables[-1])
     doc.text("Each model's linear-probe score (mean ± sd over folds) at the kept checkpoints of "
              "its pretraining run, against the training FLOPs (forward + backward) spent to "
              "reach them; the point at zero is the random initialisation. A ranking is read "
@@ -681,8 +734,6 @@ def _netid_section(doc, netid_rows, netid_figures, figdir, note):
         doc.figure(netid_bars(labelled, path))
     for fig_path in netid_figures:
         fig_path = Path(fig_path)
-        if not fig_path.exists():
-            raise ReportError(f"{fig_path}: no such confusion-matrix figure")
         if fig_path.suffix.lower() not in (".png", ".svg", ".jpg", ".jpeg", ".gif"):
             note(f"{fig_path.name}: a browser cannot show {fig_path.suffix} inline; write the "
                  "confusion figure as PNG or SVG (bsym netid --figure x.png) to embed it.")
@@ -728,18 +779,65 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
     dict
         ``html``, ``markdown``, ``figures`` (list), ``tables`` (list), ``notes`` (list).
     """
+    source = None if isinstance(results, pd.DataFrame) else Path(results)
+    if health is None and source is not None:
+        health = health_beside(source)
+    if source is not None:
+        results = load_table(source)
+    check_results(results, source)
+    health = load_health(health)
+    if netid is not None and not isinstance(netid, pd.DataFrame):
+        netid = load_table(netid, "the network-identification table",
+                           "pass the --results table of `bsym netid` (or leave --netid out: "
+                           "its rows are read from --results)")
+    for path, option, made_by in [*((p, "--netid-figure", "bsym netid --figure")
+                                    for p in netid_figures),
+                                  *((p, "--loss-figure", "bsym health --figure")
+                                    for p in loss_figures)]:
+        if not Path(path).is_file():
+            raise ReportError(f"{path}: no such figure ({option}). Fix: pass the figure "
+                              f"`{made_by}` wrote, or leave {option} out")
+    contrasts = _attention_tables(attention)
+    report_metrics(results, metrics, source)
+    folder = report_folder(out).check()
+    with folder:
+        return _write_report(results, Path(out), metrics=metrics, netid=netid,
+                             netid_figures=netid_figures, contrasts=contrasts, health=health,
+                             loss_figures=loss_figures, title=title, alpha=alpha, rope=rope)
+
+
+def _attention_tables(attention) -> list:
+    """``[(label, contrast table)]`` of the ``--attention`` inputs (files or folders)."""
+    sources = [] if attention is None else \
+        [attention] if isinstance(attention, (str, Path)) else list(attention)
+    out = []
+    for source in map(Path, sources):
+        if source.is_dir():
+            candidates = [source / "contrast.parquet", source / "contrast.csv"]
+            table_path = next((c for c in candidates if c.exists()), None)
+            label = source.name
+        else:
+            table_path, label = source, source.parent.name
+        if table_path is None:
+            raise ReportError(f"{source}: no contrast.parquet or contrast.csv in this folder. "
+                              "Fix: pass the --out folder of `bsym attention` (or its "
+                              "contrast.csv / contrast.parquet)")
+        out.append((label, load_table(table_path, "the attention contrast",
+                                      "pass the --out folder of `bsym attention`")))
+    return out
+
+
+def _write_report(results, out, *, metrics, netid, netid_figures, contrasts, health,
+                  loss_figures, title, alpha, rope):
     from bsym import stats
     from bsym.stats.controls import fill_key_defaults, real_rows
 
-    if health is None and not isinstance(results, pd.DataFrame):
-        health = health_beside(results)
-    if not isinstance(results, pd.DataFrame):
-        results = load_table(results)
-    health = load_health(health)
-    out = Path(out)
     figdir, tabdir = out / "figures", out / "tables"
     for d in (figdir, tabdir):
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise disk_error(err, d, what="the report folder") from err
     labelled = mark_unlearned(model_labels(real_rows(results)), health)
     bench, _ = _split(labelled)
     everything = fill_key_defaults(model_labels(results))
@@ -763,7 +861,7 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
     else:
         board = leaderboard(results, metrics, health=health)
         tables.append(tabdir / "leaderboard.csv")
-        board.to_csv(tables[-1], index=False)
+        write_csv(board, tables[-1])
         doc.text("Real scores only (controls are in the verdict above). Mean ± sample sd over "
                  "folds and seeds; n = folds x seeds; 95% CI with the Nadeau-Bengio corrected "
                  "standard error. Protocols are reported separately.")
@@ -806,7 +904,7 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
         doc.figure(path)
         rank_table = ranks.table().assign(protocol=protocol)
         tables.append(tabdir / f"ranks_{_slug(protocol)}.csv")
-        rank_table.to_csv(tables[-1], index=False)
+        write_csv(rank_table, tables[-1])
         doc.table(rank_table)
         drawn = True
     if not drawn and not bench.empty and not any("rank tests" in n for n in notes):
@@ -829,7 +927,7 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
                      f"({err}).")
                 continue
             tables.append(tabdir / f"pairwise_{metric}{suffix}.csv")
-            pairs.to_csv(tables[-1], index=False)
+            write_csv(pairs, tables[-1])
             from bsym.report.figures import significance_matrix
 
             for (dataset, task, protocol), g in pairs.groupby(["dataset", "task", "protocol"],
@@ -893,33 +991,21 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
 
     # -- network identification
     if netid is not None:
-        netid_rows = model_labels(netid if isinstance(netid, pd.DataFrame) else load_table(netid))
-        netid_rows = fill_key_defaults(netid_rows)
+        netid_rows = fill_key_defaults(model_labels(netid))
     _netid_section(doc, netid_rows, netid_figures, figdir, note)
 
     # -- attention
     doc.section("Attention contrast")
-    sources = [] if attention is None else \
-        [attention] if isinstance(attention, (str, Path)) else list(attention)
-    if not sources:
+    if not contrasts:
         note("No attention contrast given: section omitted.")
-    for source in map(Path, sources):
-        if source.is_dir():
-            candidates = [source / "contrast.parquet", source / "contrast.csv"]
-            table_path = next((c for c in candidates if c.exists()), None)
-            label = source.name
-        else:
-            table_path, label = source, source.parent.name
-        if table_path is None:
-            raise ReportError(f"{source}: no contrast.parquet or contrast.csv (from `bsym attention`)")
-        contrast = load_table(table_path)
+    for label, contrast in contrasts:
         from bsym.report.figures import attention_heatmap
 
-        if len(sources) > 1:
+        if len(contrasts) > 1:
             doc.text(f"**{label}**")
         if "family" in contrast.columns and (contrast["family"] == "net_pair").any():
             for name in sorted(contrast.loc[contrast["family"] == "net_pair", "map"].astype(str).unique()):
-                stem = f"attention_{_slug(name)}" if len(sources) == 1 else \
+                stem = f"attention_{_slug(name)}" if len(contrasts) == 1 else \
                     f"attention_{_slug(label)}_{_slug(name)}"
                 doc.figure(attention_heatmap(contrast, figdir / f"{stem}.png", map_name=name))
         hits = contrast[contrast["significant"].astype(bool)] if "significant" in contrast else contrast[:0]
@@ -954,10 +1040,13 @@ def build_report(results, out, *, metrics=None, netid=None, netid_figures=(), at
                             "value": [env["python"], env["platform"], env["cpu"], env["gpu"],
                                       env["built"], str(len(results))]}))
 
-    head = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+    head = (f"<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f'<meta name="generator" content="{_esc(GENERATOR)}"><title>{_esc(title)}</title>'
             f"<style>{_STYLE}</style></head><body><h1>{_esc(title)}</h1>")
     html_path, md_path = out / "report.html", out / "report.md"
-    html_path.write_text(head + "\n".join(doc.html) + "</body></html>\n", encoding="utf-8")
-    md_path.write_text(f"# {title}\n" + "\n".join(doc.md) + "\n", encoding="utf-8")
+    with atomic_output(md_path, what="the Markdown report") as tmp:
+        tmp.write_text(f"# {title}\n" + "\n".join(doc.md) + "\n", encoding="utf-8")
+    with atomic_output(html_path, what="the HTML report") as tmp:
+        tmp.write_text(head + "\n".join(doc.html) + "</body></html>\n", encoding="utf-8")
     return {"html": html_path, "markdown": md_path, "figures": doc.figures, "tables": tables,
             "notes": notes}

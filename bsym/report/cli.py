@@ -20,9 +20,9 @@ def _metrics(values):
 
 
 def _read(path):
-    from bsym.report.build import load_table
+    from bsym.report.build import check_results, load_table
 
-    return load_table(path)
+    return check_results(load_table(path), path)
 
 
 def _health(args):
@@ -38,7 +38,7 @@ def _stats(args):
     if args.protocol:
         table = table[table["protocol"].astype(str) == args.protocol]
     done = run_stats(table, _metrics(args.metric), args.out, alpha=args.alpha, rope=args.rope,
-                     figure_format=args.format, health=_health(args))
+                     figure_format=args.format, health=_health(args), source=args.results)
     for name, path in done["written"].items():
         print(f"{name}: {path}")
     for text in done["notes"]:
@@ -46,16 +46,34 @@ def _stats(args):
 
 
 def _leaderboard(args):
-    from bsym.report.build import format_leaderboard, leaderboard
+    from bsym.report.build import format_leaderboard, leaderboard, report_metrics
 
+    if args.csv:
+        _guard_leaderboard_csv(args.csv)
     table = _read(args.results)
+    report_metrics(table, _metrics(args.metric), args.results)
     if args.protocol:
         table = table[table["protocol"].astype(str) == args.protocol]
     board = leaderboard(table, _metrics(args.metric), health=_health(args))
     print(format_leaderboard(board, digits=args.digits), end="")
     if args.csv:
-        board.to_csv(args.csv, index=False)
+        from bsym.outputs import write_csv
+
+        write_csv(board, args.csv, what="the leaderboard table")
         print(f"leaderboard table: {args.csv}")
+
+
+#: The first columns of every leaderboard CSV: its mark (CSV has no metadata).
+LEADERBOARD_HEAD = ["protocol", "dataset", "task", "metric", "model", "n"]
+
+
+def _guard_leaderboard_csv(path):
+    from bsym.io import guard_output
+    from bsym.outputs import csv_header
+
+    guard_output(path, is_ours=lambda p: (csv_header(p) or [])[:6] == LEADERBOARD_HEAD,
+                 what="leaderboard table", overwrite=True,
+                 fix_other="choose another --csv path, or move this file away yourself")
 
 
 def _report(args):

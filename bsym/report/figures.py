@@ -21,13 +21,15 @@ def _plt():
 
 
 def _save(fig, path) -> Path:
+    """Save atomically, marked as bsym's (:func:`bsym.outputs.save_figure`), and close."""
+    from bsym.outputs import save_figure
+
     plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        fig.tight_layout()
+        return save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def strip_plot(scores: pd.DataFrame, path, *, metric: str, title: str | None = None) -> Path:

@@ -303,5 +303,8 @@ def cd_diagram(mean_ranks: pd.Series, cd: float, *, groups=None, path=None, titl
     if title:
         ax.set_title(title, fontsize=10)
     if path is not None:
-        fig.savefig(os.fspath(path), dpi=300, bbox_inches="tight")
+        from bsym.outputs import save_figure
+
+        save_figure(fig, os.fspath(path), what="the critical-difference diagram", dpi=300,
+                    bbox_inches="tight")
     return fig

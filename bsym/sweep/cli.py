@@ -37,19 +37,37 @@ def sweep_folds(args):
     from bsym.evaluate.cli import _cohort_and_splits, _tracker, _training_fields
     from bsym.evaluate.foldtrain import TrainingConfig
     from bsym.evaluate.supervised import split_params, supervised_objective
+    from bsym.io import json_sha256
     from bsym.sweep import SweepError, parse_space, run_sweep
 
     space_spec = _space(args.space)
     space = parse_space(space_spec)
     for name in space.names:
         split_params({name: None})  # every name is a training field or model.<argument>
+    check_outputs(args)
     cohort, splits = _cohort_and_splits(args)
     dataset = args.dataset or cohort.path.name
     config = TrainingConfig(**_training_fields(args))
     tracker = _tracker(args)
     folds = range(len(splits)) if args.fold is None else args.fold
-    storage = Path(args.storage)
-    storage.parent.mkdir(parents=True, exist_ok=True)
+    storage = args.storage if "://" in str(args.storage) else Path(args.storage)
+    # what every study answers: resuming one made for another split or objective is refused
+    objective_hash = json_sha256({
+        "model": args.model, "preset": args.preset, "model_args": dict(args.model_arg),
+        "training": {k: v for k, v in _training_fields(args).items() if k != "device"},
+        "window": args.window,
+        "target_tr": args.target_tr, "max_windows": args.max_windows,
+        "task_type": args.task_type})
+    attrs = {"bsym.space": (space.to_dict(), "search space"),
+             "bsym.seed": (args.sampler_seed, "seed"), "bsym.split": (splits.sha256, "split"),
+             "bsym.objective": (objective_hash, "objective")}
+    if isinstance(storage, Path) and storage.exists():  # refused before any trial runs
+        from bsym.sweep.storage import check_existing_study, journal_storage
+
+        opened = journal_storage(storage)
+        for index in folds:
+            check_existing_study(opened, study_name(dataset, args.model, args.task, splits.seed,
+                                                    index), attrs, where=storage)
     done = {}
     for index in folds:
         objective = supervised_objective(args.model, cohort, splits, args.task, index,
@@ -66,7 +84,8 @@ def sweep_folds(args):
                            tags={"model": args.model, "dataset": dataset, "task": args.task,
                                  "protocol": "sweep", "seed": str(splits.seed),
                                  "fold": str(index), "split_hash": splits.sha256},
-                           progress=not args.quiet)
+                           progress=not args.quiet,
+                           study_attrs={"split": splits.sha256, "objective": objective_hash})
         if result.n_finished < args.trials or result.best_params is None:
             raise SweepError(f"study {name}: {result.n_finished} of {args.trials} trials "
                              f"finished ({result.n_running} still running elsewhere, "
@@ -83,6 +102,21 @@ def sweep_folds(args):
             "space": space.to_dict(), "trials": args.trials, "sampler_seed": args.sampler_seed,
             "objective": "mean best validation loss over the outer fold's inner folds",
             "split_hash": splits.sha256, "storage": str(storage), "folds": done}
+
+
+def check_outputs(args):
+    """Refuse, before any work, a --out that is not a sweep result bsym wrote and a
+    --storage file that is not an Optuna journal."""
+    from bsym.io import check_writable, guard_output
+    from bsym.sweep.result import summary_is_ours
+    from bsym.sweep.storage import check_journal
+
+    guard_output(args.out, is_ours=summary_is_ours, what="sweep result", overwrite=True,
+                 fix_other="choose another --out path, or move this file away yourself")
+    if "://" not in str(args.storage):
+        check_writable(args.storage,
+                       fix="choose a --storage path in a folder you can write to")
+        check_journal(args.storage)
 
 
 def _sweep(args):

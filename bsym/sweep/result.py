@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from optuna.trial import TrialState
 
-from bsym.io import fsync_dir
 from bsym.sweep.runs import PARENT_ATTR
 
 
@@ -91,8 +88,25 @@ def summarize_study(study, *, n_trials=None) -> SweepResult:
         trials=rows)
 
 
+FORMAT = "bsym-sweep"
+#: Keys of a sweep document written before it carried its format.
+_LEGACY_KEYS = {"model", "task", "split_hash", "storage", "folds"}
+
+
+def summary_is_ours(path) -> bool:
+    """Whether ``path`` is a sweep result bsym wrote (``format`` ``bsym-sweep``, or an
+    older one with the keys of :func:`~bsym.sweep.cli.sweep_folds`'s document)."""
+    from bsym.outputs import json_document
+
+    payload = json_document(path)
+    if payload is None:
+        return False
+    return payload.get("format") == FORMAT or (
+        "format" not in payload and _LEGACY_KEYS <= set(payload))
+
+
 def write_summary(result, path) -> Path:
-    """Write ``result`` as JSON to ``path`` atomically (temporary file, then ``os.replace``).
+    """Write ``result`` as JSON to ``path`` atomically, marked ``"format": "bsym-sweep"``.
 
     Parameters
     ----------
@@ -103,19 +117,9 @@ def write_summary(result, path) -> Path:
     -------
     Path
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from bsym.io import atomic_write_text
+
     payload = result.to_dict() if isinstance(result, SweepResult) else dict(result)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x") as handle:  # umask permissions, unlike mkstemp's 0600
-            json.dump(payload, handle, indent=2, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
+    payload = {"format": FORMAT, **payload}
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    return atomic_write_text(path, text, what="the sweep result")

@@ -7,6 +7,7 @@ import functools
 import logging
 import math
 from numbers import Integral, Real
+from pathlib import Path
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -149,7 +150,7 @@ def _run_trial(objective, study, trial, params, *, tracker, tags, catch, heartbe
 def run_sweep(objective, space, *, storage, study_name, n_trials, seed, direction="minimize",
               n_startup_trials=10, prune=True, pruner_startup_trials=5, pruner_warmup_steps=0,
               tracker=None, tags=None, progress=True, catch=(), max_failures=None,
-              heartbeat_interval=DEFAULT_HEARTBEAT_INTERVAL) -> SweepResult:
+              heartbeat_interval=DEFAULT_HEARTBEAT_INTERVAL, study_attrs=None) -> SweepResult:
     """Optimise ``objective`` over ``space`` until the study has ``n_trials`` finished trials.
 
     Run the same call in several processes (same storage and study name) to work
@@ -204,6 +205,9 @@ def run_sweep(objective, space, *, storage, study_name, n_trials, seed, directio
         Stop with an error after this many FAIL trials in this call (default ``n_trials``).
     heartbeat_interval : float
         Seconds between heartbeats of a running trial.
+    study_attrs : dict, optional
+        What the study answers (e.g. ``{"split": <split hash>}``): recorded when the
+        study is created and required unchanged on resume, like the space and seed.
 
     Returns
     -------
@@ -232,13 +236,16 @@ def run_sweep(objective, space, *, storage, study_name, n_trials, seed, directio
     sampler = make_sampler(seed, n_startup_trials=_check_int("n_startup_trials", n_startup_trials, 0))
     pruner = make_pruner(prune=prune, n_startup_trials=pruner_startup_trials,
                          n_warmup_steps=pruner_warmup_steps)
+    where = storage if isinstance(storage, (str, Path)) else None
     storage, lock_path = resolve_storage(storage)
     lock = functools.partial(sweep_lock, lock_path)
 
     with lock():
         study = open_study(storage, study_name, direction=direction, sampler=sampler, pruner=pruner)
-        check_study_attr(study, "bsym.space", space.to_dict(), "search space")
-        check_study_attr(study, "bsym.seed", seed, "seed")
+        check_study_attr(study, "bsym.space", space.to_dict(), "search space", where)
+        check_study_attr(study, "bsym.seed", seed, "seed", where)
+        for name, value in (study_attrs or {}).items():
+            check_study_attr(study, f"bsym.{name}", value, name, where)
         study.set_user_attr("bsym.n_trials", n_trials)
 
     from tqdm.auto import tqdm

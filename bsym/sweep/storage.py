@@ -39,17 +39,52 @@ def journal_storage(path) -> JournalStorage:
     -------
     optuna.storages.JournalStorage
     """
+    from bsym.io import check_writable, disk_error
+
     path = Path(path)
     if path.is_dir():
         raise SweepError(f"Optuna journal {path} is a directory; expected a file path such as "
-                         f"{path / 'study.journal'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+                         f"{path / 'study.journal'}. Fix: pass a file path as --storage")
+    check_writable(path, fix="choose a --storage path in a folder you can write to")
+    check_journal(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
         return JournalStorage(backend)
     except (ValueError, KeyError) as err:  # json.JSONDecodeError is a ValueError
-        raise SweepError(f"Optuna journal {path} is unreadable ({err}); it is not a journal, or "
-                         "it was damaged: move it aside to start a new study") from err
+        raise SweepError(f"Optuna journal {path} is unreadable ({err}): it was damaged. Fix: "
+                         "move it aside to start new studies (their finished trials are "
+                         "lost), or restore it from a backup") from err
+    except OSError as err:
+        raise disk_error(err, path, what="the Optuna journal") from err
+
+
+def check_journal(path) -> None:
+    """Raise :class:`SweepError` unless ``path`` is absent, empty or an Optuna journal.
+
+    Optuna appends to any file it is given; bsym refuses a file that does not begin with
+    a journal record, so it never writes into a user's file.
+    """
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise SweepError(f"{path}: not a regular file; bsym writes Optuna journals only to "
+                         "files it made. Fix: choose another --storage path")
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(1 << 20)
+    except OSError as err:
+        raise SweepError(f"{path}: cannot read the Optuna journal ({err.strerror or err}). "
+                         "Fix: choose a --storage path you can read and write") from None
+    try:
+        record = json.loads(first)
+    except (UnicodeDecodeError, ValueError):
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise SweepError(f"{path}: this file is not an Optuna journal (its first line is not a "
+                         "journal record); bsym never writes into files it did not make. Fix: "
+                         "choose another --storage path (a new journal is created there)")
 
 
 def resolve_storage(storage):
@@ -111,12 +146,34 @@ def sweep_lock(path):
         yield
 
 
-def check_study_attr(study, key, value, what):
-    """Record ``value`` under ``key`` in a new study; in an existing one, require it unchanged."""
+def check_existing_study(storage, study_name, attrs, where=None):
+    """Before any work, read-only: raise :class:`SweepError` when ``study_name`` exists in
+    ``storage`` with other values of ``attrs`` (``{key: (value, what)}``) than asked."""
+    if study_name not in optuna.get_all_study_names(storage):
+        return
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    found = study.user_attrs
+    for key, (value, what) in attrs.items():
+        value = json.loads(json.dumps(value))
+        if key in found and found[key] != value:
+            place = f"{where}: " if where else ""
+            raise SweepError(f"{place}study {study_name!r} was created with {what} "
+                             f"{found[key]!r}, got {value!r}; its trials answer another "
+                             f"question. Fix: resume with the same {what}, or use a new study "
+                             "name (another --storage file)")
+
+
+def check_study_attr(study, key, value, what, where=None):
+    """Record ``value`` under ``key`` in a new study; in an existing one, require it unchanged.
+
+    ``where`` names the storage in the message."""
     value = json.loads(json.dumps(value))
     attrs = study.user_attrs
     if key not in attrs:
         study.set_user_attr(key, value)
     elif attrs[key] != value:
-        raise SweepError(f"study {study.study_name!r} was created with {what} {attrs[key]!r}, got "
-                         f"{value!r}; resume with the same {what}, or use a new study name")
+        place = f"{where}: " if where else ""
+        raise SweepError(f"{place}study {study.study_name!r} was created with {what} "
+                         f"{attrs[key]!r}, got {value!r}; its trials answer another question. "
+                         f"Fix: resume with the same {what}, or use a new study name "
+                         "(another --storage file)")

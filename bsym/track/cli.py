@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+FORMAT = "bsym-tracking"
+
+
+def record_is_ours(path) -> bool:
+    """Whether ``path`` is a record ``bsym tracking init --out`` wrote (``format``
+    ``bsym-tracking``, or an older one with exactly its keys)."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(payload, dict) and (
+        payload.get("format") == FORMAT
+        or set(payload) == {"tracking_uri", "experiment", "experiment_id"})
 
 
 def _init(args):
+    from bsym.io import atomic_write_text, guard_output
     from bsym.track import Tracker
 
-    tracker = Tracker(args.tracking_uri, args.experiment)
-    record = {"tracking_uri": args.tracking_uri, "experiment": args.experiment,
-              "experiment_id": tracker.experiment_id}
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, out)
+        guard_output(args.out, is_ours=record_is_ours, what="tracking record",
+                     overwrite=True,
+                     fix_other="choose another --out path, or move this file away yourself")
+    tracker = Tracker(args.tracking_uri, args.experiment)
+    record = {"format": FORMAT, "tracking_uri": args.tracking_uri,
+              "experiment": args.experiment, "experiment_id": tracker.experiment_id}
+    if args.out:
+        atomic_write_text(args.out, json.dumps(record, indent=2) + "\n",
+                          what="the tracking record")
     print(f"MLflow experiment {args.experiment!r} (id {record['experiment_id']}) at "
           f"{args.tracking_uri}")
 

@@ -61,6 +61,41 @@ def _sqlite_path(uri):
     return Path(path) if path and path != ":memory:" else None
 
 
+def check_tracking_db(db, uri):
+    """Raise :class:`~bsym.errors.BsymError` unless ``db`` (the file of a ``sqlite:///``
+    tracking URI) is absent, empty or an SQLite database holding MLflow's tables: MLflow
+    would otherwise fail deep inside SQLAlchemy, or add its tables to a user's database."""
+    import sqlite3
+
+    from bsym.errors import BsymError
+    from bsym.io import check_writable
+
+    db = Path(db)
+    fix = ("pass a --tracking-uri whose file is an MLflow store or does not exist yet (e.g. "
+           "the default sqlite:///results/mlflow.db), or --no-tracking")
+    check_writable(db, fix=fix)
+    if not db.exists() or (db.is_file() and db.stat().st_size == 0):
+        return
+    if not db.is_file():
+        raise BsymError(f"{db}: the tracking URI {uri} names a folder, not an SQLite file. "
+                        f"Fix: {fix}")
+    with open(db, "rb") as handle:
+        if handle.read(16) != b"SQLite format 3\x00":
+            raise BsymError(f"{db}: the tracking URI {uri} names a file that is not an SQLite "
+                            f"database; bsym never writes into it. Fix: {fix}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            tables = {row[0] for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as err:
+        raise BsymError(f"{db}: the tracking database cannot be read ({err}). Fix: {fix}") \
+            from None
+    if tables and "experiments" not in tables:
+        raise BsymError(f"{db}: this SQLite database holds tables that are not MLflow's "
+                        f"({', '.join(sorted(tables)[:4])}); bsym never adds tables to it. "
+                        f"Fix: {fix}")
+
+
 def _retry(fn, *args, tries=10, **kwargs):
     """Call ``fn``, retrying while SQLite reports a lock held by another writer."""
     for attempt in range(tries):
@@ -115,6 +150,15 @@ class Tracker:
         return state
 
     # -- store and experiment ------------------------------------------------------------
+    def check_store(self):
+        """Raise :class:`~bsym.errors.BsymError` now, before any work, when the tracking
+        store is a file that is not an MLflow store or cannot be written (see
+        :func:`check_tracking_db`); returns the tracker."""
+        db = _sqlite_path(self.uri)
+        if db is not None:
+            check_tracking_db(db, self.uri)
+        return self
+
     @property
     def client(self):
         """The :class:`mlflow.MlflowClient` (created, with the experiment, on first use)."""
@@ -133,6 +177,7 @@ class Tracker:
 
         db = _sqlite_path(self.uri)
         if db is not None:
+            check_tracking_db(db, self.uri)
             db.parent.mkdir(parents=True, exist_ok=True)
             lock = file_lock(db.with_name(db.name + ".lock"))
         else:
