@@ -122,3 +122,16 @@ def test_report_opens_with_the_verdict_and_marks_a_model_that_did_not_learn(tmp_
     assert "Score against pretraining compute" in html
     names = {p.name for p in done["figures"]}
     assert {"verdict_sim.png", "compute_sim.png"} <= names
+
+
+def test_verdict_intervals_stay_within_the_metrics_range():
+    import pandas as pd
+
+    from bsym.stats.controls import verdict_table
+
+    rows = [{"dataset": "d", "task": "sex", "protocol": "linear_probe", "model": "m",
+             "view": "default", "control": "none", "checkpoint": "final", "seed": 0,
+             "fold": f, "replicate": 0, "auroc": a} for f, a in enumerate([0.2, 1.0, 0.6])]
+    out = verdict_table(pd.DataFrame(rows), {"sex": "auroc"}).iloc[0]
+    assert out["ci_low"] == 0.0 and out["ci_high"] == 1.0
+    assert abs(out["mean"] - 0.6) < 1e-12

@@ -310,3 +310,125 @@ def test_finetune_notes_name_every_metric_and_the_cause():
     assert "single class on 1 fold" in notes[0]
     assert "pearson_r 0.460" in notes[1] and "(0.600)" in notes[1]
     assert "did not learn" in notes[1]
+
+
+# --------------------------------------------------------------------------- at a glance
+def _tied_as_tested(glance, pairs, alpha=0.05):
+    """Check each column's marks against the pairwise tests: best = best mean, tied =
+    Holm p >= alpha against it."""
+    checked = 0
+    for (_, task), column in glance.groupby(["dataset", "task"]):
+        higher = bool(column["higher"].iloc[0])
+        best = column.loc[column["mean"].idxmax() if higher else column["mean"].idxmin()]
+        assert (column["mark"] == "best").sum() == 1 and best["mark"] == "best"
+        here = pairs[pairs["task"] == task]
+        for row in column[column["mark"] != "best"].itertuples():
+            hit = here[[{a, b} == {best["entity"], row.entity}
+                        for a, b in zip(here["model_a"], here["model_b"])]]
+            assert len(hit) == 1, (best["entity"], row.entity)
+            assert (row.mark == "tied") == (hit["p_holm"].item() >= alpha)
+            checked += 1
+    return checked
+
+
+def test_report_opens_with_the_glance_matrix(built):
+    done, out = built
+    html = done["html"].read_text()
+    # the first thing after the title is the picture; the verdict table follows it
+    first_img = html.index("<img")
+    assert 'alt="glance_sim.png"' in html[first_img:first_img + 200]
+    assert first_img < html.index("<h2>") and html.index("<h2>Verdict</h2>") > first_img
+    assert Path(done["figures"][0]).name == "glance_sim.png"
+    assert "## At a glance" in done["markdown"].read_text()
+    glance = pd.read_csv(out / "tables" / "glance.csv", na_filter=False)
+    # several protocols: compared together, as "model [protocol]"
+    glance["entity"] = glance["row"]
+    glance["mean"] = glance["mean"].astype(float)
+    glance["higher"] = glance["higher"].astype(str) == "True"
+    assert set(glance["protocol"]) == {"linear_probe", "finetune"} and len(glance) == 9 * 2
+    assert set(glance["mark"]) <= {"best", "tied", ""}
+    checked = 0
+    for metric in ("auroc", "pearson_r"):
+        pairs = pd.read_csv(out / "tables" / f"pairwise_{metric}_all_protocols.csv")
+        checked += _tied_as_tested(glance[glance["metric"] == metric], pairs)
+    assert checked == 2 * 8
+    assert "corrected resampled t-test" in html and "Holm" in html
+
+
+def test_glance_marks_models_that_did_not_learn(table, tmp_path):
+    from bsym.report import build_report
+
+    probes = table[table["protocol"] == "linear_probe"]
+    health = pd.DataFrame({"model": ["brainsymphony", "brainsymphony", "brainsymphony"],
+                           "view": ["fmri", "sc", "fusion"], "learned": [False, True, True],
+                           "reason": ["did not beat interpolation", "", ""]})
+    done = build_report(probes, tmp_path / "r", health=health)
+    glance = pd.read_csv(tmp_path / "r" / "tables" / "glance.csv", na_filter=False)
+    learned = dict(zip(glance["row"], glance["learned"]))
+    assert learned["brainsymphony:fmri [linear_probe]"] == "False"
+    assert learned["brainsymphony:sc [linear_probe]"] == "True"
+    assert learned["bnt [linear_probe]"] == ""  # no health check: no mark
+    # one protocol: the pairwise tests name the model as the report does, marked
+    glance["entity"] = [r.split(" [linear_probe]")[0] for r in glance["row"]]
+    glance.loc[glance["learned"] == "False", "entity"] += " [did not learn]"
+    glance["mean"] = glance["mean"].astype(float)
+    glance["higher"] = glance["higher"].astype(str) == "True"
+    pairs = pd.read_csv(tmp_path / "r" / "tables" / "pairwise_auroc.csv")
+    assert "brainsymphony:fmri [did not learn]" in set(pairs["model_a"]) | set(pairs["model_b"])
+    assert _tied_as_tested(glance[glance["metric"] == "auroc"], pairs) == 3
+    assert Path(done["figures"][0]).name == "glance_sim.png"
+
+
+def test_rank_tests_say_when_too_few_blocks(built, results_path, tmp_path, capsys):
+    done, out = built
+    html = done["html"].read_text()
+    # 2 blocks (sex, age): no Nemenyi difference can be significant, said beside the diagram
+    assert html.count("Too few blocks to conclude: with N = 2") == 3  # 2 protocols + together
+    assert "no difference can be significant" in html
+    assert "Too few blocks to conclude" in " ".join(done["notes"])
+    stats_out = tmp_path / "stats"
+    assert main(["stats", str(results_path), "--metric", "auroc,pearson_r", "--out",
+                 str(stats_out)]) == 0
+    assert "Too few blocks to conclude" in capsys.readouterr().out
+    ranks = pd.read_csv(stats_out / "ranks_auroc-pearson_r_finetune.csv")
+    assert not ranks["can_be_significant"].any() and (ranks["min_blocks"] == 3).all()
+
+
+# --------------------------------------------------------------------------- in a browser
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_report_renders_in_headless_chromium(built, tmp_path):
+    """The report loads in a real browser without errors, every figure has a size, and the
+    first 1280 x 800 screen is the at-a-glance picture at its own size."""
+    import os
+
+    from _chromium import HeadlessChromium, find_chromium
+
+    if find_chromium() is None:
+        if os.environ.get("BSYM_REQUIRE_CHROMIUM"):
+            pytest.fail("BSYM_REQUIRE_CHROMIUM is set but no chromium is installed "
+                        "(.ci/run installs Debian's chromium)")
+        pytest.skip("no chromium executable (apt-get install chromium): the report is not "
+                    "rendered in a browser")
+    done, _ = built
+    with HeadlessChromium() as browser:
+        page = browser.load(done["html"], width=1280, height=800)
+    (tmp_path / "first_screen.png").write_bytes(page["screenshot"])
+    assert page["errors"] == []
+    images = page["images"]
+    assert len(images) == len(done["figures"]) >= 10
+    for image in images:
+        assert image["complete"] and image["naturalWidth"] > 0 and image["naturalHeight"] > 0, \
+            image
+        assert image["width"] > 0 and image["height"] > 0, image
+    first = images[0]
+    assert first["alt"] == "glance_sim.png"
+    assert first["top"] + first["height"] <= 800 and first["left"] + first["width"] <= 1280
+    assert first["width"] == pytest.approx(first["naturalWidth"], abs=1)  # not shrunk
+    assert page["scrollWidth"] <= 1280  # nothing wider than the screen
+    assert page["headings"][0]["text"] == "bsym benchmark report"
+    assert all(h["top"] > first["top"] for h in page["headings"][1:])
+    assert _png_size(page["screenshot"]) == (1280, 800)

@@ -95,6 +95,41 @@ def test_nemenyi_q_and_cd_reproduce_demsar():
     assert stats.cd_groups(ranks, cd10) == [("C4.5+m+cf", "C4.5+m", "C4.5+cf"), ("C4.5+cf", "C4.5")]
 
 
+@pytest.mark.parametrize("k", [2, 3, 4, 6, 10])
+def test_min_blocks_is_where_the_most_extreme_ranking_becomes_significant(k):
+    # the largest possible gap: every block ranks the k models the same way (mean ranks
+    # 1..k); scikit-posthocs' Nemenyi p of first vs last is the independent oracle
+    sp = pytest.importorskip("scikit_posthocs")
+    need = stats.min_blocks_for_significance(k, 0.05)
+    for n in range(2, need + 3):
+        scores = np.tile(np.arange(k, 0, -1, dtype=float), (n, 1))
+        p = sp.posthoc_nemenyi_friedman(scores).to_numpy()[0, k - 1]
+        assert (p < 0.05) == (n >= need), (k, n, p)
+    assert need == (4 if k == 2 else 3)
+
+
+def test_two_blocks_never_conclude_and_the_note_says_so():
+    for k in range(2, 31):  # with N = 2 no difference can be significant
+        assert stats.min_blocks_for_significance(k) > 2
+        assert stats.nemenyi_critical_difference(k, 2)[0] > k - 1
+    rows = [dict(model=m, dataset=f"uci{i}", task="cls", protocol="supervised", seed=0, fold=0,
+                 n_train=90, n_test=10, auroc=DEMSAR_AUC[i, j])
+            for i in range(14) for j, m in enumerate(DEMSAR_MODELS)]
+    table = pd.DataFrame(rows)
+    demsar = stats.rank_tests(table, "auroc")
+    assert demsar.can_be_significant and demsar.few_blocks_note() is None  # N = 14 > 10
+    two = stats.rank_tests(table[table["dataset"].isin(["uci0", "uci1"])], "auroc")
+    assert not two.can_be_significant and two.min_blocks == 3
+    assert "no difference can be significant" in two.few_blocks_note()
+    assert "CD = 3.32" in two.few_blocks_note()
+    drawn = " ".join(t.get_text() for t in stats.plot_critical_difference(two).axes[0].texts)
+    assert "Too few blocks to conclude" in drawn  # the diagram carries the note
+    drawn = " ".join(t.get_text() for t in stats.plot_critical_difference(demsar).axes[0].texts)
+    assert "blocks" not in drawn.replace("dataset x task blocks", "")
+    five = stats.rank_tests(table[table["dataset"].isin([f"uci{i}" for i in range(5)])], "auroc")
+    assert five.can_be_significant and five.few_blocks_note().startswith("Few blocks: N = 5")
+
+
 def test_rank_tests_on_the_demsar_table_in_long_format():
     rows = [dict(model=m, dataset=f"uci{i}", task="cls", protocol="supervised", seed=0, fold=0, n_train=90,
                  n_test=10, auroc=DEMSAR_AUC[i, j], error=1 - DEMSAR_AUC[i, j])

@@ -308,7 +308,10 @@ def _write_stats(frame, metrics, out, *, alpha, rope, figure_format):
         table = ranks.table().assign(protocol=protocol, metric=tag, n_blocks=ranks.n_blocks,
                                      friedman_chi2=ranks.statistic, friedman_p=ranks.pvalue,
                                      iman_davenport_p=ranks.iman_davenport_pvalue, cd=ranks.cd,
-                                     alpha=alpha)
+                                     alpha=alpha, can_be_significant=ranks.can_be_significant,
+                                     min_blocks=ranks.min_blocks)
+        if ranks.few_blocks_note():
+            notes.append(f"rank tests ({protocol}): {ranks.few_blocks_note()}")
         written[f"ranks_{protocol}"] = write_csv(table, out / f"ranks_{_slug(tag)}_{protocol}.csv")
         path = out / f"cd_{_slug(tag)}_{protocol}.{figure_format}"
         _close(stats.plot_critical_difference(ranks, path))
@@ -413,11 +416,12 @@ def _beside_published(board: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- HTML pieces
-_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:1em auto;padding:0 10px;color:#222}
+h1{margin:.2em 0 .4em;font-size:1.7em}figure{margin:0 0 1.2em}figcaption{color:#777;font-size:12px}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
 th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}
 td.l,th.l{text-align:left}.note{color:#666;font-style:italic}img{max-width:100%}
-h2{border-bottom:1px solid #ddd;margin-top:2em}"""
+.wide{overflow-x:auto}h2{border-bottom:1px solid #ddd;margin-top:2em}"""
 
 
 def _esc(value) -> str:
@@ -444,7 +448,7 @@ def _html_table(frame: pd.DataFrame, floats: str = "{:.4g}") -> str:
             else:
                 cells.append(f'<td class="l">{_esc(value)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<div class=\"wide\"><table><tr>{head}</tr>{''.join(body)}</table></div>"
 
 
 def _md_table(frame: pd.DataFrame, floats: str = "{:.4g}") -> str:
@@ -479,10 +483,10 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
                         f'<td class="n" {attrs}>{r.n}</td>'
                         f'<td class="score" {attrs}>{_cell(r.mean, r.sd)}</td>'
                         f'<td class="ci" {attrs}>{ci}</td></tr>')
-        parts.append('<table class="leaderboard"><tr><th class="l">dataset</th><th class="l">task'
-                     '</th><th class="l">metric</th><th class="l">model</th><th>n (folds x seeds)'
-                     '</th><th>mean ± sd</th><th>95% CI (corrected)</th></tr>'
-                     + "".join(rows) + "</table>")
+        parts.append('<div class="wide"><table class="leaderboard"><tr><th class="l">dataset'
+                     '</th><th class="l">task</th><th class="l">metric</th><th class="l">model'
+                     '</th><th>n (folds x seeds)</th><th>mean ± sd</th><th>95% CI (corrected)'
+                     '</th></tr>' + "".join(rows) + "</table></div>")
     return "\n".join(parts)
 
 
@@ -551,23 +555,163 @@ def _fmt(mean, sd=None, digits=3) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def _verdict_section(doc, results, primary, health, figdir, tabdir, tables, note):
-    """The report's opening: every model x task score beside its controls and health."""
-    from bsym.report.figures import verdict_plot
+#: Display order of the protocols in the at-a-glance matrix (others follow, sorted).
+GLANCE_PROTOCOLS = ("linear_probe", "finetune", "supervised")
+
+
+def _pairwise_all(bench, primary, rope) -> list:
+    """``[(metric, mixed, pairs or None, error or None)]``: :func:`bsym.stats.pairwise_tests`
+    of each primary metric within each protocol and, with several protocols, across them."""
+    from bsym import stats
+
+    out = []
+    if bench.empty or not primary:
+        return out
+    mixes = (False, True) if bench["protocol"].astype(str).nunique() > 1 else (False,)
+    for metric in sorted(set(primary.values())):
+        rows = bench[bench["task"].astype(str).map(primary) == metric]
+        for mixed in mixes:
+            try:
+                out.append((metric, mixed, stats.pairwise_tests(rows, metric, rope=rope,
+                                                                mix_protocols=mixed), None))
+            except stats.StatsError as err:
+                out.append((metric, mixed, None, str(err)))
+    return out
+
+
+def glance_cells(verdict, pairwise, health, *, alpha: float = 0.05):
+    """The cells of the at-a-glance matrix: the verdict with its display ``row`` and the
+    ``mark`` of each cell (``"best"``, ``"tied"`` or ``""``).
+
+    Per dataset x task the model with the best mean is ``best``; a model whose Holm-adjusted
+    corrected resampled t-test against it (``pairwise``, from :func:`_pairwise_all`) has
+    p >= ``alpha`` is ``tied``. With several protocols they are compared together (the
+    ``model [protocol]`` tests) where those tests exist, else within each protocol. A group
+    of one model gets no mark.
+
+    Returns
+    -------
+    cells : DataFrame
+    how : dict
+        ``(dataset, task) -> "protocols compared together" | "within each protocol" | why
+        untested``.
+    """
+    from bsym.stats import HIGHER_IS_BETTER
+
+    cells = verdict.copy()
+    cells["higher"] = [HIGHER_IS_BETTER.get(str(m).lower(), True) for m in cells["metric"]]
+    cells["row"] = [f"{label} [{protocol}]" for label, protocol in
+                    zip(cells["label"], cells["protocol"].astype(str))]
+    cells["mark"] = ""
+    marked = mark_unlearned(pd.DataFrame({"base_model": cells["model"].astype(str),
+                                          "view": cells["view"].astype(str),
+                                          "model": cells["label"].astype(str)}), health)["model"]
+    tables = {(m, mixed): t for m, mixed, t, _ in pairwise if t is not None}
+    errors = {(m, mixed): e for m, mixed, _, e in pairwise if e is not None}
+    several = cells["protocol"].astype(str).nunique() > 1
+    how = {}
+    for (dataset, task), column in cells.groupby(["dataset", "task"], sort=True):
+        metric, higher = str(column["metric"].iloc[0]), bool(column["higher"].iloc[0])
+        mixed = several and (metric, True) in tables
+        table = tables.get((metric, mixed))
+        how[(dataset, task)] = ("protocols compared together" if mixed else
+                                "within each protocol") \
+            if table is not None else f"not tested ({errors.get((metric, mixed), 'no pairs')})"
+        groups = [column] if mixed else [g for _, g in column.groupby("protocol", sort=True)]
+        for group in groups:
+            scores = pd.to_numeric(group["mean"], errors="coerce").dropna()
+            if len(scores) < 2:
+                continue
+            best = scores.idxmax() if higher else scores.idxmin()
+            cells.loc[best, "mark"] = "best"
+            if table is None:
+                continue
+
+            def entity(index, mixed=mixed):
+                return f"{marked[index]} [{cells.loc[index, 'protocol']}]" if mixed \
+                    else marked[index]
+
+            here = table[(table["dataset"].astype(str) == str(dataset))
+                         & (table["task"].astype(str) == str(task))]
+            for index in scores.index.drop(best):
+                pair = {entity(best), entity(index)}
+                hit = here[[{a, b} == pair for a, b in zip(here["model_a"], here["model_b"])]]
+                if not mixed:
+                    hit = hit[hit["protocol"].astype(str) == str(cells.loc[index, "protocol"])]
+                if len(hit) and float(hit["p_holm"].iloc[0]) >= alpha:
+                    cells.loc[index, "mark"] = "tied"
+    return cells, how
+
+
+def _glance_order(cells) -> list:
+    """Display rows: by protocol (:data:`GLANCE_PROTOCOLS` first), then best mean rank over
+    the tasks first."""
+    rank = cells.assign(score=np.where(cells["higher"], cells["mean"], -cells["mean"]))
+    rank["r"] = rank.groupby(["dataset", "task"])["score"].rank(ascending=False)
+    order = rank.groupby(["row", "protocol"], sort=False)["r"].mean().reset_index()
+    known = {p: i for i, p in enumerate(GLANCE_PROTOCOLS)}
+    order["p"] = [known.get(str(p), len(known)) for p in order["protocol"]]
+    return list(order.sort_values(["p", "protocol", "r", "row"], kind="stable")["row"])
+
+
+def _glance_section(doc, verdict, bench, pairwise, health, figdir, tabdir, tables, note, *,
+                    alpha):
+    """The report's first screen: per dataset, one model x task picture of the verdict."""
+    from bsym.report.figures import glance_matrix
+
+    doc.md.append("\n## At a glance\n")  # no HTML heading: the picture is the first screen
+    if verdict is None or verdict.empty:
+        note("No real benchmark scores: nothing to show at a glance (see the sections below).")
+        return
+    cells, how = glance_cells(verdict, pairwise, health, alpha=alpha)
+    tables.append(tabdir / "glance.csv")
+    write_csv(cells.drop(columns=["label"]), tables[-1])
+    for dataset, block in cells.groupby("dataset", sort=True):
+        ways = sorted({v for (d, _), v in how.items() if d == dataset})
+        tested = [w for w in ways if not w.startswith("not tested")]
+        significance = (f"corrected resampled t-test, Holm over the column's pairs, "
+                        f"alpha\u00a0=\u00a0{alpha:g}; {' / '.join(tested) or 'no test'}")
+        order = _glance_order(block)
+        block = block.set_index("row").loc[order].reset_index()
+        path = figdir / f"glance_{_slug(dataset)}.png"
+        doc.figure(glance_matrix(block, path, significance=significance,
+                                 title=f"{dataset}: primary metric per model and task"))
+        for (d, task), way in sorted(how.items()):
+            if d == dataset and way.startswith("not tested"):
+                note(f"{dataset} / {task}: best and tied marks {way}.")
+    doc.text("Ties (≈) come from the Nadeau-Bengio corrected resampled t-test on paired folds "
+             "and seeds, Holm-adjusted over every pair of the column (the Pairwise comparisons "
+             f"below), at alpha = {alpha:g}. The full tables follow: verdict, training health, "
+             "leaderboard, statistics.")
+
+
+def _verdict(results, primary, health) -> pd.DataFrame | None:
+    """:func:`~bsym.stats.controls.verdict_table` with a ``label`` (``model:view``), sorted;
+    None without benchmark rows."""
     from bsym.stats.controls import verdict_table
 
-    doc.section("Verdict")
     if not primary:
+        return None
+    verdict = verdict_table(results, primary, health=health)
+    if verdict.empty:
+        return verdict
+    verdict["label"] = [m if str(v) in ("default", "", "None") else f"{m}:{v}"
+                        for m, v in zip(verdict["model"], verdict["view"])]
+    return verdict.sort_values(["dataset", "task", "protocol", "mean"],
+                               ascending=[True, True, True, False], kind="stable")
+
+
+def _verdict_section(doc, results, verdict, figdir, tabdir, tables, note):
+    """Every model x task score beside its controls and health, in full."""
+    from bsym.report.figures import verdict_plot
+
+    doc.section("Verdict")
+    if verdict is None:
         note("No benchmark rows: no verdict.")
         return
-    verdict = verdict_table(results, primary, health=health)
     if verdict.empty:
         note("No real scores for the tasks' primary metrics: no verdict.")
         return
-    verdict["label"] = [m if str(v) in ("default", "", "None") else f"{m}:{v}"
-                        for m, v in zip(verdict["model"], verdict["view"])]
-    verdict = verdict.sort_values(["dataset", "task", "protocol", "mean"],
-                                  ascending=[True, True, True, False], kind="stable")
     tables.append(tabdir / "verdict.csv")
     write_csv(verdict, tables[-1])
     doc.text("Per dataset and task, each model's primary metric (mean over folds and seeds, "
@@ -850,7 +994,11 @@ def _write_report(results, out, *, metrics, netid, netid_figures, contrasts, hea
         doc.note(text)
 
     primary = primary_metrics(bench) if not bench.empty else {}
-    _verdict_section(doc, results, primary, health, figdir, tabdir, tables, note)
+    verdict = _verdict(results, primary, health)
+    pairwise = _pairwise_all(bench, primary, rope)
+    _glance_section(doc, verdict, bench, pairwise, health, figdir, tabdir, tables, note,
+                    alpha=alpha)
+    _verdict_section(doc, results, verdict, figdir, tabdir, tables, note)
     _health_section(doc, health, loss_figures, figdir, tabdir, tables, note)
 
     # -- leaderboard
@@ -887,6 +1035,10 @@ def _write_report(results, out, *, metrics, netid, netid_figures, contrasts, hea
 
     # -- critical difference
     doc.section("Critical-difference diagram (Friedman + Nemenyi)")
+    doc.text("Models ranked within each dataset x task block (N blocks, k models). Two mean "
+             "ranks differ by at most k - 1, and the Nemenyi critical difference is "
+             "CD = q_alpha sqrt(k (k + 1) / (6 N)): where CD >= k - 1 (N = 2 blocks, for any "
+             "k) no difference can be significant, and each diagram says so.")
     drawn = False
     for protocol, rows, mixed in _protocol_groups(bench):
         mapping = {t: m for t, m in primary_metrics(rows).items()}
@@ -901,6 +1053,8 @@ def _write_report(results, out, *, metrics, netid, netid_figures, contrasts, hea
         _close(fig)
         doc.text(f"{protocol}: metric per task {mapping}; CD = {ranks.cd:.3f} at alpha = {alpha}; "
                  f"Friedman chi2 = {ranks.statistic:.3f}, p = {ranks.pvalue:.3g}.")
+        if ranks.few_blocks_note():  # the diagram carries it too, wherever it is copied
+            note(f"{protocol}: {ranks.few_blocks_note()}")
         doc.figure(path)
         rank_table = ranks.table().assign(protocol=protocol)
         tables.append(tabdir / f"ranks_{_slug(protocol)}.csv")
@@ -915,27 +1069,22 @@ def _write_report(results, out, *, metrics, netid, netid_figures, contrasts, hea
     doc.text(f"Lower triangle: Holm-adjusted p of the corrected resampled t-test; upper triangle: "
              f"Bayesian correlated t-test probability that the row model is better (ROPE ±{rope}).")
     any_pairs = False
-    mixes = (False, True) if bench["protocol"].astype(str).nunique() > 1 else (False,)
-    for metric in sorted(set(primary.values())):
-        rows = bench[bench["task"].astype(str).map(primary) == metric]
-        for mixed in mixes:
-            suffix = "_all_protocols" if mixed else ""
-            try:
-                pairs = stats.pairwise_tests(rows, metric, rope=rope, mix_protocols=mixed)
-            except stats.StatsError as err:
-                note(f"{metric}{' (all protocols)' if mixed else ''}: pairwise tests not computed "
-                     f"({err}).")
-                continue
-            tables.append(tabdir / f"pairwise_{metric}{suffix}.csv")
-            write_csv(pairs, tables[-1])
-            from bsym.report.figures import significance_matrix
+    for metric, mixed, pairs, error in pairwise:
+        suffix = "_all_protocols" if mixed else ""
+        if pairs is None:
+            note(f"{metric}{' (all protocols)' if mixed else ''}: pairwise tests not computed "
+                 f"({error}).")
+            continue
+        tables.append(tabdir / f"pairwise_{metric}{suffix}.csv")
+        write_csv(pairs, tables[-1])
+        from bsym.report.figures import significance_matrix
 
-            for (dataset, task, protocol), g in pairs.groupby(["dataset", "task", "protocol"],
-                                                              sort=True):
-                label = "all protocols" if mixed else protocol
-                path = figdir / f"pairs_{_slug(label, dataset, task, metric)}.png"
-                doc.figure(significance_matrix(g, path, title=f"{dataset} / {task} ({label}): {metric}"))
-                any_pairs = True
+        for (dataset, task, protocol), g in pairs.groupby(["dataset", "task", "protocol"],
+                                                          sort=True):
+            label = "all protocols" if mixed else protocol
+            path = figdir / f"pairs_{_slug(label, dataset, task, metric)}.png"
+            doc.figure(significance_matrix(g, path, title=f"{dataset} / {task} ({label}): {metric}"))
+            any_pairs = True
     if not any_pairs and not bench.empty and not any("pairwise" in n for n in notes):
         note("No dataset x task x protocol with two or more models: no pairwise tests.")
 

@@ -28,10 +28,12 @@ from bsym.stats.compare import (
 )
 from bsym.stats.errors import StatsError
 from bsym.stats.rank import (
+    FEW_BLOCKS,
     FriedmanResult,
     cd_diagram,
     cd_groups,
     friedman_test,
+    min_blocks_for_significance,
     nemenyi_critical_difference,
     nemenyi_pvalues,
     rank_scores,
@@ -39,6 +41,7 @@ from bsym.stats.rank import (
 from bsym.stats.resampled import CorrectedTTest, corrected_resampled_ttest
 
 __all__ = [
+    "FEW_BLOCKS",
     "HIGHER_IS_BETTER",
     "REQUIRED_COLUMNS",
     "BayesianTTest",
@@ -52,6 +55,7 @@ __all__ = [
     "corrected_resampled_ttest",
     "friedman_test",
     "holm",
+    "min_blocks_for_significance",
     "nemenyi_critical_difference",
     "nemenyi_pvalues",
     "pairwise_tests",

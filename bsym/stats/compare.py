@@ -27,14 +27,16 @@ from scipy import stats
 from bsym.stats.bayes import bayesian_correlated_ttest
 from bsym.stats.errors import StatsError
 from bsym.stats.rank import (
+    FEW_BLOCKS,
     cd_diagram,
     cd_groups,
     friedman_test,
+    min_blocks_for_significance,
     nemenyi_critical_difference,
     nemenyi_pvalues,
     rank_scores,
 )
-from bsym.stats.resampled import corrected_resampled_ttest, corrected_se
+from bsym.stats.resampled import clip_interval, corrected_resampled_ttest, corrected_se
 
 __all__ = ["HIGHER_IS_BETTER", "REQUIRED_COLUMNS", "RankTests", "holm", "pairwise_tests",
            "plot_critical_difference", "rank_tests", "summary"]
@@ -202,8 +204,10 @@ def summary(results: pd.DataFrame, metric: str, *, confidence: float = 0.95,
         half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * se if n > 1 else math.nan
         mean = float(np.mean(x))
         rows.append(dict(dataset=dataset, task=task, protocol=protocol, model=model, metric=metric, n=n,
-                         n_seeds=g["seed"].nunique(), mean=mean, sd=sd, se=se, ci_low=mean - half,
-                         ci_high=mean + half, ci_method=ci))
+                         n_seeds=g["seed"].nunique(), mean=mean, sd=sd, se=se,
+                         ci_low=clip_interval(metric, mean - half, mean + half)[0],
+                         ci_high=clip_interval(metric, mean - half, mean + half)[1],
+                         ci_method=ci))
     return pd.DataFrame(rows)
 
 
@@ -394,6 +398,35 @@ class RankTests:
             "groups": [",".join(map(str, member[m])) for m in self.mean_ranks.index],
         })
 
+    @property
+    def min_blocks(self) -> int:
+        """Fewest blocks at which any difference among these k models could be significant
+        (:func:`~bsym.stats.rank.min_blocks_for_significance`)."""
+        return min_blocks_for_significance(self.n_models, self.alpha)
+
+    @property
+    def can_be_significant(self) -> bool:
+        """Whether the CD is below the largest possible mean-rank difference, k - 1."""
+        return self.cd < self.n_models - 1
+
+    def few_blocks_note(self) -> str | None:
+        """A sentence on what these N blocks cannot show, or None when N > :data:`FEW_BLOCKS`
+        and a difference can be significant."""
+        k, n = self.n_models, self.n_blocks
+        if not self.can_be_significant:
+            return (f"Too few blocks to conclude: with N = {n} dataset x task blocks and k = {k} "
+                    f"models the critical difference CD = {self.cd:.2f} exceeds the largest "
+                    f"possible mean-rank difference ({k - 1}), so no difference can be "
+                    f"significant (Nemenyi, alpha = {self.alpha:g}); it takes N >= "
+                    f"{self.min_blocks} blocks before even a model first in every block can "
+                    "differ from one last in every block. The ranks are descriptive only.")
+        if n <= FEW_BLOCKS:
+            return (f"Few blocks: N = {n} dataset x task blocks (Demsar 2006 asks for N > "
+                    f"{FEW_BLOCKS} for the Friedman chi^2 approximation); only mean-rank "
+                    f"differences above CD = {self.cd:.2f} of at most {k - 1} are significant, "
+                    "so read the ranks with care.")
+        return None
+
 
 def rank_tests(results: pd.DataFrame, metric, higher_is_better=None, *, alpha: float = 0.05,
                mix_protocols: bool = False, tie_correction: bool = True) -> RankTests:
@@ -483,7 +516,7 @@ def rank_tests(results: pd.DataFrame, metric, higher_is_better=None, *, alpha: f
 
 
 def plot_critical_difference(ranks, path=None, *, cd: float | None = None, groups=None,
-                             title: str | None = None, ax=None):
+                             title: str | None = None, ax=None, note: str | None = None):
     """Critical-difference diagram (Demsar 2006, fig. 1) of a rank comparison.
 
     Parameters
@@ -499,6 +532,9 @@ def plot_critical_difference(ranks, path=None, *, cd: float | None = None, group
     title : str, optional
         Default for a RankTests: metric, N, k and the Friedman p-value.
     ax : matplotlib Axes, optional
+    note : str, optional
+        Printed under the diagram; default for a RankTests: its
+        :meth:`RankTests.few_blocks_note` (too few blocks to conclude), if any.
 
     Returns
     -------
@@ -507,6 +543,7 @@ def plot_critical_difference(ranks, path=None, *, cd: float | None = None, group
     if isinstance(ranks, RankTests):
         cd = ranks.cd if cd is None else cd
         groups = ranks.groups if groups is None else groups
+        note = ranks.few_blocks_note() if note is None else note
         if title is None:
             metric = ranks.metric
             what = metric if isinstance(metric, str) else ", ".join(sorted(set(metric.values())))
@@ -518,4 +555,4 @@ def plot_critical_difference(ranks, path=None, *, cd: float | None = None, group
             raise StatsError("plot_critical_difference needs cd= when given mean ranks rather than a "
                              "rank_tests result")
         mean_ranks = pd.Series(ranks, dtype=float)
-    return cd_diagram(mean_ranks, cd, groups=groups, path=path, title=title, ax=ax)
+    return cd_diagram(mean_ranks, cd, groups=groups, path=path, title=title, ax=ax, note=note)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bsym.stats.errors import StatsError
+from bsym.stats.resampled import clip_interval
 
 #: Orientation of the metrics a verdict may use.
 _LOWER_IS_BETTER = {"mse", "mae", "rmse", "loss"}
@@ -139,7 +140,9 @@ def verdict_table(table: pd.DataFrame, metrics: dict, *, confidence: float = 0.9
         mark = _health_mark(health, model, view)
         rows.append({"dataset": dataset, "task": task, "metric": metric, "protocol": protocol,
                      "model": model, "view": view, "mean": mean, "sd": sd,
-                     "ci_low": mean - half, "ci_high": mean + half, "n": n,
+                     "ci_low": clip_interval(metric, mean - half, mean + half)[0],
+                     "ci_high": clip_interval(metric, mean - half, mean + half)[1],
+                     "n": n,
                      "random_init": init_mean, "random_init_sd": init_sd,
                      "shuffled": float(null_scores.mean()) if len(null_scores) else float("nan"),
                      "shuffled_sd": float(null_scores.std(ddof=1)) if len(null_scores) > 1

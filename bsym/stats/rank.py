@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +26,13 @@ from scipy import stats
 
 from bsym.stats.errors import StatsError
 
-__all__ = ["FriedmanResult", "cd_diagram", "cd_groups", "friedman_test", "nemenyi_critical_difference",
-           "nemenyi_pvalues", "rank_scores"]
+__all__ = ["FEW_BLOCKS", "FriedmanResult", "cd_diagram", "cd_groups", "friedman_test",
+           "min_blocks_for_significance", "nemenyi_critical_difference", "nemenyi_pvalues",
+           "rank_scores"]
+
+#: Blocks below which Friedman's chi^2 approximation is rough (Demsar 2006, section 3.2.2:
+#: "N > 10 and k > 5" as a rule of thumb).
+FEW_BLOCKS = 10
 
 
 def _as_frame(scores) -> pd.DataFrame:
@@ -167,6 +173,24 @@ def nemenyi_critical_difference(n_models: int, n_blocks: int, alpha: float = 0.0
     return q_alpha * math.sqrt(n_models * (n_models + 1) / (6 * n_blocks)), q_alpha
 
 
+def min_blocks_for_significance(n_models: int, alpha: float = 0.05) -> int:
+    r"""Fewest blocks N at which the Nemenyi test can find any difference among k models.
+
+    Two mean ranks differ by at most k - 1 (one model first in every block, the other
+    last), so a difference can be significant only when
+    :math:`CD = q_\alpha\sqrt{k(k+1)/(6N)} < k - 1`, that is when
+    :math:`N > q_\alpha^2 k (k+1) / (6 (k-1)^2)`. At alpha = 0.05 this is N >= 4 for
+    k = 2 and N >= 3 for 3 <= k <= 30: with N = 2 blocks no difference can be significant.
+
+    Returns
+    -------
+    int
+    """
+    _, q_alpha = nemenyi_critical_difference(n_models, 1, alpha)
+    bound = q_alpha ** 2 * n_models * (n_models + 1) / (6 * (n_models - 1) ** 2)
+    return math.floor(bound) + 1
+
+
 def nemenyi_pvalues(mean_ranks: pd.Series, n_blocks: int) -> pd.DataFrame:
     r"""Pairwise Nemenyi p-values from mean ranks.
 
@@ -216,7 +240,7 @@ def cd_groups(mean_ranks: pd.Series, cd: float) -> list[tuple]:
 
 
 def cd_diagram(mean_ranks: pd.Series, cd: float, *, groups=None, path=None, title: str | None = None,
-               ax=None, label_ranks: bool = True):
+               ax=None, label_ranks: bool = True, note: str | None = None):
     """Draw a critical-difference diagram (Demsar 2006, figure 1).
 
     A horizontal axis of mean ranks (1 = best, on the left), each model joined
@@ -239,6 +263,8 @@ def cd_diagram(mean_ranks: pd.Series, cd: float, *, groups=None, path=None, titl
         Draw into this axes instead of a new figure.
     label_ranks : bool
         Print each model's mean rank beside its name.
+    note : str, optional
+        Printed in red under the diagram (e.g. that too few blocks allow no conclusion).
 
     Returns
     -------
@@ -255,10 +281,13 @@ def cd_diagram(mean_ranks: pd.Series, cd: float, *, groups=None, path=None, titl
     step, group_step = 0.32, 0.13
     first = 0.25 + group_step * max(len(groups), 1)
     height = first + step * n_left + 0.1
+    longest = max(len(f"{name} (0.00)") for name in ranks.index)
+    # the names take a fixed share: widen the axis with many models, and for long names
+    width = max(6.4 + 0.4 * max(0, k - 6), 3.0 + 2 * 0.085 * longest)
+    note_lines = textwrap.wrap(note, width=int(14 * width)) if note else []
     if ax is None:
-        width = 6.4 + 0.4 * max(0, k - 6)  # the names take a fixed share: widen the axis
-        fig = Figure(figsize=(width, 0.8 + 0.55 * height + (0.25 if title else 0)),
-                     layout="constrained")
+        fig = Figure(figsize=(width, 0.8 + 0.55 * height + (0.25 if title else 0)
+                              + 0.16 * len(note_lines)), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -300,6 +329,9 @@ def cd_diagram(mean_ranks: pd.Series, cd: float, *, groups=None, path=None, titl
     ax.set_xlim(left_x - 0.02, right_x + 0.02)
     ax.set_ylim(-(height + 0.05), 1.1)
     ax.axis("off")
+    if note_lines:
+        ax.text(0.5, -0.02, "\n".join(note_lines), transform=ax.transAxes, ha="center",
+                va="top", fontsize=8, color="#b22222")
     if title:
         ax.set_title(title, fontsize=10)
     if path is not None:

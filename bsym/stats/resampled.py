@@ -169,3 +169,16 @@ def corrected_resampled_ttest(a, b=None, *, n_train, n_test, confidence: float =
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
     return CorrectedTTest(mean=mean, se=se, t=t, df=df, pvalue=pvalue, ci_low=mean - half,
                           ci_high=mean + half, confidence=confidence, n=n, ratio=ratio)
+
+
+#: Where a score can lie. A t-interval over a few folds is clipped to it: an AUROC interval
+#: reaching 1.4 says only that the folds disagree, which the clipped interval still shows.
+METRIC_RANGE = {"auroc": (0.0, 1.0), "balanced_accuracy": (0.0, 1.0), "accuracy": (0.0, 1.0),
+                "f1": (0.0, 1.0), "pearson_r": (-1.0, 1.0), "spearman_r": (-1.0, 1.0),
+                "r2": (-math.inf, 1.0), "ari": (-1.0, 1.0), "knn_accuracy": (0.0, 1.0)}
+
+
+def clip_interval(metric, low, high):
+    """``(low, high)`` clipped to the range ``metric`` can take (unchanged when unknown)."""
+    lo, hi = METRIC_RANGE.get(str(metric), (-math.inf, math.inf))
+    return max(low, lo), min(high, hi)
