@@ -227,6 +227,26 @@ def test_logged_to_mlflow(store, tmp_path):
             ("connectome-fc", "toy", "sex", "linear_probe", "0")
     parent = next(r for r in runs if "fold" not in r.data.tags)
     assert "auroc_mean" in parent.data.metrics and "auroc_sd" in parent.data.metrics
+    # named protocol / model:view / task, tagged for the leaderboard filter, with the CI
+    view = parent.data.tags["view"]
+    label = "connectome-fc" if view == "default" else f"connectome-fc:{view}"
+    assert parent.info.run_name == f"linear_probe / {label} / sex"
+    assert parent.data.tags["bsym.kind"] == "parent"
+    assert {r.data.tags["bsym.kind"] for r in runs if r is not parent} == {"fold"}
+    metrics = parent.data.metrics
+    assert metrics["auroc_ci_low"] <= metrics["auroc_mean"] <= metrics["auroc_ci_high"]
+
+    # a resumed evaluation's parent run summarises every fold, also those read back
+    from bsym.evaluate.results import ResultTable
+
+    table = ResultTable(tmp_path / "results.parquet")
+    tracker = Tracker(uri, "resumed")
+    linear_probe(emb, store, splits, "sex", config=FAST, tracker=tracker, results=table,
+                 progress=False, folds=[0])
+    linear_probe(emb, store, splits, "sex", config=FAST, tracker=tracker, results=table,
+                 progress=False, folds=[0, 1])
+    parents = tracker.search_runs("tags.bsym.kind = 'parent'")
+    assert sorted(r.data.metrics["n_folds"] for r in parents) == [1, 2]
 
 
 def test_cli_probe(store, tmp_path, capsys):

@@ -91,8 +91,31 @@ def test_null_tracker_does_nothing():
         tracker.log_metrics({"loss": 1.0}, step=1)
         tracker.set_tags({"t": 1})
         tracker.log_artifact("/does/not/matter")
+        tracker.log_table(None, "t.json")
+        tracker.delete_run(run_id)
         assert tracker.run_id == run_id
     assert not tracker.enabled and tracker.run_id is None
+    assert tracker.search_runs("tags.bsym.kind = 'leaderboard'") == []
+
+
+def test_tables_search_and_deleted_runs(uri):
+    import pandas as pd
+
+    tracker = Tracker(uri, experiment="tables")
+    ids = []
+    for value in (1.0, 2.0):
+        with tracker.start_run("board", tags={"bsym.kind": "leaderboard"}) as run_id:
+            tracker.log_table(pd.DataFrame({"model": ["a", "b"], "mean": [value, 0.5]}),
+                              "leaderboard.json")
+            ids.append(run_id)
+    client = client_for(uri)
+    assert [a.path for a in client.list_artifacts(ids[0])] == ["leaderboard.json"]
+    assert "leaderboard.json" in client.get_run(ids[0]).data.tags["mlflow.loggedArtifacts"]
+    found = tracker.search_runs("tags.bsym.kind = 'leaderboard'")
+    assert sorted(r.info.run_id for r in found) == sorted(ids)
+    tracker.delete_run(ids[0])
+    assert [r.info.run_id for r in tracker.search_runs("tags.bsym.kind = 'leaderboard'")] == \
+        [ids[1]]
 
 
 def test_track_imports_no_other_bsym_subpackage_nor_mlflow():

@@ -100,6 +100,9 @@ COMMANDS = {
     "leaderboard": (lambda w: ["leaderboard", w["results"], "--csv", "OUT"], []),
     "report": (lambda w: ["report", "--results", w["results"], "--out", "OUT"], []),
     "tracking init": (lambda w: ["tracking", "init", "--out", "OUT"], []),
+    "tracking leaderboard": (lambda w: ["tracking", "leaderboard", "--results", w["results"],
+                                        "--report-dir", w["root"] / "unused" / "report",
+                                        "--out", "OUT"], []),
 }
 
 
@@ -123,9 +126,9 @@ def _snapshot(root):
 
 def _argv(name, w, target):
     argv = [str(target) if a == "OUT" else a for a in COMMANDS[name][0](w)]
-    if name == "tracking init":  # the store goes into the case folder, not the user's
-        argv = ["tracking", "init", "--tracking-uri",
-                f"sqlite:///{target.parent / 'mlflow.db'}", *argv[2:]]
+    if name.startswith("tracking"):  # the store goes into the case folder, not the user's
+        argv = [*argv[:2], "--tracking-uri", f"sqlite:///{target.parent / 'mlflow.db'}",
+                *argv[2:]]
     return argv
 
 

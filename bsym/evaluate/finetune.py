@@ -481,7 +481,8 @@ def fine_tune(checkpoint, cohort, splits, label, *, config=None, folds=None, tas
                                                  "lp_init": bool(config.lp_init)},
                                       prepare=probe_initialise(config) if config.lp_init
                                       else None)
-    log_evaluation(tracker, computed, run_name=f"finetune-{model_name}-{label}",
+    # the parent run summarises every fold of the evaluation, also those read back
+    log_evaluation(tracker, rows if computed else [],
                    tags={**base, "bsym.version": provenance()["bsym_version"]},
                    params={"finetune": config.to_dict(), "split_hash": splits.sha256,
                            "checkpoint_sha256": sha},

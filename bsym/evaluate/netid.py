@@ -334,10 +334,8 @@ def network_identification(embeddings, cohort, *, view=None, subjects=None, seed
                      (frame["checkpoint"] == entry["key"]["checkpoint"])]
         summary = {**{k: mine[k].mean() for k in METRICS}}
         log_evaluation(tracker, [{**mine.iloc[0].to_dict(), **summary}],
-                       run_name="-".join(["netid", entry["key"]["model"], entry["key"]["control"],
-                                          *([entry["key"]["checkpoint"]]
-                                            if entry["key"]["checkpoint"] != "final" else [])]),
-                       tags={k: entry["key"][k] for k in ("model", "view", "control")} |
+                       tags={k: entry["key"][k] for k in ("model", "view", "control",
+                                                          "checkpoint")} |
                        {"dataset": dataset, "task": "networks",
                         "protocol": "network_identification"},
                        params={"n_neighbors": n_neighbors, "seeds": len(seeds)},

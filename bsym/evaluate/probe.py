@@ -506,7 +506,9 @@ def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, con
         rows.extend(fresh)
         computed.extend(r for r in fresh if r["control"] != "shuffled_labels")
     bar.close()
-    log_evaluation(tracker, computed, run_name=f"{protocol}-{model}-{label}",
+    # the parent run summarises every fold of the evaluation, also those read back
+    logged = [r for r in rows if r["control"] != "shuffled_labels"] if computed else []
+    log_evaluation(tracker, logged,
                    tags={**base, "bsym.version": provenance()["bsym_version"]},
                    params={"probe": config.to_dict(), "view": view, "split": splits.request,
                            "split_hash": splits.sha256}, metrics=metrics)

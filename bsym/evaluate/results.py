@@ -265,18 +265,70 @@ def _normalise(table):
     return table
 
 
-def log_evaluation(tracker, rows, *, run_name, tags, params=None, metrics=()):
-    """Log an evaluation to MLflow: a parent run (mean and SD over folds) with one nested
-    run per fold row.
+def parent_run_name(tags) -> str:
+    """``protocol / model:view / task`` of an evaluation's parent run (the bare model for
+    the ``default`` view), with ``[control]`` and ``@ checkpoint`` for a control or an
+    earlier pretraining checkpoint, as in the report's labels."""
+    model, view = str(tags.get("model", "?")), str(tags.get("view", "default"))
+    label = model if view in ("default", "", "None") else f"{model}:{view}"
+    name = f"{tags.get('protocol', '?')} / {label} / {tags.get('task', '?')}"
+    if str(tags.get("control", "none")) != "none":
+        name += f" [{tags['control']}]"
+    if str(tags.get("checkpoint", "final")) != "final":
+        name += f" @ {tags['checkpoint']}"
+    return name
+
+
+def summary_metrics(rows, metrics, *, confidence=0.95) -> dict:
+    """``{metric}_mean``, ``_sd``, ``_ci_low`` and ``_ci_high`` of result rows.
+
+    The interval is Student's t with the Nadeau-Bengio corrected standard error (the
+    report's leaderboard interval), from the rows' ``n_train`` and ``n_test``; with fewer
+    than two finite values there is no interval (and the sd is 0).
+    """
+    from scipy import stats
+
+    from bsym.stats.resampled import clip_interval, corrected_se
+
+    sizes = [(float(r["n_train"]), float(r["n_test"])) for r in rows
+             if _finite(r.get("n_train")) and _finite(r.get("n_test"))]
+    ratio = float(np.mean([test / train for train, test in sizes])) \
+        if sizes and len(sizes) == len(rows) and all(t > 0 for t, _ in sizes) else 0.0
+    summary = {}
+    for name in metrics:
+        values = np.array([float(r[name]) for r in rows if _finite(r.get(name))])
+        if not len(values):
+            continue
+        mean = float(values.mean())
+        summary[f"{name}_mean"] = mean
+        summary[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        if len(values) > 1:
+            half = float(stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * \
+                corrected_se(values, ratio)
+            summary[f"{name}_ci_low"], summary[f"{name}_ci_high"] = \
+                clip_interval(name, mean - half, mean + half)
+    return summary
+
+
+def log_evaluation(tracker, rows, *, tags, run_name=None, params=None, metrics=()):
+    """Log an evaluation to MLflow: a parent run (mean, SD and 95% CI over folds) with
+    one nested run per fold row.
+
+    The parent run is named :func:`parent_run_name` (``protocol / model:view / task``)
+    and tagged ``bsym.kind=parent`` (its folds ``bsym.kind=fold``), so the MLflow runs
+    list filtered on ``tags.bsym.kind = 'parent'`` is a leaderboard sortable by any
+    ``{metric}_mean`` column.
 
     Parameters
     ----------
     tracker : Tracker or NullTracker or None
     rows : list of dict
         Result rows (each becomes a nested run tagged with its fold).
-    run_name : str
     tags : dict
-        Tags of every run (model, dataset, task, protocol, seed, ...).
+        Tags of every run (model, view, dataset, task, protocol, seed, ...); ``control``
+        and ``checkpoint`` default to ``none`` and ``final``.
+    run_name : str, optional
+        Name of the parent run (default :func:`parent_run_name` of ``tags``).
     params : dict, optional
         Parameters of the parent run.
     metrics : sequence of str
@@ -289,22 +341,19 @@ def log_evaluation(tracker, rows, *, run_name, tags, params=None, metrics=()):
     """
     if tracker is None or not getattr(tracker, "enabled", False) or not rows:
         return None
-    tags = {k: str(v) for k, v in tags.items()}
-    with tracker.start_run(run_name, tags=tags) as parent:
+    tags = {"control": "none", "checkpoint": "final", **{k: str(v) for k, v in tags.items()}}
+    run_name = run_name or parent_run_name(tags)
+    with tracker.start_run(run_name, tags={**tags, "bsym.kind": "parent"}) as parent:
         if params:
             tracker.log_params(params)
-        summary = {}
-        for name in metrics:
-            values = np.array([float(r[name]) for r in rows if _finite(r.get(name))])
-            if len(values):
-                summary[f"{name}_mean"] = float(values.mean())
-                summary[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary = summary_metrics(rows, metrics)
         summary["n_folds"] = len(rows)
         tracker.log_metrics(summary)
         for row in rows:
-            child_tags = {**tags, "fold": str(row["fold"]), "repeat": str(row.get("repeat")),
+            child_tags = {**tags, "bsym.kind": "fold", "fold": str(row["fold"]),
+                          "repeat": str(row.get("repeat")),
                           "split_hash": str(row.get("split_hash"))}
-            with tracker.start_run(f"{run_name}-fold{row['fold']}", tags=child_tags,
+            with tracker.start_run(f"{run_name} / fold {row['fold']}", tags=child_tags,
                                    nested=True):
                 values = {m: float(row[m]) for m in metrics if _finite(row.get(m))}
                 values.update({k: float(row[k]) for k in ("n_train", "n_test", "runtime_s")

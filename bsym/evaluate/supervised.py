@@ -204,7 +204,8 @@ def train_supervised(name, cohort, splits, label, *, preset="tiny", model_args=N
                                       config=fold_config, base=base, chash=chash, folds=folds,
                                       results=results, force=force, progress=progress,
                                       desc=f"{name} {label}", row_extra={"preset": preset})
-    log_evaluation(tracker, computed, run_name=f"supervised-{name}-{label}",
+    # the parent run summarises every fold of the evaluation, also those read back
+    log_evaluation(tracker, rows if computed else [],
                    tags={**base, "bsym.version": provenance()["bsym_version"]},
                    params={"training": config.to_dict(), "preset": preset,
                            "model_args": baseline.model_args, "split_hash": splits.sha256},

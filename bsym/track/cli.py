@@ -1,4 +1,5 @@
-"""``bsym tracking init``: create the MLflow store and experiment once, before parallel jobs."""
+"""``bsym tracking init | leaderboard``: create the MLflow store and experiment once, before
+parallel jobs; log a dataset's leaderboard run (leaderboard table, report, result table)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,22 @@ def _init(args):
           f"{args.tracking_uri}")
 
 
+def _leaderboard(args):
+    from bsym.report.tracking import log_leaderboard
+    from bsym.track import Tracker
+
+    tracker = Tracker(args.tracking_uri, args.experiment).check_store()
+    record = log_leaderboard(tracker, args.results, args.report_dir, dataset=args.dataset,
+                             health=args.health, out=args.out)
+    replaced = f"; replaced {len(record['replaced'])} earlier" if record["replaced"] else ""
+    print(f"MLflow run {record['run_id']} {record['run_name']!r} (tag bsym.kind=leaderboard) "
+          f"in experiment {args.experiment!r} at {args.tracking_uri}: "
+          f"{len(record['artifacts'])} artifacts{replaced}")
+    if args.tracking_uri.startswith("sqlite:///"):
+        print(f"open it with: mlflow ui --backend-store-uri {args.tracking_uri} "
+              "--host 127.0.0.1")
+
+
 def add_parser(subparsers):
     from bsym.track import DEFAULT_EXPERIMENT, DEFAULT_URI
 
@@ -52,4 +69,26 @@ def add_parser(subparsers):
     init.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     init.add_argument("--out", default=None, help="also write the id to this JSON file")
     init.set_defaults(func=_init)
+
+    board = sub.add_parser(
+        "leaderboard", help="log a dataset's leaderboard run (table, report, result table)",
+        description="Log one MLflow run per dataset, named 'leaderboard: DATASET' and tagged "
+        "bsym.kind=leaderboard, holding the leaderboard table (leaderboard.json, shown as a "
+        "table in the MLflow UI), the report (report/: HTML, Markdown, figures, tables) and "
+        "the result table (results/). Logging it again replaces the dataset's previous "
+        "leaderboard run.")
+    board.add_argument("--results", required=True,
+                       help="the long result table the report was made from")
+    board.add_argument("--report-dir", required=True, help="the --out folder of `bsym report`")
+    board.add_argument("--dataset", default=None,
+                       help="dataset of the leaderboard (default: the table's only dataset)")
+    board.add_argument("--health", default=None,
+                       help="training-health table (default: <table>_health.parquet beside "
+                       "the result table, when present)")
+    board.add_argument("--tracking-uri", default=DEFAULT_URI,
+                       help=f"tracking URI (default {DEFAULT_URI})")
+    board.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
+    board.add_argument("--out", default=None,
+                       help="also write a JSON record of the run (id, replaced runs) here")
+    board.set_defaults(func=_leaderboard)
     return p

@@ -307,6 +307,27 @@ class Tracker:
             raise FileNotFoundError(f"artifact {path} does not exist")
         _retry(self.client.log_artifact, self._active(run_id), path, artifact_path)
 
+    def log_table(self, frame, artifact_file, *, run_id=None):
+        """Log a DataFrame as the JSON table ``artifact_file`` (``.json``), shown as a table
+        in the MLflow UI (:meth:`mlflow.MlflowClient.log_table`; a second call with the
+        same file appends rows)."""
+        import pandas as pd
+
+        text = [c for c in frame.columns if isinstance(frame[c].dtype, pd.StringDtype)]
+        frame = frame.astype(dict.fromkeys(text, object))  # what MLflow's table check expects
+        _retry(self.client.log_table, self._active(run_id), frame, artifact_file)
+
+    def search_runs(self, filter_string="", *, max_results=1000):
+        """Runs of the experiment matching an MLflow filter, e.g.
+        ``"tags.bsym.kind = 'leaderboard'"`` (deleted runs left out)."""
+        return _retry(self.client.search_runs, [self.experiment_id], filter_string,
+                      max_results=max_results)
+
+    def delete_run(self, run_id):
+        """Mark a run deleted: the UI and searches no longer list it (``mlflow gc``
+        removes deleted runs and their artifacts for good)."""
+        _retry(self.client.delete_run, run_id)
+
 
 class NullTracker:
     """The :class:`Tracker` interface doing nothing: for runs without tracking."""
@@ -343,4 +364,13 @@ class NullTracker:
         pass
 
     def log_artifact(self, path, artifact_path=None, *, run_id=None):
+        pass
+
+    def log_table(self, frame, artifact_file, *, run_id=None):
+        pass
+
+    def search_runs(self, filter_string="", *, max_results=1000):
+        return []
+
+    def delete_run(self, run_id):
         pass
