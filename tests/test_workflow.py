@@ -24,11 +24,26 @@ def _run(args, cwd):
                           timeout=600)
 
 
+README_TINY = "snakemake --cores 2 --configfile workflow/config/test.yaml"
+
+
+def _checkout(root):
+    """What a clone holds for the workflow: the Snakefile and workflow/ (default.yaml too)."""
+    shutil.copy(ROOT / "Snakefile", root / "Snakefile")
+    shutil.copytree(ROOT / "workflow", root / "workflow")
+    return root
+
+
 @pytest.mark.slow
 def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
-    config = ["--configfile", str(ROOT / "workflow/config/test.yaml")]
-    first = _run(["--cores", "2", "--resources", "gpu=1", *config], tmp_path)
+    # the README's exact command, from the root of a checkout
+    assert README_TINY in (ROOT / "README.md").read_text()
+    _checkout(tmp_path)
+    first = subprocess.run([sys.executable, "-m", *README_TINY.split()], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert not (tmp_path / "results/simulated").exists()  # default.yaml's datasets: not run
+    config = ["--configfile", str(ROOT / "workflow/config/test.yaml")]
     results = tmp_path / "results/test"
     summary = results / "data/tiny.summary.txt"
     assert "subjects      24  scans 48  ROIs 16" in summary.read_text()
@@ -134,9 +149,36 @@ def test_test_config_runs_end_to_end_and_is_then_a_no_op(tmp_path):
     assert sorted(n.rsplit("/", 1)[-1] for n in names if n.endswith(".png")) == \
         [p.name for p in figures]
 
-    second = _run(["--cores", "2", "--resources", "gpu=1", *config], tmp_path)
+    second = subprocess.run([sys.executable, "-m", *README_TINY.split()], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr
+
+    # with tracking on, the dataset's MLflow leaderboard run follows the report (turning
+    # tracking on would rerun every tracked job, so that they log: only the experiment and
+    # the leaderboard run are allowed here)
+    tracked = tmp_path / "tracked.yaml"
+    tracked.write_text(yaml.safe_dump({**cfg, "tracking": {"enabled": True}}))
+    board = _run(["results/test/tracking/leaderboard/tiny.json", "--cores", "2",
+                  "--configfile", str(tracked), "--rerun-triggers", "mtime",
+                  "--allowed-rules", "tracking_experiment", "tracking_leaderboard"], tmp_path)
+    assert board.returncode == 0, board.stderr[-3000:]
+    assert _job_count(board.stdout + board.stderr, "tracking_leaderboard") == 1
+    assert _job_count(board.stdout + board.stderr, "total") == 2
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bsym").experiment_id
+    runs = client.search_runs([experiment], "tags.bsym.kind = 'leaderboard'")
+    assert [(r.info.run_name, r.data.tags["dataset"]) for r in runs] == \
+        [("leaderboard: tiny", "tiny")]
+    run_id = runs[0].info.run_id
+    assert {"leaderboard.json", "report", "results"} <= \
+        {a.path for a in client.list_artifacts(run_id)}
+    assert sorted(a.path.rsplit("/", 1)[1] for a in
+                  client.list_artifacts(run_id, "report/figures")) == [p.name for p in figures]
+    record = json.loads((results / "tracking/leaderboard/tiny.json").read_text())
+    assert record["run_id"] == run_id and record["replaced"] == []
 
 
 def _dry_run(args, cwd):
@@ -175,6 +217,8 @@ def test_default_config_plans_every_model_task_and_the_baseline(tmp_path):
     assert _job_count(text, "sweep") == sum(len(s.get("tasks", cfg["tasks"])) * n_seeds
                                             for s in cfg["sweeps"]["models"].values())
     assert _job_count(text, "tracking_experiment") == 1
+    # one MLflow leaderboard run per reported dataset, after its report
+    assert _job_count(text, "tracking_leaderboard") == _job_count(text, "report") == 1
 
 
 def test_a_config_file_replaces_the_default_config_rather_than_merging_into_it(tmp_path):
@@ -190,48 +234,98 @@ def test_a_config_file_replaces_the_default_config_rather_than_merging_into_it(t
     assert _job_count(text, "pretrain") == len(cfg["models"])
 
 
-def test_pretrain_rule_declares_a_gpu_and_the_local_profile_serialises_it(tmp_path):
+def _job_blocks(text, rule):
+    return [b for b in text.split("\n\n") if re.search(rf"^(local)?rule {rule}:$", b, re.MULTILINE)]
+
+
+def _config_variant(tmp_path, **blocks):
+    """test.yaml with some blocks updated (e.g. pretrain={"device": "cuda"})."""
+    cfg = yaml.safe_load((ROOT / "workflow/config/test.yaml").read_text())
+    for key, values in blocks.items():
+        cfg[key] = {**cfg.get(key, {}), **values}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_jobs_ask_for_a_gpu_only_where_their_device_is_cuda(tmp_path):
+    profile = ["--profile", str(ROOT / "workflow/profiles/local")]
     config = ["--configfile", str(ROOT / "workflow/config/test.yaml")]
-    proc = _run(["-n", "--profile", str(ROOT / "workflow/profiles/local"), *config], tmp_path)
+    cpu = _run(["-n", *profile, *config], tmp_path)
+    assert cpu.returncode == 0, cpu.stdout + cpu.stderr
+    blocks = (cpu.stdout + cpu.stderr).split("\n\n")
+    assert len(_job_blocks(cpu.stdout + cpu.stderr, "pretrain")) == 2
+    assert not [b for b in blocks if "gpu=1" in b]  # device: cpu everywhere
+
+    cuda = _config_variant(tmp_path, pretrain={"device": "cuda"}, embed={"device": "cuda:0"},
+                           finetune={"training": {"device": "cuda"}})
+    proc = _run(["-n", *profile, "--configfile", str(cuda)], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout + proc.stderr
-    blocks = [b for b in text.split("\n\n") if "rule pretrain:" in b]
-    assert len(blocks) == 2
-    assert all("gpu=1" in b for b in blocks)
+    for rule in ("pretrain", "embed", "health", "attention", "finetune"):
+        found = _job_blocks(text, rule)
+        assert found and all("gpu=1" in b for b in found), rule
+    for rule in ("probe_embeddings", "supervised", "sweep", "netid"):  # still on the CPU
+        found = _job_blocks(text, rule)
+        assert found and all("gpu=1" not in b for b in found), rule
+    # the local profile offers one GPU: CUDA jobs run one at a time
     local = yaml.safe_load((ROOT / "workflow/profiles/local/config.yaml").read_text())
     assert local["resources"] == {"gpu": 1}
 
 
-def test_slurm_profile_requests_a_gpu_for_pretraining_only():
+def test_slurm_profile_adds_site_settings_only():
     profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
-    resources = profile["set-resources"]
-    assert resources["pretrain"]["gpu"] == 1
-    assert resources["pretrain"]["mem_mb"] > 0 and resources["pretrain"]["runtime"] > 0
-    assert all("gpu" not in r for rule, r in resources.items() if rule != "pretrain")
-    assert "gpu" not in profile.get("default-resources", {})
-    # a default cpus_per_task would override the GPU job's cpus_per_gpu in the plugin
-    assert "cpus_per_task" not in profile.get("default-resources", {})
+    # sizes come from the rules and the config; command-line lists add to them
+    for key in ("default-resources", "set-resources", "set-threads", "resources"):
+        assert key not in profile, key
+    # conda is optional (--use-conda), not forced
+    assert "software-deployment-method" not in profile and "use-conda" not in profile
+    assert profile["retries"] >= 1
+    # squeue answers with or without job accounting; checks tuned for short jobs
+    assert profile["slurm-status-command"] == "squeue"
+    assert profile["seconds-between-status-checks"] <= 10
+    assert profile["slurm-init-seconds-before-status-checks"] <= 10
+    assert 3 * profile["slurm-init-seconds-before-status-checks"] <= 300  # squeue vs MinJobAge
 
 
-def test_slurm_profile_renders_the_gpu_request(tmp_path):
+def test_slurm_profile_takes_sizes_from_the_config_and_site_settings_from_the_command_line(
+        tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    profile = yaml.safe_load((ROOT / "workflow/profiles/slurm/config.yaml").read_text())
-    if shutil.which("conda") is None:  # the profile runs rules in conda environments
-        profile.pop("software-deployment-method", None)
-    folder = tmp_path / "profile"
-    folder.mkdir()
-    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
-    config = ["--configfile", str(ROOT / "workflow/config/test.yaml")]
-    proc = _run(["-n", "--profile", str(folder), *config], tmp_path)
+    cuda = _config_variant(tmp_path, pretrain={"device": "cuda", "mem_mb": 1234, "runtime": 7})
+    proc = _run(["-n", "--profile", str(ROOT / "workflow/profiles/slurm"),
+                 "--configfile", str(cuda),
+                 # the README's site settings: they must not replace the rules' sizes
+                 "--default-resources", "slurm_account=mylab", "slurm_partition=short",
+                 "--set-resources", "pretrain:slurm_partition=gpu"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    blocks = [b for b in (proc.stdout + proc.stderr).split("\n\n")]
-    pretrain = [b for b in blocks if "rule pretrain:" in b]
+    text = proc.stdout + proc.stderr
+    pretrain = _job_blocks(text, "pretrain")
     assert len(pretrain) == 2
     for block in pretrain:
-        assert "gpu=1" in block and "cpus_per_gpu=8" in block and "runtime=720" in block
-    probe = [b for b in blocks if "rule probe_embeddings:" in b]
-    assert probe and all("gpu=" not in b for b in probe)
+        for part in ("gpu=1", "mem_mb=1234", "runtime=7", "slurm_partition=gpu",
+                     "slurm_account=mylab"):
+            assert part in block, (part, block)
+    probe = _job_blocks(text, "probe_embeddings")
+    assert probe
+    for block in probe:
+        assert "gpu=1" not in block and "slurm_partition=short" in block
+        assert "mem_mb=2000" in block and "runtime=20" in block
+
+
+def test_every_job_declares_its_memory_and_wall_time(tmp_path):
+    # a SLURM job without them gets the partition's defaults: often a whole node's memory
+    # (`all` runs nothing and is never submitted)
+    proc = _run(["-n", "--configfile", str(ROOT / "workflow/config/default.yaml")], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    blocks = [b for b in re.split(r"^\[.*\]$", proc.stdout + proc.stderr, flags=re.MULTILINE)
+              if re.search(r"^rule \w+:$", b, re.MULTILINE) and "rule all:" not in b]
+    rules = {re.search(r"^rule (\w+):$", b, re.MULTILINE).group(1) for b in blocks}
+    assert {"prepare_dataset", "tracking_experiment", "pretrain", "report"} <= rules
+    for block in blocks:
+        resources = re.search(r"^\s*resources: (.*)$", block, re.MULTILINE).group(1)
+        assert re.search(r"\bmem_mb=\d+", resources) and re.search(r"\bruntime=\d+", resources), \
+            block
 
 
 def test_lint_is_clean():

@@ -65,6 +65,15 @@ SWEEPS = config.get("sweeps", {})
 CONTROLS = config.get("controls", {})
 NETID = config.get("netid", {})
 HEALTH = config.get("health", {})
+EMBED = config.get("embed", {})
+
+
+def gpus(device):
+    """GPUs a job asks the scheduler for: one where its configured device is CUDA, else none.
+
+    ``auto`` asks for none: on a cluster it runs where it lands (set ``cuda`` for a GPU).
+    """
+    return 1 if str(device).startswith("cuda") else 0
 
 
 def has_networks(dataset):

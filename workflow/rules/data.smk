@@ -7,6 +7,9 @@ rule prepare_dataset:
         f"{RESULTS}/benchmarks/rules/prepare_dataset/{{dataset}}.tsv"
     conda:
         "../envs/bsym.yaml"
+    resources:
+        mem_mb=lambda wildcards: dataset_config(wildcards).get("mem_mb", 4000),
+        runtime=lambda wildcards: dataset_config(wildcards).get("runtime", 60),
     params:
         command=prepare_command,
     shell:
@@ -24,6 +27,9 @@ rule validate_dataset:
         f"{RESULTS}/benchmarks/rules/validate_dataset/{{dataset}}.tsv"
     conda:
         "../envs/bsym.yaml"
+    resources:
+        mem_mb=lambda wildcards: dataset_config(wildcards).get("mem_mb", 4000),
+        runtime=lambda wildcards: dataset_config(wildcards).get("runtime", 60),
     params:
         bsym=BSYM,
     shell:

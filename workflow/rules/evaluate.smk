@@ -26,10 +26,11 @@ rule embed:
         f"{RESULTS}/benchmarks/rules/embed/{{dataset}}/{{model}}.tsv"
     conda:
         "../envs/bsym.yaml"
-    threads: 1
+    threads: EMBED.get("threads", 1)
     resources:
-        mem_mb=4000,
-        runtime=30,
+        gpu=gpus(EMBED.get("device", "cpu")),
+        mem_mb=EMBED.get("mem_mb", 4000),
+        runtime=EMBED.get("runtime", 30),
     params:
         bsym=BSYM,
         device=config.get("embed", {}).get("device", "cpu"),
@@ -58,6 +59,7 @@ rule health:
         "../envs/bsym.yaml"
     threads: 1
     resources:
+        gpu=gpus(EMBED.get("device", "cpu")),
         mem_mb=2000,
         runtime=20,
     params:
@@ -199,10 +201,11 @@ rule finetune:
         f"{RESULTS}/benchmarks/rules/finetune/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/bsym.yaml"
-    threads: 1
+    threads: FINETUNE.get("threads", 1)
     resources:
-        mem_mb=4000,
-        runtime=60,
+        gpu=gpus(FINETUNE.get("training", {}).get("device", "cpu")),
+        mem_mb=FINETUNE.get("mem_mb", 4000),
+        runtime=FINETUNE.get("runtime", 60),
     params:
         bsym=BSYM,
         task=lambda wildcards: f"--task {task_config(wildcards).get('label', wildcards.task)}"
@@ -240,10 +243,11 @@ rule supervised:
         f"{RESULTS}/benchmarks/rules/supervised/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/bsym.yaml"
-    threads: 1
+    threads: SUPERVISED.get("threads", 1)
     resources:
-        mem_mb=4000,
-        runtime=60,
+        gpu=gpus(SUPERVISED.get("training", {}).get("device", "cpu")),
+        mem_mb=SUPERVISED.get("mem_mb", 4000),
+        runtime=SUPERVISED.get("runtime", 60),
     params:
         bsym=BSYM,
         task=lambda wildcards: f"--task {task_config(wildcards).get('label', wildcards.task)}"
@@ -270,10 +274,11 @@ rule attention:
         f"{RESULTS}/benchmarks/rules/attention/{{dataset}}/{{model}}.tsv"
     conda:
         "../envs/bsym.yaml"
-    threads: 1
+    threads: EMBED.get("threads", 1)
     resources:
-        mem_mb=4000,
-        runtime=30,
+        gpu=gpus(EMBED.get("device", "cpu")),
+        mem_mb=EMBED.get("mem_mb", 4000),
+        runtime=EMBED.get("runtime", 30),
     params:
         bsym=BSYM,
         factor=ATTENTION.get("factor", "condition"),

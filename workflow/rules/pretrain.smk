@@ -58,7 +58,7 @@ rule pretrain:
         "../envs/bsym.yaml"
     threads: PRETRAIN.get("threads", 1)
     resources:
-        gpu=1,
+        gpu=gpus(PRETRAIN.get("device", "auto")),
         mem_mb=PRETRAIN.get("mem_mb", 8000),
         runtime=PRETRAIN.get("runtime", 120),
     params:

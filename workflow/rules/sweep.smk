@@ -16,10 +16,11 @@ rule sweep:
         f"{RESULTS}/benchmarks/rules/sweep/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/bsym.yaml"
-    threads: 1
+    threads: SUPERVISED.get("threads", 1)
     resources:
-        mem_mb=4000,
-        runtime=120,
+        gpu=gpus(SUPERVISED.get("training", {}).get("device", "cpu")),
+        mem_mb=SUPERVISED.get("mem_mb", 4000),
+        runtime=2 * SUPERVISED.get("runtime", 60),
     params:
         bsym=BSYM,
         task=lambda wildcards: f"--task {task_config(wildcards).get('label', wildcards.task)}"
