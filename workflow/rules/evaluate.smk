@@ -24,6 +24,9 @@ rule embed:
         f"{RESULTS}/logs/embed/{{dataset}}/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/rules/embed/{{dataset}}/{{model}}.tsv"
+    # heads of the longest chains (pretrain -> embed -> probes, health, netid -> report):
+    # started as soon as ready, so the short jobs behind them fill the cores, not trail
+    priority: 10
     conda:
         "../envs/bsym.yaml"
     threads: EMBED.get("threads", 1)

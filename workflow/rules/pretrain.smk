@@ -54,6 +54,9 @@ rule pretrain:
         f"{RESULTS}/logs/pretrain/{{dataset}}/{{model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/rules/pretrain/{{dataset}}/{{model}}.tsv"
+    # heads of the longest chains (pretrain -> embed -> probes, health, netid -> report):
+    # started as soon as ready, so the short jobs behind them fill the cores, not trail
+    priority: 10
     conda:
         "../envs/bsym.yaml"
     threads: PRETRAIN.get("threads", 1)
