@@ -209,7 +209,7 @@ def main(argv=None):
         from bsym.io import disk_error
 
         where = err.filename or "an output location"
-        print(f"bsym: error: {disk_error(err, where, what='or read it')}", file=sys.stderr)
+        print(f"bsym: error: {disk_error(err, where, what='it', writing=False)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("bsym: interrupted", file=sys.stderr)

@@ -120,8 +120,9 @@ def guard_output(path, *, is_ours, what, overwrite, flag="--overwrite", fix_othe
                         "is removed), or choose another output path")
 
 
-def disk_error(err: OSError, path, *, what="the output"):
-    """A :class:`~bsym.errors.BsymError` for an ``OSError`` raised while writing ``path``."""
+def disk_error(err: OSError, path, *, what="the output", writing=True):
+    """A :class:`~bsym.errors.BsymError` for an ``OSError`` raised on ``path`` (while writing
+    it, unless ``writing`` is false)."""
     import errno
 
     from bsym.errors import BsymError
@@ -134,6 +135,10 @@ def disk_error(err: OSError, path, *, what="the output"):
         cause, fix = "permission denied", "choose an output location you can write to"
     else:
         cause, fix = err.strerror or str(err), "check the location and rerun"
+    if not writing:  # read or write, unknown: the file's own access is the first suspect
+        if err.errno in (errno.EACCES, errno.EPERM):
+            fix = "check that you may read and write it, or choose another location"
+        return BsymError(f"{path}: could not use {what}: {cause}. Fix: {fix}")
     return BsymError(f"{path}: could not write {what}: {cause}; nothing was replaced. Fix: {fix}")
 
 
@@ -244,24 +249,27 @@ def recorded_checksum(path):
     return digest
 
 
-def verify_checksum(path, *, what, fix):
-    """Check ``path`` against its recorded SHA-256; return the digest, or None unrecorded.
+def read_verified(path, *, what, fix):
+    """``(bytes, digest)`` of ``path`` read once, checked against its recorded SHA-256.
 
-    Raises :class:`~bsym.errors.BsymError` naming the file when a byte changed since the
-    record was written; ``fix`` is the advice for that case.
+    Parsing the returned bytes (rather than reading the file again) means what is used is
+    exactly what was checked. ``digest`` is None when no record exists. Raises
+    :class:`~bsym.errors.BsymError` naming the file when a byte changed since the record was
+    written; ``fix`` is the advice for that case.
     """
     from bsym.errors import BsymError
 
     expected = recorded_checksum(path)
+    data = Path(path).read_bytes()
     if expected is None:
-        return None
-    actual = file_sha256(path)
+        return data, None
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise BsymError(
             f"{path}: checksum mismatch: the file changed since bsym wrote it ({what}; "
             f"SHA-256 {actual[:12]}..., {checksum_path(path).name} records "
             f"{expected[:12]}...), so it is corrupt or was edited. Fix: {fix}")
-    return actual
+    return data, actual
 
 
 @contextlib.contextmanager

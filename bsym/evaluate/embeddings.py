@@ -26,6 +26,7 @@ refused by the readers and recomputed by ``bsym embed``.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ from bsym.io import (
     checksum_path,
     file_sha256,
     guard_output,
-    verify_checksum,
+    read_verified,
 )
 
 FORMAT = "bsym-embeddings"
@@ -219,9 +220,10 @@ def _damaged_fix(path):
 
 
 def _verified(path, fix):
-    """The recorded SHA-256 of an embeddings file, checked (None when not recorded)."""
+    """``(bytes, digest)`` of an embeddings file read once and checked against its recorded
+    SHA-256 (``digest`` None when not recorded)."""
     try:
-        return verify_checksum(path, what="an embeddings file", fix=fix)
+        return read_verified(path, what="an embeddings file", fix=fix)
     except BsymError as err:
         raise EmbeddingError(str(err)) from None
 
@@ -243,10 +245,12 @@ def is_embeddings_file(path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
-def _read_embeddings(path) -> EmbeddingSet:
-    """Read an embeddings file without checking its recorded SHA-256."""
+def _read_embeddings(path, content=None) -> EmbeddingSet:
+    """Parse an embeddings file (from ``content``, its bytes, when already read); the
+    recorded SHA-256 is the caller's to check."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(io.BytesIO(content) if content is not None else path,
+                     allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             scans = pd.DataFrame({c: data[c].astype(str) for c in
                                   ("scan", "subject", "session", "site")})
@@ -289,8 +293,8 @@ def load_embeddings(path, *, cohort=None) -> EmbeddingSet:
     if not path.is_file():
         raise EmbeddingError(f"{path}: no such embeddings file. Fix: make it with `bsym embed` "
                              "(--out), or give the path it was written to")
-    digest = _verified(path, _damaged_fix(path))
-    out = _read_embeddings(path)
+    content, digest = _verified(path, _damaged_fix(path))
+    out = _read_embeddings(path, content)
     if digest is None:
         sidecar = checksum_path(path)
         raise EmbeddingError(
@@ -541,10 +545,10 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
                 "model": model_name, "features": None, "cover_end": True,
                 "subjects": sorted(str(s) for s in subjects) if subjects is not None else None}
     if out is not None and Path(out).is_file() and not force:
-        recorded = _verified(out, f"pass --force to recompute and replace it, or restore it "
-                             f"(with its {CHECKSUM_SUFFIX} file) from a copy")
-        try:
-            cached = _read_embeddings(out) if recorded else None  # unrecorded: recomputed
+        content, recorded = _verified(out, f"pass --force to recompute and replace it, or "
+                                      f"restore it (with its {CHECKSUM_SUFFIX} file) from a copy")
+        try:  # unrecorded: recomputed
+            cached = _read_embeddings(out, content) if recorded else None
         except EmbeddingError:
             cached = None
         if cached is not None and all(cached.meta.get(k) == v for k, v in expected.items()

@@ -203,11 +203,10 @@ def summary(results: pd.DataFrame, metric: str, *, confidence: float = 0.95,
         se = corrected_se(x, ratio) if n > 1 else math.nan
         half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * se if n > 1 else math.nan
         mean = float(np.mean(x))
+        ci_low, ci_high = clip_interval(metric, mean - half, mean + half)
         rows.append(dict(dataset=dataset, task=task, protocol=protocol, model=model, metric=metric, n=n,
                          n_seeds=g["seed"].nunique(), mean=mean, sd=sd, se=se,
-                         ci_low=clip_interval(metric, mean - half, mean + half)[0],
-                         ci_high=clip_interval(metric, mean - half, mean + half)[1],
-                         ci_method=ci))
+                         ci_low=ci_low, ci_high=ci_high, ci_method=ci))
     return pd.DataFrame(rows)
 
 

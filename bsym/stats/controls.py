@@ -138,11 +138,10 @@ def verdict_table(table: pd.DataFrame, metrics: dict, *, confidence: float = 0.9
         p, _, null_scores = permutation_pvalue(real, null, metric) if len(null) else \
             (float("nan"), mean, np.array([]))
         mark = _health_mark(health, model, view)
+        ci_low, ci_high = clip_interval(metric, mean - half, mean + half)
         rows.append({"dataset": dataset, "task": task, "metric": metric, "protocol": protocol,
                      "model": model, "view": view, "mean": mean, "sd": sd,
-                     "ci_low": clip_interval(metric, mean - half, mean + half)[0],
-                     "ci_high": clip_interval(metric, mean - half, mean + half)[1],
-                     "n": n,
+                     "ci_low": ci_low, "ci_high": ci_high, "n": n,
                      "random_init": init_mean, "random_init_sd": init_sd,
                      "shuffled": float(null_scores.mean()) if len(null_scores) else float("nan"),
                      "shuffled_sd": float(null_scores.std(ddof=1)) if len(null_scores) > 1

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from bsym.errors import BsymError
-from bsym.io import atomic_checksummed_path, checksum_path, verify_checksum
+from bsym.io import atomic_checksummed_path, checksum_path, read_verified
 
 FORMAT = "bsym-checkpoint"
 FORMAT_VERSION = 1
@@ -175,8 +175,8 @@ def load_checkpoint(path, *, map_location="cpu", fix=DAMAGED_FIX) -> dict:
     from bsym.errors import BsymError
 
     try:
-        digest = verify_checksum(path, what="a checkpoint", fix=fix)
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        data, digest = read_verified(path, what="a checkpoint", fix=fix)
+        obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except BsymError as err:
         raise CheckpointError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - a damaged file raises many kinds of error
