@@ -22,9 +22,9 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_toy_store
 
 from bsym.cli import main
+from bsym.testing import write_toy_store
 
 SPACE = json.dumps({"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
 OTHER_SPLIT = "0" * 64

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_toy_store
 
 from bsym.cli import main
 from bsym.evaluate.embeddings import load_embeddings
 from bsym.io import checksum_path, file_sha256
+from bsym.testing import write_toy_store
 from bsym.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 torch.set_num_threads(1)

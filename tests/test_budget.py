@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from toy_models import make_model, write_structured_store
+from toy_models import make_model
 
 from bsym.data.dataset import WindowDataset
 from bsym.data.preprocess import RobustScaler
 from bsym.evaluate.embeddings import embed_run, load_embeddings
+from bsym.testing import write_structured_store
 from bsym.train import TrainConfig, train
 from bsym.train.budget import Consumption, steps_for_budget
 from bsym.train.checkpoint import list_snapshots, load_checkpoint

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_toy_store
 
 from bsym.data.dataset import WindowDataset
 from bsym.data.preprocess import RobustScaler
 from bsym.models import build
 from bsym.models.masking import fmri_masks
+from bsym.testing import write_toy_store
 from bsym.train import TrainConfig, train
 from bsym.train.checkpoint import list_checkpoints, load_checkpoint
 

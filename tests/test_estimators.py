@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_toy_store
 from nilearn.connectome import ConnectivityMeasure
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.exceptions import NotFittedError
@@ -20,6 +19,7 @@ from bsym.data.preprocess import RobustScaler
 from bsym.evaluate.embeddings import feature_embeddings
 from bsym.evaluate.rowspace import BinaryLogistic, RowSpace
 from bsym.models.linear import ConnectomeClassifier, ConnectomeRegressor
+from bsym.testing import write_toy_store
 
 ESTIMATORS = [
     RobustScaler(),
@@ -220,23 +220,26 @@ def test_the_connectome_baseline_embeddings_keep_their_numbers(tmp_path):
     np.testing.assert_allclose(emb.views["fc"]["roi"], old.astype(np.float32), rtol=1e-6, atol=1e-6)
 
 
-def test_the_registered_connectome_model_fits_tangent_and_sc_through_the_estimators():
-    import torch
+def test_the_classifier_fits_tangent_and_sc_features_side_by_side():
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import FunctionTransformer
 
-    from bsym.models import build
+    from bsym.data.features import sc_vectors
 
     scans, y = planted_scans(18, n_rois=6)
     rng = np.random.default_rng(2)
     a = rng.random(size=(18, 6, 6))
-    batch = {"bold": torch.from_numpy(np.swapaxes(scans, 1, 2).copy()),
-             "sc": torch.from_numpy(np.log1p(10 * (a + np.swapaxes(a, 1, 2))))}
-    model = build("connectome", n_rois=6, features="tangent+sc", Cs=(0.1, 1.0)).fit(batch, y)
-    assert isinstance(model.estimator_, ConnectomeClassifier)
-    tangent = model.estimator_.features_.named_transformers_["bold"]
-    expected = np.hstack([tangent.transform(scans),
-                          upper_triangle(batch["sc"].numpy())])
-    np.testing.assert_allclose(model.transform(batch), expected)
-    assert model.score(batch, y) > 0.8
+    sc = np.log1p(10 * (a + np.swapaxes(a, 1, 2)))
+    table = pd.DataFrame({"bold": pd.Series(list(scans), dtype=object),
+                          "sc": pd.Series(list(sc), dtype=object)})
+    features = ColumnTransformer([("bold", ConnectomeFeatures(kind="tangent"), "bold"),
+                                  ("sc", FunctionTransformer(sc_vectors), "sc")])
+    model = ConnectomeClassifier(features, Cs=(0.1, 1.0), inner_folds=3).fit(table, y)
+    tangent = model.features_.named_transformers_["bold"]
+    expected = np.hstack([tangent.transform(scans), upper_triangle(sc)])
+    np.testing.assert_allclose(model.features_.transform(table), expected)
+    assert model.score(table, y) > 0.8
 
 
 def test_the_probes_unvalidated_path_fits_the_same_and_still_checks_the_width():

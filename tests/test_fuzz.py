@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from _builders import write_folder
-from conftest import write_toy_store
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
@@ -39,6 +38,7 @@ from hypothesis import strategies as st  # noqa: E402
 from bsym.cli import main  # noqa: E402
 from bsym.data import CohortError, open_cohort  # noqa: E402
 from bsym.data.checks import MISSING_VALUES  # noqa: E402
+from bsym.testing import write_toy_store  # noqa: E402
 
 #: CI runs the same 60 examples per test; BSYM_FUZZ_EXAMPLES=2000 explores new ones.
 EXAMPLES = int(os.environ.get("BSYM_FUZZ_EXAMPLES", "60"))

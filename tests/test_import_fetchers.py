@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import requests
 from _builders import AFFINE, SHAPE, assert_fails
-from conftest import write_toy_store
 from sklearn.utils import Bunch
 
 from bsym.data import CohortError
 from bsym.data.sources.fetchers import ABIDE_SITE_TR, import_fetched
+from bsym.testing import write_toy_store
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning",
                                         "ignore::FutureWarning", "ignore::UserWarning")

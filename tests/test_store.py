@@ -46,7 +46,7 @@ def test_manifest_lists_sha256_of_every_array(toy_store):
 
 
 def test_writing_is_deterministic_apart_from_the_timestamp(tmp_path):
-    from conftest import write_toy_store
+    from bsym.testing import write_toy_store
 
     a = write_toy_store(tmp_path / "a")
     b = write_toy_store(tmp_path / "b")

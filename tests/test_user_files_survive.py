@@ -13,10 +13,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_toy_store
 
 from bsym.cli import main
 from bsym.io import file_sha256
+from bsym.testing import write_toy_store
 
 torch.set_num_threads(1)
 

@@ -1,17 +1,16 @@
-"""A tiny model and a structured toy store for the training-engine tests.
+"""A tiny registered test model, ``"toy-mae"``, for the training-engine tests.
 
-Importable by name (tests/ is on sys.path under pytest), so spawned DDP workers and
-subprocesses can use them too.
+It stays out of the package so that ``bsym models list`` never shows it; importing this
+module registers it. Importable by name (tests/ is on sys.path under pytest), so spawned
+DDP workers and subprocesses can use it too. Synthetic stores: :mod:`bsym.testing`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bsym.data import CohortWriter, open_cohort
 from bsym.models import BrainModel, Embeddings, ModelSpec, register
 
 
@@ -79,25 +78,6 @@ def make_model(preset="tiny", seed=0, **overrides):
 
     torch.manual_seed(seed)
     return build("toy-mae", preset=preset, **overrides)
-
-
-def write_structured_store(path, *, n_subjects=6, n_rois=8, n_timepoints=60, seed=0):
-    """A store whose ROIs mix three shared latent rhythms (masked ROIs are predictable)."""
-    rng = np.random.default_rng(seed)
-    mixing = rng.normal(size=(n_rois, 3))
-    t = np.arange(n_timepoints) * 2.0
-    with CohortWriter(path, source={"name": "toy-structured", "seed": seed}, atlas="toy") as w:
-        w.set_rois([f"roi{i}" for i in range(n_rois)])
-        for s in range(n_subjects):
-            freqs = rng.uniform(0.02, 0.12, size=3)
-            phases = rng.uniform(0, 2 * np.pi, size=3)
-            latent = np.sin(2 * np.pi * freqs[:, None] * t[None] + phases[:, None])
-            bold = mixing @ latent + 0.05 * rng.standard_normal((n_rois, n_timepoints))
-            w.add_scan(subject=f"sub-{s:02d}", tr=2.0, bold=bold.astype(np.float32),
-                       age=20.0 + 3 * s, sex="F" if s % 2 else "M")
-            a = np.triu(rng.gamma(1.0, 50.0, size=(n_rois, n_rois)), 1)
-            w.add_matrix("sc", f"sub-{s:02d}", a + a.T)
-    return open_cohort(path)
 
 
 def pretrain_toy(cohort, window, run_dir):

@@ -1,11 +1,14 @@
-"""The connectome baseline's linear models as scikit-learn estimators (torch-free).
+"""Connectome features + a regularised linear model, as scikit-learn estimators (torch-free).
 
 :class:`ConnectomeClassifier` and :class:`ConnectomeRegressor`: an optional feature
 transformer (e.g. :class:`~bsym.data.features.ConnectomeFeatures`), StandardScaler, then
 L2 logistic regression or ridge, with the regularisation strength chosen by
 :class:`~sklearn.model_selection.GridSearchCV` over inner folds of the training data in
 which the feature transformer and the scaler are refitted on each inner training fold.
-The registry's ``"connectome"`` model (:mod:`bsym.models.connectome`) wraps them.
+They are for scikit-learn pipelines of your own (e.g. tangent-space FC, whose reference
+must be fitted on training scans only). The benchmark's connectome baseline is not built
+on them: it is the linear probe of connectome features (``bsym probe --features``,
+:mod:`bsym.evaluate.probe`).
 """
 
 from __future__ import annotations

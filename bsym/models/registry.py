@@ -49,8 +49,7 @@ _BUILTIN = {"brainsymphony": "bsym.models.brainsymphony",
             "bnt": "bsym.models.bnt",
             "brainnetcnn": "bsym.models.brainnetcnn",
             "braingnn": "bsym.models.braingnn",
-            "transformer": "bsym.models.vanilla_transformer",
-            "connectome": "bsym.models.connectome"}
+            "transformer": "bsym.models.vanilla_transformer"}
 _REGISTRY = {}
 # Plugins whose entry point failed to load: name -> reason (reported by get_spec).
 _BROKEN = {}
