@@ -157,13 +157,15 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path, *, what="the output"):
+def atomic_path(path, *, what="the output", exclusive=False):
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
 
     Write the whole artifact to the yielded path; it is fsynced and renamed over ``path``
     only when the block ends without an error, so ``path`` holds either the old complete
     artifact or the new complete one, never a partial one. An ``OSError`` (a full disk,
     a permission problem) becomes a :class:`~bsym.errors.BsymError` naming ``path``.
+    With ``exclusive``, an existing ``path`` is never replaced: ``FileExistsError`` is
+    raised when it exists at the end (made meanwhile by another process).
     """
     import tempfile
 
@@ -180,30 +182,37 @@ def atomic_path(path, *, what="the output"):
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as err:
+        if exclusive and isinstance(err, FileExistsError):
+            raise
         raise disk_error(err, path, what=what) from err
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path, data: bytes, *, what="the output") -> Path:
+def atomic_write_bytes(path, data: bytes, *, what="the output", exclusive=False) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path, what=what) as tmp:
+    with atomic_path(path, what=what, exclusive=exclusive) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def atomic_write_text(path, text: str, *, what="the output") -> Path:
+def atomic_write_text(path, text: str, *, what="the output", exclusive=False) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_path`)."""
-    return atomic_write_bytes(path, text.encode("utf-8"), what=what)
+    return atomic_write_bytes(path, text.encode("utf-8"), what=what, exclusive=exclusive)
 
 
-def atomic_write_json(path, payload, *, what="the output", indent=1) -> Path:
-    """Write ``payload`` as JSON (sorted keys) to ``path`` atomically."""
-    text = json.dumps(payload, indent=indent, sort_keys=True, default=str) + "\n"
-    return atomic_write_text(path, text, what=what)
+def atomic_write_json(path, payload, *, what="the output", indent=1, sort_keys=True,
+                      exclusive=False) -> Path:
+    """Write ``payload`` as JSON (keys sorted unless ``sort_keys`` is false) to ``path``
+    atomically (see :func:`atomic_path`)."""
+    text = json.dumps(payload, indent=indent, sort_keys=sort_keys, default=str) + "\n"
+    return atomic_write_text(path, text, what=what, exclusive=exclusive)
 
 
 # -- recorded checksums: <file>.sha256 beside each verified artifact ---------------------

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from toy_models import make_model, write_structured_store
+from toy_models import make_model
 
 from bsym.data.dataset import WindowDataset
 from bsym.data.preprocess import RobustScaler
+from bsym.testing import write_structured_store
 from bsym.train import TrainConfig, evaluate_loss, stage_budgets, train, warmup_cosine
 from bsym.train.checkpoint import (
     CheckpointError,
@@ -358,7 +359,7 @@ KILL_SCRIPT = """
 import os, signal, sys, torch
 sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
-from toy_models import make_model, write_structured_store
+from toy_models import make_model
 from bsym.data import open_cohort
 from bsym.data.dataset import WindowDataset
 from bsym.data.preprocess import RobustScaler
@@ -446,7 +447,7 @@ def test_ddp_on_cpu_matches_one_process_with_the_joint_batch(dataset, store, tmp
     ckpt = load_checkpoint(out / "checkpoints" / "step-00000002.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert {p.name for p in out.iterdir()} == {"checkpoints", "final.pt", "final.pt.sha256",
-                                              "run.json"}
+                                              "run.json", "snapshots"}
     # same as one process with batch 2 x 4 (the ranks split each permutation in two)
     single = make_model(seed=0)
     train(single, dataset, cfg(steps=4, batch_size=8, label="age", lr=1e-3))

@@ -1,18 +1,22 @@
 """Pretraining engine: the training loop, schedule, checkpoints, devices and the CLI.
 
+:func:`pretrain` pretrains a registered model on a cohort store (what ``bsym pretrain``
+runs); :func:`train` is the loop every model trains in, set by a :class:`TrainConfig`.
+
 Attributes are imported lazily, so ``bsym.train.cli`` (and ``bsym --help``) stay free
 of the torch import.
 """
 
-from importlib import import_module
+from bsym._lazy import lazy_exports
 
 _EXPORTS = {
-    "TrainConfig": "bsym.train.engine",
+    "TrainConfig": "bsym.train.config",
     "TrainResult": "bsym.train.engine",
     "StepInfo": "bsym.train.engine",
     "train": "bsym.train.engine",
     "evaluate_loss": "bsym.train.engine",
     "stage_budgets": "bsym.train.engine",
+    "pretrain": "bsym.train.pretraining",
     "WarmupCosine": "bsym.train.schedule",
     "warmup_cosine": "bsym.train.schedule",
     "CheckpointError": "bsym.train.checkpoint",
@@ -27,15 +31,4 @@ _EXPORTS = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'bsym.train' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

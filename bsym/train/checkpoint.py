@@ -162,6 +162,22 @@ def load_checkpoint(path, *, map_location="cpu", fix=DAMAGED_FIX) -> dict:
         checkpoint, or has no recorded SHA-256.
     """
     path = Path(path)
+    _check_is_file(path)
+    obj, digest = _read_safely(path, map_location, fix)
+    _check_format(obj, path)
+    if digest is None:
+        sidecar = checksum_path(path)
+        raise CheckpointError(
+            f"{path}: no recorded SHA-256 ({sidecar.name} is missing beside it), so bsym "
+            "cannot tell whether the file changed since it was written (checkpoints written "
+            "before bsym kept these records have none). Fix: restore " + sidecar.name + " from where the "
+            "checkpoint came from (copy a run directory whole); if you trust this file, "
+            f"record its hash yourself (`sha256sum {path.name} > {sidecar.name}` in its "
+            "folder); or rerun `bsym pretrain`")
+    return obj
+
+
+def _check_is_file(path):
     if path.is_dir():
         final = path / FINAL_NAME
         hint = (f"give the file {final}" if final.is_file() else
@@ -172,11 +188,13 @@ def load_checkpoint(path, *, map_location="cpu", fix=DAMAGED_FIX) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file. Fix: give the {FINAL_NAME} "
                               "of a `bsym pretrain` run (RUN/final.pt)")
-    from bsym.errors import BsymError
 
+
+def _read_safely(path, map_location, fix):
+    """``(object, recorded SHA-256 or None)``: the verified bytes, read by a safe load."""
     try:
         data, digest = read_verified(path, what="a checkpoint", fix=fix)
-        obj = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True), digest
     except BsymError as err:
         raise CheckpointError(str(err)) from None
     except Exception as err:  # noqa: BLE001 - a damaged file raises many kinds of error
@@ -191,6 +209,9 @@ def load_checkpoint(path, *, map_location="cpu", fix=DAMAGED_FIX) -> dict:
             f"{detail}); expected a checkpoint written by bsym.train (a `bsym pretrain` "
             f"run's {FINAL_NAME}). Fix: give a checkpoint written by bsym; if this was one, "
             f"{fix}") from None
+
+
+def _check_format(obj, path):
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         got = f"format={obj.get('format')!r}" if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: not a bsym checkpoint: expected a dict with "
@@ -200,16 +221,6 @@ def load_checkpoint(path, *, map_location="cpu", fix=DAMAGED_FIX) -> dict:
         raise CheckpointError(f"{path}: checkpoint format version {obj['format_version']} is "
                               f"newer than this bsym reads ({FORMAT_VERSION}). Fix: upgrade "
                               "bsym")
-    if digest is None:
-        sidecar = checksum_path(path)
-        raise CheckpointError(
-            f"{path}: no recorded SHA-256 ({sidecar.name} is missing beside it), so bsym "
-            "cannot tell whether the file changed since it was written (checkpoints written "
-            "before bsym kept these records have none). Fix: restore " + sidecar.name + " from where the "
-            "checkpoint came from (copy a run directory whole); if you trust this file, "
-            f"record its hash yourself (`sha256sum {path.name} > {sidecar.name}` in its "
-            "folder); or rerun `bsym pretrain`")
-    return obj
 
 
 def _unpickler_detail(err) -> str:
@@ -344,19 +355,24 @@ def check_fits_store(ckpt, path, cohort, subjects=None):
     if subjects is not None:
         table = table[table["subject"].astype(str).isin({str(s) for s in subjects})]
     if window and len(table) and {"n_timepoints", "tr"} <= set(table.columns):
-        from bsym.data.preprocess import resampled_length
+        _check_scans_long_enough(table, int(window), target_tr, path, store)
 
-        points = table["n_timepoints"].astype(int)
-        if target_tr:  # resampled to the run's TR first, as the windows are cut
-            points = pd.Series([resampled_length(int(n), float(tr), float(target_tr))
-                                for n, tr in zip(table["n_timepoints"], table["tr"], strict=True)],
-                               index=table.index)
-        short = table.loc[points < int(window), "scan"].astype(str).tolist()
-        if short:
-            more = ", ..." if len(short) > 3 else ""
-            raise CheckpointError(
-                f"{path}: the checkpoint takes {int(window)}-point windows, but {len(short)} "
-                f"scan(s) of the store {store} are shorter (shortest {int(points.min())} "
-                f"points: {', '.join(short[:3])}{more}). Fix: leave those subjects out "
-                "(`--subjects-file` of `bsym embed` / `bsym health`), or use a checkpoint "
-                "pretrained with a shorter --window")
+
+def _check_scans_long_enough(table, window, target_tr, path, store):
+    """Every scan of ``table`` holds a ``window`` (after resampling to ``target_tr``)."""
+    from bsym.data.preprocess import resampled_length
+
+    points = table["n_timepoints"].astype(int)
+    if target_tr:  # resampled to the run's TR first, as the windows are cut
+        points = pd.Series([resampled_length(int(n), float(tr), float(target_tr))
+                            for n, tr in zip(table["n_timepoints"], table["tr"], strict=True)],
+                           index=table.index)
+    short = table.loc[points < window, "scan"].astype(str).tolist()
+    if short:
+        more = ", ..." if len(short) > 3 else ""
+        raise CheckpointError(
+            f"{path}: the checkpoint takes {window}-point windows, but {len(short)} "
+            f"scan(s) of the store {store} are shorter (shortest {int(points.min())} "
+            f"points: {', '.join(short[:3])}{more}). Fix: leave those subjects out "
+            "(`--subjects-file` of `bsym embed` / `bsym health`), or use a checkpoint "
+            "pretrained with a shorter --window")

@@ -12,8 +12,11 @@ import torch
 import torch.distributed as dist
 
 from bsym.errors import BsymError
+from bsym.train.config import PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16")
+#: Purposes of the random streams of a run: ``derive_seed(seed, PURPOSE, a, b)`` keeps them
+#: apart (the global RNGs, the masks, the data order, the validation masks).
+SEED_GLOBAL, SEED_MASKS, SEED_LOADER, SEED_EVAL = 1, 2, 3, 4
 
 
 class DeviceError(BsymError, RuntimeError):

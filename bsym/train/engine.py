@@ -5,45 +5,53 @@ autocast when present, else CPU; optional ``torch.compile``; DistributedDataPara
 under torchrun; deterministic seeding; atomic checkpoints and exact resume; MLflow
 tracking through :mod:`bsym.track`.
 
+Reading order: :func:`train` checks and prepares a run (:func:`_train`), then
+:func:`_train_stages` trains stage after stage (:func:`_train_stage`); :func:`_train_step`
+is one optimizer step and :func:`_after_step` what follows it (logging, validation,
+checkpoints, snapshots, callbacks); :func:`_finish` writes ``final.pt`` and the run record.
+
 Reproducibility: the data order of epoch ``e`` is a permutation drawn from
-``(seed, e)``, and a checkpoint records how many batches were consumed, so a resumed
-run skips exactly those and continues with the same batches, masks (the mask
-generator's state is saved) and RNG states as an uninterrupted run.
+``(seed, e)`` (:mod:`bsym.train.batches`), and a checkpoint records how many batches
+were consumed, so a resumed run skips exactly those and continues with the same
+batches, masks (the mask generator's state is saved) and RNG states as an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
-from torch.utils.data._utils.collate import default_collate
+from torch.utils.data import DataLoader
 
 from bsym import __version__
 from bsym.errors import BsymError, UsageError
-from bsym.io import CHECKSUM_SUFFIX, atomic_write_text, check_writable, guard_output
 from bsym.track import NullTracker
 from bsym.train import devices
+from bsym.train.batches import (
+    BatchStream,
+    ResumableSampler,
+    collate,
+    describe_data,
+    label_classes,
+    label_targets,
+    to_device,
+)
 from bsym.train.budget import Consumption, StepFlops
 from bsym.train.checkpoint import (
     CHECKPOINT_DIR,
     FINAL_NAME,
     FORMAT,
     FORMAT_VERSION,
-    SNAPSHOT_DIR,
     CheckpointError,
-    RunExistsError,
     check_data,
     check_model,
     checkpoint_path,
-    latest_checkpoint,
     list_checkpoints,
     list_snapshots,
     load_checkpoint,
@@ -52,154 +60,16 @@ from bsym.train.checkpoint import (
     save_checkpoint,
     snapshot_path,
 )
+from bsym.train.config import TrainConfig
+from bsym.train.rundir import (
+    RUN_FORMAT,
+    RUN_SUMMARY,
+    check_run_dir,
+    is_run_dir,
+    resume_fix,
+    write_run_record,
+)
 from bsym.train.schedule import WarmupCosine
-
-RUN_SUMMARY = "run.json"
-#: ``format`` of the run record (``run.json``), written when a run starts and completed
-#: when it ends: what makes a folder a bsym run directory.
-RUN_FORMAT = "bsym-run"
-
-# Seed purposes (derive_seed(seed, PURPOSE, a, b) keeps the streams apart).
-_SEED_GLOBAL, _SEED_MASKS, _SEED_LOADER, _SEED_EVAL = 1, 2, 3, 4
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run.
-
-    Parameters
-    ----------
-    steps : int
-        Optimizer steps in total, split evenly across the model's stages (the last
-        stage takes the remainder) unless ``stage_steps`` sets each stage's budget.
-    stage_steps : dict, optional
-        Stage name -> optimizer steps, for every stage of ``model.stages()`` (0 skips one).
-    batch_size : int
-        Samples per micro-batch and process.
-    lr, weight_decay, betas
-        AdamW settings (no weight decay on biases and norm weights: tensors with < 2 dims).
-    warmup_steps : int
-        Linear warm-up steps at the start of each stage, then cosine decay.
-    min_lr_ratio : float
-        Final learning rate as a fraction of ``lr``.
-    grad_clip : float or None
-        Clip the global gradient norm to this value.
-    accumulate : int
-        Micro-batches per optimizer step.
-    checkpoint_every : int
-        Write a checkpoint every this many optimizer steps (0: only at stage ends).
-    snapshots : tuple of float
-        Fractions of the run's steps (0 <= f < 1) whose weights are kept for good in
-        ``snapshots/step-N.pt`` (0: the initial weights, the random-initialisation
-        control); the final weights are ``final.pt``.
-    count_flops : bool
-        Count the FLOPs of the first step of each stage (see :mod:`bsym.train.budget`).
-    keep_checkpoints : int
-        Periodic checkpoints kept (the newest).
-    seed : int
-        Seeds data order, masks, and the python/numpy/torch RNGs.
-    device : str
-        ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
-    precision : {"auto", "fp32", "bf16"}
-        ``auto``: bf16 autocast on CUDA, fp32 on CPU.
-    compile : bool or str
-        ``torch.compile`` the loss computation (a string names the backend).
-    num_workers : int
-        DataLoader worker processes.
-    log_every : int
-        Log metrics every this many optimizer steps.
-    eval_every : int
-        Validation loss every this many steps (0: at the end of each stage only).
-    eval_batches : int, optional
-        Limit the validation batches.
-    label : str, optional
-        Supervised training of this label (``model.supervised_loss``) instead of
-        pretraining.
-    progress : bool
-        Show a progress bar (rank 0 only).
-    deterministic : bool
-        ``torch.use_deterministic_algorithms(True, warn_only=True)`` on CPU.
-    find_unused_parameters : bool
-        Passed to DistributedDataParallel (stages may leave parameters unused).
-    """
-
-    steps: int = 1000
-    stage_steps: dict | None = None
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    betas: tuple = (0.9, 0.999)
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = 1.0
-    accumulate: int = 1
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 3
-    snapshots: tuple = ()
-    count_flops: bool = True
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool | str = False
-    num_workers: int = 0
-    log_every: int = 10
-    eval_every: int = 0
-    eval_batches: int | None = None
-    label: str | None = None
-    progress: bool = True
-    deterministic: bool = True
-    find_unused_parameters: bool = True
-
-    #: Settings that may change when a run is resumed (they do not change the result,
-    #: or change it only as the hardware does).
-    RUNTIME_KEYS = ("device", "precision", "compile", "num_workers", "log_every", "eval_every",
-                    "eval_batches", "progress", "checkpoint_every", "keep_checkpoints",
-                    "deterministic", "find_unused_parameters", "snapshots", "count_flops")
-
-    def __post_init__(self):
-        self.betas = tuple(float(b) for b in self.betas)
-        self.snapshots = tuple(sorted({float(f) for f in self.snapshots}))
-        if any(not 0.0 <= f < 1.0 for f in self.snapshots):
-            raise ValueError(f"TrainConfig.snapshots are fractions of the run in [0, 1), got "
-                             f"{self.snapshots}")
-        positive = {"steps": self.steps, "batch_size": self.batch_size,
-                    "accumulate": self.accumulate, "log_every": self.log_every,
-                    "keep_checkpoints": self.keep_checkpoints}
-        for name, value in positive.items():
-            if int(value) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {value}")
-        for name in ("warmup_steps", "checkpoint_every", "eval_every", "num_workers"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.precision not in devices.PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {devices.PRECISIONS}, "
-                             f"got {self.precision!r}")
-        if self.stage_steps is not None:
-            self.stage_steps = {str(k): int(v) for k, v in dict(self.stage_steps).items()}
-            if any(v < 0 for v in self.stage_steps.values()):
-                raise ValueError(f"TrainConfig.stage_steps must be >= 0, got {self.stage_steps}")
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["betas"] = list(self.betas)
-        out["snapshots"] = list(self.snapshots)
-        return out
-
-    @classmethod
-    def from_dict(cls, data) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def science(self) -> dict:
-        """The settings an exact resume must keep."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_KEYS}
 
 
 @dataclass
@@ -266,159 +136,6 @@ class TrainResult:
         return self.history["loss"][-1] if self.history["loss"] else None
 
 
-# -- data ---------------------------------------------------------------------------------
-class ResumableSampler(DistributedSampler):
-    """:class:`DistributedSampler` whose epoch ``e`` order is drawn from ``(seed, e)`` and
-    which can skip the first samples of an epoch (those consumed before a resume)."""
-
-    def __init__(self, dataset, *, num_replicas=1, rank=0, seed=0, shuffle=True):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
-                         seed=int(seed), drop_last=False)
-        self.skip = 0
-
-    def set_epoch(self, epoch, skip=0):
-        super().set_epoch(epoch)
-        self.skip = int(skip)
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.skip:])
-
-    def __len__(self):
-        return self.num_samples - self.skip
-
-
-def _collate(items):
-    return default_collate(items)
-
-
-class _BatchStream:
-    """Endless micro-batches over epochs; ``consumed`` counts them (per process)."""
-
-    def __init__(self, dataset, *, batch_size, seed, env, num_workers, pin_memory, consumed=0):
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.seed = seed
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.sampler = ResumableSampler(dataset, num_replicas=env.world_size, rank=env.rank,
-                                        seed=derive(seed, _SEED_LOADER, 0, 0) % 2**31)
-        self.per_epoch = self.sampler.num_samples // batch_size
-        if self.per_epoch < 1:
-            most = len(dataset) // env.world_size
-            raise UsageError(
-                f"the training set has {len(dataset)} samples: too few for one batch of "
-                f"{batch_size} per process x {env.world_size} process(es); lower batch_size. "
-                f"Fix: a batch size (--batch-size) of at most {max(most, 1)}, or more scans or "
-                "windows (a shorter --window, --stride)")
-        self.consumed = int(consumed)
-        self._it = None
-
-    @property
-    def epoch(self) -> int:
-        return self.consumed // self.per_epoch
-
-    def _open(self):
-        epoch, offset = divmod(self.consumed, self.per_epoch)
-        self.sampler.set_epoch(epoch, skip=offset * self.batch_size)
-        if hasattr(self.dataset, "set_epoch"):  # random window starts, drawn per epoch
-            self.dataset.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(derive(self.seed, _SEED_LOADER, epoch, 1))
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
-                            drop_last=True, num_workers=self.num_workers,
-                            worker_init_fn=devices.seed_worker, generator=gen,
-                            collate_fn=_collate, pin_memory=self.pin_memory)
-        self._it = iter(loader)
-
-    def __next__(self):
-        if self._it is None:
-            self._open()
-        try:
-            batch = next(self._it)
-        except StopIteration:
-            self._it = None
-            if self.consumed % self.per_epoch:  # pragma: no cover - guarded by drop_last
-                raise RuntimeError("data stream ended mid-epoch") from None
-            return next(self)
-        self.consumed += 1
-        return batch
-
-    def close(self):
-        self._it = None
-
-
-def derive(*parts) -> int:
-    return devices.derive_seed(*parts)
-
-
-def to_device(batch, device):
-    """Move every tensor of a (nested) batch to ``device``."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list):
-        return [to_device(v, device) for v in batch]
-    return batch
-
-
-def describe_data(dataset) -> dict:
-    """ROI count, window length, sample count and manifest hash of a window dataset."""
-    if len(dataset) == 0:
-        raise ValueError("the dataset is empty: expected at least one window")
-    first = dataset[0]
-    if not isinstance(first, Mapping) or "bold" not in first:
-        raise ValueError(f"dataset items must be dicts with a 'bold' (ROIs x time) tensor, "
-                         f"received {type(first).__name__}")
-    n_rois, window = (int(s) for s in first["bold"].shape[-2:])
-    cohort = getattr(dataset, "cohort", None)
-    info = {"n_rois": n_rois, "window": window, "n_samples": len(dataset),
-            "manifest_hash": getattr(cohort, "manifest_hash", None),
-            "has_sc": "sc" in first}
-    if hasattr(dataset, "describe"):
-        info["dataset"] = dataset.describe()
-    return info
-
-
-def label_classes(dataset, label):
-    """Sorted class names of a non-numeric label (None for a numeric one)."""
-    table = getattr(dataset, "table", None)
-    if table is not None and label in getattr(table, "columns", ()):
-        values = table[label]
-        if values.dtype.kind in "biufc" and values.dtype.kind != "b":
-            return None
-        return sorted({str(v) for v in values})
-    first = dataset[0].get("labels", {})
-    if label not in first:
-        raise ValueError(f"the training dataset has no label {label!r}; build it with "
-                         f"labels=[{label!r}] (it has {sorted(first)})")
-    if isinstance(first[label], (int, float)) and not isinstance(first[label], bool):
-        return None
-    return sorted({str(dataset[i]["labels"][label]) for i in range(len(dataset))})
-
-
-def _targets(batch, label, classes, device):
-    labels = batch.get("labels")
-    if not labels or label not in labels:
-        raise ValueError(f"batch has no label {label!r}: build the dataset with labels="
-                         f"[{label!r}]")
-    y = labels[label]
-    if classes is not None:
-        lookup = {c: i for i, c in enumerate(classes)}
-        try:
-            y = torch.tensor([lookup[str(v)] for v in y], dtype=torch.long)
-        except KeyError as err:
-            raise ValueError(f"label {label!r} value {err.args[0]!r} is not among the training "
-                             f"classes {classes}") from None
-    elif not isinstance(y, torch.Tensor):
-        y = torch.as_tensor(y)
-    if y.is_floating_point():
-        y = y.float()
-    elif y.dtype == torch.bool:
-        y = y.long()
-    return y.to(device)
-
-
 # -- model plumbing -----------------------------------------------------------------------
 class _Objective(nn.Module):
     """Routes ``forward`` to the model's loss, so DDP and torch.compile see one module."""
@@ -472,6 +189,21 @@ def _check_model_fits_data(model, data):
                              f"({'ROIs' if key == 'n_rois' else 'time points per window'})")
 
 
+def _wrap(model, label, config, device, env):
+    module = _Objective(model, label)
+    ddp = None
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        ddp = module = DistributedDataParallel(
+            module, device_ids=ids, find_unused_parameters=config.find_unused_parameters)
+    if config.compile:
+        backend = config.compile if isinstance(config.compile, str) else "inductor"
+        module = torch.compile(module, backend=backend)
+    return module, ddp
+
+
 @torch.no_grad()
 def evaluate_loss(model, dataset, *, batch_size=16, seed=0, device=None, stage=None,
                   label=None, max_batches=None, precision="fp32", num_workers=0) -> float:
@@ -502,133 +234,149 @@ def evaluate_loss(model, dataset, *, batch_size=16, seed=0, device=None, stage=N
     dtype = devices.autocast_dtype(device, precision)
     classes = label_classes(dataset, label) if label is not None else None
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate)
-    generator = torch.Generator(device=device).manual_seed(derive(seed, _SEED_EVAL, 0, 0))
-    was_training = model.training
-    model.eval()
+                        collate_fn=collate)
+    seed = devices.derive_seed(seed, devices.SEED_EVAL, 0, 0)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    objective = _Objective(model, label)
     total, count = 0.0, 0
-    fork = [device.index or 0] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=fork):
-            for i, batch in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                batch = to_device(batch, device)
-                n = int(batch["bold"].shape[0])
-                with devices.autocast(device, dtype):
-                    if label is None:
-                        loss = model.pretrain_loss(batch, generator=generator, stage=stage)
-                    else:
-                        loss = model.supervised_loss(batch, _targets(batch, label, classes,
-                                                                     device))
-                total += float(loss.float()) * n
-                count += n
-    finally:
-        model.train(was_training)
+    with _evaluating(model, device):
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            batch = to_device(batch, device)
+            y = label_targets(batch, label, classes, device) if label is not None else None
+            with devices.autocast(device, dtype):
+                loss = objective(batch, y, generator, stage)
+            n = int(batch["bold"].shape[0])
+            total += float(loss.float()) * n
+            count += n
     if count == 0:
         raise ValueError("evaluate_loss: the dataset gave no batch")
     return total / count
 
 
-# -- output directory ---------------------------------------------------------------------
-def is_run_dir(path) -> bool:
-    """Whether ``path`` is a folder holding a run written by bsym.
-
-    That is: it has the run record (``run.json``), or (a run of an older bsym stopped
-    before its record) it holds run files only (``checkpoints/``, ``snapshots/``,
-    ``final.pt``), at least one checkpoint among them.
-    """
-    path = Path(path)
-    if not path.is_dir() or path.is_symlink():
-        return False
-    record = path / RUN_SUMMARY
-    if record.is_file():
-        try:
-            data = json.loads(record.read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(data, dict) and (
-            data.get("format") == RUN_FORMAT or {"bsym_version", "model", "train_config"} <= set(data))
-    names = {p.name for p in path.iterdir()}
-    run_files = {CHECKPOINT_DIR, SNAPSHOT_DIR, FINAL_NAME, FINAL_NAME + CHECKSUM_SUFFIX}
-    only_run_files = all(n in run_files or (n.startswith(".") and n.endswith(".tmp"))
-                         for n in names)
-    held = (path / FINAL_NAME).is_file() or list_checkpoints(path) or list_snapshots(path)
-    return bool(only_run_files and held)
+@contextlib.contextmanager
+def _evaluating(model, device):
+    """``model`` in eval mode and the global RNG forked; both as they were on exit."""
+    was_training = model.training
+    model.eval()
+    fork = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=fork):
+            yield
+    finally:
+        model.train(was_training)
 
 
-def check_run_dir(out_dir, *, resume=False):
-    """Raise a clear error unless a run may write ``out_dir``; return the checkpoint to resume.
+# -- the state of a run -------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What a training run carries from step to step (one per :func:`train` call)."""
 
-    An absent or empty folder starts a run. A folder that is not a bsym run directory is
-    never written into, with or without ``resume``; a run directory needs ``resume``
-    (which continues it from its newest checkpoint, or returns it when finished). A
-    location that cannot be written is reported before any work starts.
+    model: nn.Module
+    config: TrainConfig
+    env: devices.DistEnv
+    device: torch.device
+    dtype: torch.dtype | None
+    data: dict
+    budgets: list
+    classes: list | None
+    out_dir: Path | None
+    tracker: object
+    stream: BatchStream
+    val_dataset: object
+    callbacks: tuple
+    extra: dict | None
+    started: float
+    identity: dict = field(init=False)
+    mask_gen: torch.Generator = field(init=False)
+    snapshot_steps: set = field(init=False)
+    #: The checkpoint resumed from (None for a fresh run) and its path; the newest written.
+    resumed: dict | None = None
+    resumed_from: Path | None = None
+    last_checkpoint: Path | None = None
+    #: Where a resumed run continues, and its seconds of training before.
+    start_stage: int = 0
+    start_stage_step: int = 0
+    prior_wall: float = 0.0
+    #: Progress over the whole run (steps before a resume included).
+    step: int = 0
+    history: dict = field(default_factory=lambda: {"step": [], "stage": [], "loss": [], "lr": []})
+    val_history: list = field(default_factory=list)
+    consumption: Consumption = field(default_factory=Consumption)
+    #: Steps and seconds of this session (its throughput).
+    session_steps: int = 0
+    session_seconds: float = 0.0
+    #: The MLflow run (``tracking`` is stored in checkpoints), the progress bar, early stop.
+    tracking: dict | None = None
+    run_id: str | None = None
+    bar: object = None
+    stopped: bool = False
 
-    Returns
-    -------
-    Path or None
-        ``final.pt`` or the newest periodic checkpoint to resume from.
-    """
-    if out_dir is None:
-        if resume:
-            raise ValueError("resume=True needs the out_dir of the run to continue")
-        return None
-    out_dir = Path(out_dir)
-    empty = out_dir.is_dir() and not out_dir.is_symlink() and not any(out_dir.iterdir())
-    if not empty:
-        guard_output(out_dir, is_ours=is_run_dir, what="run directory", overwrite=True,
-                     flag="--resume", fix_other="choose a new or empty --out folder for the "
-                     "run (bsym writes final.pt, run.json, checkpoints/ and snapshots/ there)")
-    check_writable(out_dir / RUN_SUMMARY, fix="choose an --out folder you can write to")
-    if resume:
-        final = out_dir / FINAL_NAME
-        return final if final.exists() else latest_checkpoint(out_dir)
-    held = [p for p in (out_dir / FINAL_NAME, out_dir / RUN_SUMMARY) if p.exists()]
-    held += [p for _, p in list_checkpoints(out_dir) + list_snapshots(out_dir)]
-    if held:
-        finished = (out_dir / FINAL_NAME).exists()
-        raise RunExistsError(
-            f"{out_dir} already holds a {'finished' if finished else 'started'} run "
-            f"({held[0].name}); nothing was overwritten. Fix: pass resume=True (--resume) to "
-            f"{'reuse' if finished else 'continue'} it, or choose another output directory")
-    return None
+    def __post_init__(self):
+        self.identity = model_identity(self.model)
+        self.mask_gen = torch.Generator(device=self.device)
+        self.snapshot_steps = {round(f * self.total_steps) for f in self.config.snapshots}
+
+    @property
+    def label(self):
+        return self.config.label
+
+    @property
+    def mode(self) -> str:
+        return "supervised" if self.config.label is not None else "pretrain"
+
+    @property
+    def total_steps(self) -> int:
+        return sum(b for _, b in self.budgets)
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.is_main
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.config.batch_size * self.config.accumulate * self.env.world_size
+
+    def wall(self) -> float:
+        """Seconds of training, those before a resume included."""
+        return self.prior_wall + time.perf_counter() - self.started
 
 
-def _check_resume(ckpt, path, model, config, data, budgets, env, label):
-    check_data(ckpt, path, n_rois=data["n_rois"], window=data["window"],
-               manifest_hash=data.get("manifest_hash"))
-    check_model(ckpt, model, path)
-    stored = TrainConfig.from_dict(ckpt["config"]).science()
-    here = config.science()
-    diffs = [k for k in sorted(here) if stored.get(k) != here.get(k)]
-    if diffs:
-        shown = "; ".join(f"{k}: checkpoint {stored.get(k)!r}, this run {here.get(k)!r}"
-                          for k in diffs)
-        raise CheckpointError(f"{path}: training settings differ from the checkpoint's, so the "
-                              f"run cannot be resumed exactly: {shown}")
-    if [list(b) for b in ckpt["stages"]] != [list(b) for b in budgets]:
-        raise CheckpointError(f"{path}: stage budgets differ: checkpoint {ckpt['stages']}, "
-                              f"this run {budgets}")
-    if not ckpt.get("finished") and int(ckpt["world_size"]) != env.world_size:
-        raise CheckpointError(f"{path}: written by a run of {ckpt['world_size']} process(es); "
-                              f"this run has {env.world_size}: resume with the same number "
-                              "to continue exactly")
+@dataclass
+class _Stage:
+    """The stage being trained: its position, optimizer, schedule and loss runner."""
+
+    name: str
+    index: int
+    budget: int
+    step: int
+    params: list
+    optimizer: torch.optim.Optimizer
+    schedule: WarmupCosine
+    runner: nn.Module
+    ddp: nn.Module | None
+    #: Start and steps of the current logging window (its samples per second).
+    window_start: float
+    window_steps: int = 0
+
+    @property
+    def at_end(self) -> bool:
+        return self.step == self.budget
+
+    @property
+    def position(self) -> tuple:
+        return self.name, self.index, self.step
 
 
-def _write_json(path, payload, what="the run record"):
-    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n", what=what)
+@dataclass
+class _Outcome:
+    """What one optimizer step gave."""
 
-
-def _start_record(meta):
-    """The run record written when a run starts (completed by :func:`_summary` at its end)."""
-    identity, config = meta["identity"], meta["config"]
-    return {"format": RUN_FORMAT, "status": "running", "bsym_version": __version__,
-            "model": identity["name"], "preset": identity["preset"],
-            "model_config": identity["config"], "mode": meta["mode"], "label": meta["label"],
-            "train_config": config.to_dict(), "stages": meta["budgets"],
-            "data": {k: v for k, v in meta["data"].items() if k != "dataset"},
-            "world_size": meta["env"].world_size}
+    loss: float
+    lr: float
+    grad_norm: torch.Tensor | None
+    samples_per_s: float
 
 
 # -- the loop -----------------------------------------------------------------------------
@@ -693,354 +441,352 @@ def train(model, train_dataset, config=None, out_dir=None, *, val_dataset=None, 
 
 def _train(model, train_dataset, config, out_dir, *, val_dataset, resume, tracker, callbacks,
            extra, run_name, env):
+    """Check and prepare the run (device, seeds, data, resume), then train its stages."""
     started = time.perf_counter()
-    label = config.label
-    mode = "supervised" if label is not None else "pretrain"
-    objective = getattr(model, "objective", "self_supervised")
-    if mode == "pretrain" and objective != "self_supervised":
-        raise UsageError(f"model {getattr(model, 'name', None) or type(model).__name__!r} has "
-                         f"objective {objective!r}: pretraining needs a self-supervised model; "
-                         "set config.label for supervised training. Fix: pretrain a "
-                         "self-supervised model (brainsymphony, brainlm, brainjepa, brainmass); "
-                         "train supervised baselines with `bsym supervised`")
-    if objective == "none":
-        raise UsageError(f"model {getattr(model, 'name', None) or type(model).__name__!r} is not "
-                         "trained by gradient descent (objective 'none'): fit it with model.fit. "
-                         "Fix: use its features directly (e.g. `bsym probe --features fc`)")
+    _check_objective(model, config.label)
     device = devices.select_device(config.device, local_rank=env.local_rank)
     dtype = devices.autocast_dtype(device, config.precision)
-    devices.seed_everything(derive(config.seed, _SEED_GLOBAL, env.rank, 0),
+    devices.seed_everything(devices.derive_seed(config.seed, devices.SEED_GLOBAL, env.rank, 0),
                             deterministic=config.deterministic, device=device)
-    data = describe_data(train_dataset)
-    _check_model_fits_data(model, data)
-    budgets = stage_budgets(model, config)
-    total_steps = sum(b for _, b in budgets)
-    served = getattr(train_dataset, "labels", None)
-    if label is not None and served is not None and label not in served:
-        raise ValueError(f"the training dataset serves labels {list(served)}, not {label!r}; "
-                         f"build it with labels=[{label!r}]")
-    classes = label_classes(train_dataset, label) if label is not None else None
-
+    data, budgets, classes = _plan(model, train_dataset, config)
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt_path = check_run_dir(out_dir, resume=resume)
     devices.barrier()  # every rank has checked out_dir before rank 0 writes to it
-    ckpt = None
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path, fix=_resume_fix(ckpt_path, out_dir))
-        _check_resume(ckpt, ckpt_path, model, config, data, budgets, env, label)
-        try:
-            model.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as err:
-            raise CheckpointError(f"{ckpt_path}: weights do not fit model "
-                                  f"{ckpt['model']['name']!r}: {err}") from None
-        if ckpt.get("finished"):  # a finished run: return it, write nothing
-            return _finished_result(ckpt, ckpt_path, out_dir)
+    ckpt = _load_resumed(ckpt_path, out_dir, model, config, data, budgets, env)
+    if ckpt is not None and ckpt.get("finished"):  # a finished run: return it, write nothing
+        return _finished_result(ckpt, ckpt_path, out_dir)
     model.to(device)
+    stream = BatchStream(train_dataset, batch_size=config.batch_size, seed=config.seed, env=env,
+                         num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                         consumed=int(ckpt["consumed"]) if ckpt is not None else 0)
+    run = _Run(model=model, config=config, env=env, device=device, dtype=dtype, data=data,
+               budgets=budgets, classes=classes, out_dir=out_dir,
+               tracker=tracker if (tracker is not None and env.is_main) else NullTracker(),
+               stream=stream, val_dataset=val_dataset, callbacks=callbacks, extra=extra,
+               started=started, resumed_from=ckpt_path, last_checkpoint=ckpt_path)
+    _resume(run, ckpt)
+    return _run_training(run, run_name)
 
-    history = {"step": [], "stage": [], "loss": [], "lr": []}
-    val_history = []
-    step, consumed, start_stage, start_stage_step = 0, 0, 0, 0
-    prior_wall = 0.0
-    if ckpt is not None:
-        history = {k: list(v) for k, v in ckpt["history"].items()}
-        val_history = [dict(v) for v in ckpt["val_history"]]
-        step, consumed = int(ckpt["step"]), int(ckpt["consumed"])
-        start_stage, start_stage_step = int(ckpt["stage_index"]), int(ckpt["stage_step"])
-        prior_wall = float(ckpt.get("wall_s", 0.0))
 
-    is_main = env.is_main
-    tracker = tracker if (tracker is not None and is_main) else NullTracker()
-    mask_gen = torch.Generator(device=device)
-    mask_gen.manual_seed(derive(config.seed, _SEED_MASKS, env.rank, 0))
-    if ckpt is not None:
-        devices.set_rng_state(ckpt["rng"][env.rank], mask_gen)
-    identity = model_identity(model)
+def _check_objective(model, label):
+    name = getattr(model, "name", None) or type(model).__name__
+    objective = getattr(model, "objective", "self_supervised")
+    if label is None and objective != "self_supervised":
+        raise UsageError(f"model {name!r} has objective {objective!r}: pretraining needs a "
+                         "self-supervised model; set config.label for supervised training. "
+                         "Fix: pretrain a self-supervised model (brainsymphony, brainlm, "
+                         "brainjepa, brainmass); train supervised baselines with `bsym "
+                         "supervised`")
+    if objective == "none":
+        raise UsageError(f"model {name!r} is not trained by gradient descent (objective "
+                         "'none'): fit it with model.fit. Fix: use its features directly "
+                         "(e.g. `bsym probe --features fc`)")
 
-    stream = _BatchStream(train_dataset, batch_size=config.batch_size, seed=config.seed, env=env,
-                          num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                          consumed=consumed)
+
+def _plan(model, dataset, config):
+    """The data description, stage budgets and label classes of a run, checked."""
+    data = describe_data(dataset)
+    _check_model_fits_data(model, data)
+    budgets = stage_budgets(model, config)
+    label = config.label
+    served = getattr(dataset, "labels", None)
+    if label is not None and served is not None and label not in served:
+        raise ValueError(f"the training dataset serves labels {list(served)}, not {label!r}; "
+                         f"build it with labels=[{label!r}]")
+    classes = label_classes(dataset, label) if label is not None else None
+    return data, budgets, classes
+
+
+def _load_resumed(path, out_dir, model, config, data, budgets, env):
+    """The checkpoint at ``path`` (None: a fresh run), checked, its weights loaded."""
+    if path is None:
+        return None
+    ckpt = load_checkpoint(path, fix=resume_fix(path, out_dir))
+    _check_resume(ckpt, path, model, config, data, budgets, env)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit model "
+                              f"{ckpt['model']['name']!r}: {err}") from None
+    return ckpt
+
+
+def _check_resume(ckpt, path, model, config, data, budgets, env):
+    check_data(ckpt, path, n_rois=data["n_rois"], window=data["window"],
+               manifest_hash=data.get("manifest_hash"))
+    check_model(ckpt, model, path)
+    stored = TrainConfig.from_dict(ckpt["config"]).science()
+    here = config.science()
+    diffs = [k for k in sorted(here) if stored.get(k) != here.get(k)]
+    if diffs:
+        shown = "; ".join(f"{k}: checkpoint {stored.get(k)!r}, this run {here.get(k)!r}"
+                          for k in diffs)
+        raise CheckpointError(f"{path}: training settings differ from the checkpoint's, so the "
+                              f"run cannot be resumed exactly: {shown}")
+    if [list(b) for b in ckpt["stages"]] != [list(b) for b in budgets]:
+        raise CheckpointError(f"{path}: stage budgets differ: checkpoint {ckpt['stages']}, "
+                              f"this run {budgets}")
+    if not ckpt.get("finished") and int(ckpt["world_size"]) != env.world_size:
+        raise CheckpointError(f"{path}: written by a run of {ckpt['world_size']} process(es); "
+                              f"this run has {env.world_size}: resume with the same number "
+                              "to continue exactly")
+
+
+def _resume(run, ckpt):
+    """Seed the mask generator; with a checkpoint, continue from where it stopped."""
+    run.mask_gen.manual_seed(devices.derive_seed(run.config.seed, devices.SEED_MASKS,
+                                                 run.env.rank, 0))
+    if ckpt is None:
+        return
+    run.resumed = ckpt
+    run.history = {k: list(v) for k, v in ckpt["history"].items()}
+    run.val_history = [dict(v) for v in ckpt["val_history"]]
+    run.step = int(ckpt["step"])
+    run.start_stage, run.start_stage_step = int(ckpt["stage_index"]), int(ckpt["stage_step"])
+    run.prior_wall = float(ckpt.get("wall_s", 0.0))
+    run.consumption = Consumption.from_dict(ckpt.get("budget"))
+    devices.set_rng_state(ckpt["rng"][run.env.rank], run.mask_gen)
+
+
+def _run_training(run, run_name):
+    """Open the run, train its stages, finish it; the model's flags and mode are restored
+    however it ends."""
+    model = run.model
     flags = {p: p.requires_grad for p in model.parameters()}
     was_training = model.training
     model.train()
-    session = {"steps": 0, "seconds": 0.0}
-    last_ckpt = ckpt_path
-    meta = {"mode": mode, "label": label, "classes": classes, "identity": identity,
-            "data": data, "budgets": budgets, "env": env, "config": config, "extra": extra,
-            "consumption": Consumption.from_dict((ckpt or {}).get("budget"))}
-    snapshot_steps = {round(f * total_steps) for f in config.snapshots}
-
-    tracking = contextlib.ExitStack()
-    run_id = None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and is_main),
-               desc=mode, unit="step", dynamic_ncols=True)
+    run.bar = tqdm(total=run.total_steps, initial=run.step, desc=run.mode, unit="step",
+                   disable=not (run.config.progress and run.is_main), dynamic_ncols=True)
     try:
-        with tracking:
-            run_id = _open_tracking(tracking, tracker, model, config, data, mode, ckpt,
-                                    run_name, extra)
-            meta["tracking"] = {"uri": getattr(tracker, "uri", None),
-                                "experiment": getattr(tracker, "experiment", None),
-                                "run_id": run_id if tracker.enabled else None}
-            stop = False
-            if ckpt is None and out_dir is not None and is_main:
-                _write_json(out_dir / RUN_SUMMARY, _start_record(meta))
-            if ckpt is None and 0 in snapshot_steps and out_dir is not None and is_main:
-                _save_snapshot(model, meta, out_dir, budgets[0][0], 0, 0, history,
-                               val_history, prior_wall)
-            for si, (stage, budget) in enumerate(budgets):
-                if stop:
-                    break
-                if si < start_stage:
-                    continue
-                stage_step = start_stage_step if si == start_stage else 0
-                resumed_here = ckpt if si == start_stage else None
-                if budget == 0:
-                    continue
-                bar.set_description(f"{mode}:{stage}" if len(budgets) > 1 else mode)
-                # Freeze what the stage does not train (flags restored before each query).
-                for p, flag in flags.items():
-                    p.requires_grad_(flag)
-                params = list(model.stage_parameters(stage)) if label is None else \
-                    [p for p in model.parameters() if p.requires_grad]
-                if not params:
-                    raise ValueError(f"stage {stage!r} of model {identity['name']!r} has no "
-                                     "trainable parameter")
-                trained = {id(p) for p in params}
-                for p in model.parameters():
-                    p.requires_grad_(id(p) in trained)
-                optimizer = torch.optim.AdamW(_param_groups(params, config.weight_decay),
-                                              lr=config.lr, betas=config.betas,
-                                              weight_decay=config.weight_decay)
-                schedule = WarmupCosine(optimizer, total_steps=budget,
-                                        warmup_steps=config.warmup_steps,
-                                        min_ratio=config.min_lr_ratio)
-                if resumed_here is not None and resumed_here.get("optimizer") is not None:
-                    optimizer.load_state_dict(resumed_here["optimizer"])
-                    schedule.load_state_dict(resumed_here["scheduler"])
-                runner, ddp = _wrap(model, label, config, device, env)
-
-                window_t, window_steps = time.perf_counter(), 0
-                while stage_step < budget:
-                    t0 = time.perf_counter()
-                    lr = optimizer.param_groups[0]["lr"]
-                    optimizer.zero_grad(set_to_none=True)
-                    loss_sum = torch.zeros((), device=device)
-                    consumption = meta["consumption"]
-                    count = (config.count_flops and not config.compile and
-                             stage not in consumption.flops_per_step)
-                    with StepFlops(enabled=count) as flops:
-                        for micro in range(config.accumulate):
-                            batch = to_device(next(stream), device)
-                            y = _targets(batch, label, classes, device) if label is not None \
-                                else None
-                            sync = (ddp is None or micro == config.accumulate - 1)
-                            with contextlib.nullcontext() if sync else ddp.no_sync():
-                                with devices.autocast(device, dtype):
-                                    loss = runner(batch, y, mask_gen, stage)
-                                if loss.ndim != 0:
-                                    raise ValueError(f"the loss must be a scalar tensor, "
-                                                     f"received shape {tuple(loss.shape)}")
-                                (loss.float() / config.accumulate).backward()
-                            loss_sum += loss.detach().float()
-                    if stage not in consumption.flops_per_step:
-                        consumption.flops_per_step[stage] = (
-                            flops.total * env.world_size if flops.total is not None else None)
-                    mean_loss = loss_sum / config.accumulate
-                    if env.distributed:
-                        torch.distributed.all_reduce(mean_loss)
-                        mean_loss /= env.world_size
-                    loss_value = float(mean_loss)
-                    if not math.isfinite(loss_value):  # every rank sees the same mean
-                        raise FloatingPointError(
-                            f"non-finite training loss ({loss_value}) at step {step + 1} "
-                            f"(stage {stage!r}); lower the learning rate or check the data "
-                            "(the weights before this step are in the last checkpoint)")
-                    grad_norm = None
-                    if config.grad_clip is not None:
-                        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                    optimizer.step()
-                    schedule.step()
-                    step += 1
-                    stage_step += 1
-                    if hasattr(model, "after_optimizer_step"):  # EMA targets (JEPA, BYOL)
-                        model.after_optimizer_step(step, total_steps)
-                    dt = time.perf_counter() - t0
-                    session["steps"] += 1
-                    session["seconds"] += dt
-                    window_steps += 1
-                    samples = config.batch_size * config.accumulate * env.world_size
-                    sps = samples / max(dt, 1e-9)
-                    consumption.add_step(stage, samples, data["window"])
-                    consumption.wall_s = prior_wall + time.perf_counter() - started
-                    history["step"].append(step)
-                    history["stage"].append(stage)
-                    history["loss"].append(loss_value)
-                    history["lr"].append(lr)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}",
-                                    samples_s=f"{sps:.1f}", refresh=False)
-                    if step % config.log_every == 0 or stage_step == budget:
-                        elapsed = time.perf_counter() - window_t
-                        metrics = {"train_loss": loss_value, "lr": lr, "stage_index": si,
-                                   "samples_per_s": samples * window_steps / max(elapsed, 1e-9),
-                                   "epoch": stream.epoch}
-                        if grad_norm is not None:
-                            metrics["grad_norm"] = float(grad_norm)
-                        tracker.log_metrics(metrics, step=step)
-                        window_t, window_steps = time.perf_counter(), 0
-                    val = None
-                    if val_dataset is not None and is_main and (
-                            stage_step == budget or
-                            (config.eval_every and step % config.eval_every == 0)):
-                        val = evaluate_loss(model, val_dataset, batch_size=config.batch_size,
-                                            seed=config.seed, device=device,
-                                            stage=None if label else stage, label=label,
-                                            max_batches=config.eval_batches,
-                                            precision=config.precision)
-                        val_history.append({"step": step, "stage": stage, "loss": val})
-                        tracker.log_metrics({"val_loss": val}, step=step)
-                    due = out_dir is not None and (
-                        stage_step == budget or
-                        (config.checkpoint_every and step % config.checkpoint_every == 0))
-                    if due:
-                        rng = devices.all_gather_object(devices.get_rng_state(mask_gen))
-                        if is_main:
-                            state = _checkpoint_state(
-                                model, optimizer, schedule, rng, meta, stage, si, stage_step,
-                                step, stream.consumed, history, val_history,
-                                prior_wall + time.perf_counter() - started, finished=False)
-                            last_ckpt = _save(state, checkpoint_path(out_dir, step), last_ckpt)
-                            prune_checkpoints(out_dir, config.keep_checkpoints)
-                    if step in snapshot_steps and out_dir is not None and is_main:
-                        _save_snapshot(model, meta, out_dir, stage, si, stage_step, history,
-                                       val_history, prior_wall + time.perf_counter() - started,
-                                       step=step, consumed=stream.consumed)
-                    info = StepInfo(step, stage, stage_step, loss_value, lr, sps, model, val)
-                    stop = any([callback(info) is True for callback in callbacks])
-                    if env.distributed:
-                        stop = any(devices.all_gather_object(stop))
-                    if stop:
-                        break
-                ddp = runner = None
-            stream.close()
-            bar.close()
-            wall = prior_wall + time.perf_counter() - started
-            throughput = (config.batch_size * config.accumulate * env.world_size *
-                          session["steps"] / session["seconds"]) if session["seconds"] else \
-                float("nan")
-            result = TrainResult(final_path=None, history=history, val_history=val_history,
-                                 steps=step, samples_per_s=throughput,
-                                 wall_s=time.perf_counter() - started, checkpoint=last_ckpt,
-                                 resumed_from=ckpt_path, run_id=run_id if tracker.enabled
-                                 else None, stopped_early=stop,
-                                 budget=meta["consumption"].to_dict())
-            tracker.log_metrics({"final_train_loss": result.final_loss or float("nan"),
-                                 "train_samples_per_s": throughput, "train_wall_s": wall,
-                                 **_budget_metrics(meta["consumption"])}, step=step)
-            if out_dir is not None and is_main:
-                final = _checkpoint_state(model, None, None, None, meta, budgets[-1][0],
-                                          len(budgets) - 1, budgets[-1][1], step,
-                                          stream.consumed, history, val_history, wall,
-                                          finished=True)
-                result.final_path = _save(final, out_dir / FINAL_NAME, last_ckpt)
-                _write_json(out_dir / RUN_SUMMARY, _summary(result, meta, out_dir))
-                tracker.log_artifact(out_dir / RUN_SUMMARY)
-            elif out_dir is not None:
-                result.final_path = out_dir / FINAL_NAME
+        with contextlib.ExitStack() as tracking:
+            _open_run(run, tracking, run_name)
+            _train_stages(run, flags)
+            result = _finish(run)
         devices.barrier()
         return result
     finally:
-        bar.close()
+        run.bar.close()
         for p, flag in flags.items():
             p.requires_grad_(flag)
         model.train(was_training)
 
 
-def _open_tracking(stack, tracker, model, config, data, mode, ckpt, run_name, extra):
-    if not tracker.enabled:
-        return None
-    identity = model_identity(model)
-    # "model" and "protocol" as the evaluation runs tag them, so one filter finds both
-    tags = {"model": identity["name"], "protocol": mode,
-            "bsym.mode": mode, "bsym.model": identity["name"],
-            "bsym.preset": str(identity["preset"]), "bsym.version": __version__,
-            "bsym.data.manifest_hash": str(data.get("manifest_hash"))}
-    if tracker.run_id is not None:  # log into the caller's run
-        run_id = tracker.run_id
-    else:
-        previous = (ckpt or {}).get("tracking") or {}
-        reuse = previous.get("run_id") if previous.get("uri") == tracker.uri else None
-        name = run_name or f"{mode}-{identity['name']}"
-        run_id = stack.enter_context(tracker.start_run(name, tags=tags, run_id=reuse))
-    tracker.set_tags(tags)
-    if ckpt is not None:  # a resumed run logged its parameters when it started
-        return run_id
-    counts = model.param_counts() if hasattr(model, "param_counts") else {
-        "total": sum(p.numel() for p in model.parameters())}
-    tracker.log_params({"train": config.to_dict(), "model": identity["config"],
-                        "model_name": identity["name"], "model_preset": identity["preset"],
-                        "n_params": counts,
-                        "data": {k: v for k, v in data.items() if k != "dataset"},
-                        "dataset": data.get("dataset") or {},
-                        "extra": {k: v for k, v in (extra or {}).items()
-                                  if not isinstance(v, (dict, list, tuple))}})
-    return run_id
+def _open_run(run, stack, run_name):
+    """Start tracking; a fresh run writes its record and keeps its initial weights if asked."""
+    run.run_id = _open_tracking(run, stack, run_name)
+    run.tracking = {"uri": getattr(run.tracker, "uri", None),
+                    "experiment": getattr(run.tracker, "experiment", None),
+                    "run_id": run.run_id if run.tracker.enabled else None}
+    if run.resumed is not None or run.out_dir is None or not run.is_main:
+        return
+    write_run_record(run.out_dir, _start_record(run))
+    if 0 in run.snapshot_steps:
+        _save_snapshot(run, (run.budgets[0][0], 0, 0), wall=run.prior_wall)
 
 
-def _wrap(model, label, config, device, env):
-    module = _Objective(model, label)
-    ddp = None
-    if env.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [device.index] if device.type == "cuda" else None
-        ddp = module = DistributedDataParallel(
-            module, device_ids=ids, find_unused_parameters=config.find_unused_parameters)
-    if config.compile:
-        backend = config.compile if isinstance(config.compile, str) else "inductor"
-        module = torch.compile(module, backend=backend)
-    return module, ddp
+def _train_stages(run, flags):
+    """Each stage in turn, from where a resumed run stopped, until a callback stops it."""
+    for index, (_, budget) in enumerate(run.budgets):
+        if run.stopped:
+            break
+        if index >= run.start_stage and budget > 0:
+            _train_stage(run, _open_stage(run, index, flags))
 
 
-def _checkpoint_state(model, optimizer, schedule, rng, meta, stage, stage_index,
-                      stage_step, step, consumed, history, val_history, wall, *, finished):
-    env, config = meta["env"], meta["config"]
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "bsym_version": __version__,
-        "kind": "final" if optimizer is None else "train",
-        "finished": bool(finished),
-        "model": meta["identity"],
-        "data": {k: v for k, v in meta["data"].items()},
-        "mode": meta["mode"], "label": meta["label"], "label_classes": meta["classes"],
-        "config": config.to_dict(),
-        "stages": [list(b) for b in meta["budgets"]],
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": schedule.state_dict() if schedule is not None else None,
-        "stage": stage, "stage_index": int(stage_index), "stage_step": int(stage_step),
-        "step": int(step), "consumed": int(consumed), "world_size": env.world_size,
-        "rng": rng,
-        "history": history, "val_history": val_history, "wall_s": float(wall),
-        "tracking": meta.get("tracking"),
-        "extra": meta["extra"] or {},
-        "budget": meta["consumption"].to_dict(),
-    }
+def _open_stage(run, index, flags):
+    """Stage ``index`` ready to train: only its parameters trainable, its optimizer built."""
+    name, budget = run.budgets[index]
+    run.bar.set_description(f"{run.mode}:{name}" if len(run.budgets) > 1 else run.mode)
+    params = _stage_parameters(run, name, flags)
+    resumed = run.resumed if index == run.start_stage else None
+    optimizer, schedule = _stage_optimizer(run.config, params, budget, resumed)
+    runner, ddp = _wrap(run.model, run.label, run.config, run.device, run.env)
+    return _Stage(name=name, index=index, budget=budget,
+                  step=run.start_stage_step if index == run.start_stage else 0, params=params,
+                  optimizer=optimizer, schedule=schedule, runner=runner, ddp=ddp,
+                  window_start=time.perf_counter())
 
 
-def _save_snapshot(model, meta, out_dir, stage, stage_index, stage_step, history, val_history,
-                   wall, *, step=0, consumed=0):
-    state = _checkpoint_state(model, None, None, None, meta, stage, stage_index, stage_step,
-                              step, consumed, history, val_history, wall, finished=False)
-    state["kind"] = "snapshot"
-    return save_checkpoint(state, snapshot_path(out_dir, step))
+def _stage_parameters(run, stage, flags):
+    """The parameters ``stage`` trains, left the only ones that require gradients."""
+    for p, flag in flags.items():  # the model's own flags first, then the stage's choice
+        p.requires_grad_(flag)
+    model = run.model
+    params = list(model.stage_parameters(stage)) if run.label is None else \
+        [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"stage {stage!r} of model {run.identity['name']!r} has no "
+                         "trainable parameter")
+    trained = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trained)
+    return params
 
 
-def _budget_metrics(consumption):
-    out = {"budget_samples": consumption.samples, "budget_timepoints": consumption.timepoints}
-    if consumption.flops is not None:
-        out["budget_flops"] = consumption.flops
-    return out
+def _stage_optimizer(config, params, budget, resumed):
+    """AdamW and its warm-up + cosine schedule over the stage's ``budget`` steps."""
+    optimizer = torch.optim.AdamW(_param_groups(params, config.weight_decay), lr=config.lr,
+                                  betas=config.betas, weight_decay=config.weight_decay)
+    schedule = WarmupCosine(optimizer, total_steps=budget, warmup_steps=config.warmup_steps,
+                            min_ratio=config.min_lr_ratio)
+    if resumed is not None and resumed.get("optimizer") is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["scheduler"])
+    return optimizer, schedule
+
+
+def _train_stage(run, stage):
+    while stage.step < stage.budget and not run.stopped:
+        outcome = _train_step(run, stage)
+        run.stopped = _after_step(run, stage, outcome)
+
+
+# -- one optimizer step -------------------------------------------------------------------
+def _train_step(run, stage) -> _Outcome:
+    """One optimizer step: forward and backward over ``accumulate`` micro-batches, update."""
+    started = time.perf_counter()
+    lr = stage.optimizer.param_groups[0]["lr"]
+    stage.optimizer.zero_grad(set_to_none=True)
+    loss = _accumulate_gradients(run, stage)
+    grad_norm = None
+    if run.config.grad_clip is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(stage.params, run.config.grad_clip)
+    stage.optimizer.step()
+    stage.schedule.step()
+    run.step += 1
+    stage.step += 1
+    if hasattr(run.model, "after_optimizer_step"):  # EMA targets (JEPA, BYOL)
+        run.model.after_optimizer_step(run.step, run.total_steps)
+    return _record_step(run, stage, loss, lr, grad_norm, time.perf_counter() - started)
+
+
+def _accumulate_gradients(run, stage) -> float:
+    """Gradients of ``accumulate`` micro-batches; their mean loss over every process.
+
+    The FLOPs of the first step of each stage are counted on the way.
+    """
+    config, consumption = run.config, run.consumption
+    loss_sum = torch.zeros((), device=run.device)
+    count = (config.count_flops and not config.compile and
+             stage.name not in consumption.flops_per_step)
+    with StepFlops(enabled=count) as flops:
+        for micro in range(config.accumulate):
+            loss_sum += _micro_batch(run, stage, last=micro == config.accumulate - 1)
+    if stage.name not in consumption.flops_per_step:
+        consumption.flops_per_step[stage.name] = (
+            flops.total * run.env.world_size if flops.total is not None else None)
+    mean_loss = loss_sum / config.accumulate
+    if run.env.distributed:
+        torch.distributed.all_reduce(mean_loss)
+        mean_loss /= run.env.world_size
+    loss = float(mean_loss)
+    if not math.isfinite(loss):  # every rank sees the same mean
+        raise FloatingPointError(
+            f"non-finite training loss ({loss}) at step {run.step + 1} (stage {stage.name!r}); "
+            "lower the learning rate or check the data (the weights before this step are in "
+            "the last checkpoint)")
+    return loss
+
+
+def _micro_batch(run, stage, *, last):
+    """Forward and backward of one micro-batch (DDP syncs gradients on the ``last``)."""
+    batch = to_device(next(run.stream), run.device)
+    y = label_targets(batch, run.label, run.classes, run.device) if run.label is not None \
+        else None
+    sync = stage.ddp is None or last
+    with contextlib.nullcontext() if sync else stage.ddp.no_sync():
+        with devices.autocast(run.device, run.dtype):
+            loss = stage.runner(batch, y, run.mask_gen, stage.name)
+        if loss.ndim != 0:
+            raise ValueError(f"the loss must be a scalar tensor, received shape "
+                             f"{tuple(loss.shape)}")
+        (loss.float() / run.config.accumulate).backward()
+    return loss.detach().float()
+
+
+def _record_step(run, stage, loss, lr, grad_norm, seconds) -> _Outcome:
+    """Count the step in the history, the budget and the progress bar."""
+    run.session_steps += 1
+    run.session_seconds += seconds
+    stage.window_steps += 1
+    samples = run.samples_per_step
+    samples_per_s = samples / max(seconds, 1e-9)
+    run.consumption.add_step(stage.name, samples, run.data["window"])
+    run.consumption.wall_s = run.wall()
+    for key, value in (("step", run.step), ("stage", stage.name), ("loss", loss), ("lr", lr)):
+        run.history[key].append(value)
+    run.bar.update(1)
+    run.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.1f}",
+                        refresh=False)
+    return _Outcome(loss, lr, grad_norm, samples_per_s)
+
+
+# -- after a step: logging, validation, checkpoints, snapshots, callbacks -----------------
+def _after_step(run, stage, outcome) -> bool:
+    """Log, validate, checkpoint and keep a snapshot when due; True when a callback stops."""
+    config = run.config
+    if run.step % config.log_every == 0 or stage.at_end:
+        _log_step(run, stage, outcome)
+    val = None
+    if run.val_dataset is not None and run.is_main and _due(run, stage, config.eval_every):
+        val = _validate(run, stage)
+    if run.out_dir is not None and _due(run, stage, config.checkpoint_every):
+        _write_checkpoint(run, stage)
+    if run.step in run.snapshot_steps and run.out_dir is not None and run.is_main:
+        _save_snapshot(run, stage.position, wall=run.wall())
+    info = StepInfo(run.step, stage.name, stage.step, outcome.loss, outcome.lr,
+                    outcome.samples_per_s, run.model, val)
+    stop = any([callback(info) is True for callback in run.callbacks])  # every one is called
+    if run.env.distributed:
+        stop = any(devices.all_gather_object(stop))
+    return stop
+
+
+def _due(run, stage, every):
+    """At the end of the stage, or every ``every`` steps (0: only there)."""
+    return stage.at_end or bool(every and run.step % every == 0)
+
+
+def _log_step(run, stage, outcome):
+    elapsed = time.perf_counter() - stage.window_start
+    metrics = {"train_loss": outcome.loss, "lr": outcome.lr, "stage_index": stage.index,
+               "samples_per_s": run.samples_per_step * stage.window_steps / max(elapsed, 1e-9),
+               "epoch": run.stream.epoch}
+    if outcome.grad_norm is not None:
+        metrics["grad_norm"] = float(outcome.grad_norm)
+    run.tracker.log_metrics(metrics, step=run.step)
+    stage.window_start, stage.window_steps = time.perf_counter(), 0
+
+
+def _validate(run, stage) -> float:
+    """The validation loss now, kept in the run's history and logged."""
+    config = run.config
+    val = evaluate_loss(run.model, run.val_dataset, batch_size=config.batch_size,
+                        seed=config.seed, device=run.device,
+                        stage=None if run.label else stage.name, label=run.label,
+                        max_batches=config.eval_batches, precision=config.precision)
+    run.val_history.append({"step": run.step, "stage": stage.name, "loss": val})
+    run.tracker.log_metrics({"val_loss": val}, step=run.step)
+    return val
+
+
+def _write_checkpoint(run, stage):
+    """Every process gives its RNG state; rank 0 writes the checkpoint, keeps the newest."""
+    rng = devices.all_gather_object(devices.get_rng_state(run.mask_gen))
+    if not run.is_main:
+        return
+    state = _checkpoint_state(run, stage.position, kind="train", wall=run.wall(),
+                              optimizer=stage.optimizer, schedule=stage.schedule, rng=rng)
+    run.last_checkpoint = _save(state, checkpoint_path(run.out_dir, run.step),
+                                run.last_checkpoint)
+    prune_checkpoints(run.out_dir, run.config.keep_checkpoints)
+
+
+def _save_snapshot(run, position, *, wall):
+    state = _checkpoint_state(run, position, kind="snapshot", wall=wall)
+    return save_checkpoint(state, snapshot_path(run.out_dir, run.step))
 
 
 def _save(state, path, previous):
@@ -1054,46 +800,159 @@ def _save(state, path, previous):
         raise CheckpointError(f"{err} ({kept})") from None
 
 
-def _resume_fix(path, out_dir):
-    """What to do about a damaged checkpoint met when resuming."""
-    if path.name == FINAL_NAME:
-        return (f"restore it (with its {CHECKSUM_SUFFIX} file) from a copy, or move it away "
-                "and resume again (the run then continues from its newest checkpoint)")
-    return (f"restore it (with its {CHECKSUM_SUFFIX} file) from a copy, or move it and its "
-            f"{CHECKSUM_SUFFIX} file out of {out_dir / CHECKPOINT_DIR} and resume again (the "
-            "run then continues from the checkpoint before it)")
+def _checkpoint_state(run, position, *, kind, wall, optimizer=None, schedule=None, rng=None):
+    """What a checkpoint of ``kind`` (train, snapshot, final) holds at ``position``:
+    ``(stage, stage index, step within the stage)``."""
+    stage, stage_index, stage_step = position
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "bsym_version": __version__,
+        "kind": kind,
+        "finished": kind == "final",
+        "model": run.identity,
+        "data": dict(run.data),
+        "mode": run.mode, "label": run.label, "label_classes": run.classes,
+        "config": run.config.to_dict(),
+        "stages": [list(b) for b in run.budgets],
+        "state_dict": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": schedule.state_dict() if schedule is not None else None,
+        "stage": stage, "stage_index": int(stage_index), "stage_step": int(stage_step),
+        "step": int(run.step), "consumed": int(run.stream.consumed),
+        "world_size": run.env.world_size,
+        "rng": rng,
+        "history": run.history, "val_history": run.val_history, "wall_s": float(wall),
+        "tracking": run.tracking,
+        "extra": run.extra or {},
+        "budget": run.consumption.to_dict(),
+    }
 
 
-def _summary(result, meta, out_dir):
-    identity, config = meta["identity"], meta["config"]
-    history = result.history
+# -- tracking -----------------------------------------------------------------------------
+def _open_tracking(run, stack, run_name):
+    """The MLflow run id (None when not tracked); a fresh run logs its parameters."""
+    tracker, identity = run.tracker, run.identity
+    if not tracker.enabled:
+        return None
+    # "model" and "protocol" as the evaluation runs tag them, so one filter finds both
+    tags = {"model": identity["name"], "protocol": run.mode,
+            "bsym.mode": run.mode, "bsym.model": identity["name"],
+            "bsym.preset": str(identity["preset"]), "bsym.version": __version__,
+            "bsym.data.manifest_hash": str(run.data.get("manifest_hash"))}
+    if tracker.run_id is not None:  # log into the caller's run
+        run_id = tracker.run_id
+    else:
+        previous = (run.resumed or {}).get("tracking") or {}
+        reuse = previous.get("run_id") if previous.get("uri") == tracker.uri else None
+        name = run_name or f"{run.mode}-{identity['name']}"
+        run_id = stack.enter_context(tracker.start_run(name, tags=tags, run_id=reuse))
+    tracker.set_tags(tags)
+    if run.resumed is None:  # a resumed run logged its parameters when it started
+        _log_params(run)
+    return run_id
+
+
+def _log_params(run):
+    model, identity = run.model, run.identity
+    counts = model.param_counts() if hasattr(model, "param_counts") else {
+        "total": sum(p.numel() for p in model.parameters())}
+    run.tracker.log_params({
+        "train": run.config.to_dict(), "model": identity["config"],
+        "model_name": identity["name"], "model_preset": identity["preset"],
+        "n_params": counts,
+        "data": {k: v for k, v in run.data.items() if k != "dataset"},
+        "dataset": run.data.get("dataset") or {},
+        "extra": {k: v for k, v in (run.extra or {}).items()
+                  if not isinstance(v, (dict, list, tuple))}})
+
+
+def _budget_metrics(consumption):
+    out = {"budget_samples": consumption.samples, "budget_timepoints": consumption.timepoints}
+    if consumption.flops is not None:
+        out["budget_flops"] = consumption.flops
+    return out
+
+
+# -- the end of a run ---------------------------------------------------------------------
+def _finish(run) -> TrainResult:
+    """The run's result, logged; rank 0 writes ``final.pt`` and completes the run record."""
+    run.stream.close()
+    run.bar.close()
+    wall = run.wall()
+    throughput = (run.samples_per_step * run.session_steps / run.session_seconds
+                  if run.session_seconds else float("nan"))
+    result = TrainResult(final_path=None, history=run.history, val_history=run.val_history,
+                         steps=run.step, samples_per_s=throughput,
+                         wall_s=time.perf_counter() - run.started,
+                         checkpoint=run.last_checkpoint, resumed_from=run.resumed_from,
+                         run_id=run.run_id if run.tracker.enabled else None,
+                         stopped_early=run.stopped, budget=run.consumption.to_dict())
+    run.tracker.log_metrics({"final_train_loss": result.final_loss or float("nan"),
+                             "train_samples_per_s": throughput, "train_wall_s": wall,
+                             **_budget_metrics(run.consumption)}, step=run.step)
+    if run.out_dir is not None:
+        _write_final(run, result, wall)
+    return result
+
+
+def _write_final(run, result, wall):
+    """``final.pt`` and the completed run record (rank 0); sets ``result.final_path``."""
+    result.final_path = run.out_dir / FINAL_NAME
+    if not run.is_main:
+        return
+    name, budget = run.budgets[-1]
+    state = _checkpoint_state(run, (name, len(run.budgets) - 1, budget), kind="final",
+                              wall=wall)
+    result.final_path = _save(state, result.final_path, run.last_checkpoint)
+    write_run_record(run.out_dir, _summary(run, result))
+    run.tracker.log_artifact(run.out_dir / RUN_SUMMARY)
+
+
+def _start_record(run):
+    """The run record written when a run starts (completed by :func:`_summary` at its end)."""
+    identity = run.identity
+    return {"format": RUN_FORMAT, "status": "running", "bsym_version": __version__,
+            "model": identity["name"], "preset": identity["preset"],
+            "model_config": identity["config"], "mode": run.mode, "label": run.label,
+            "train_config": run.config.to_dict(), "stages": run.budgets,
+            "data": {k: v for k, v in run.data.items() if k != "dataset"},
+            "world_size": run.env.world_size}
+
+
+def _summary(run, result):
+    identity, history, out_dir = run.identity, result.history, run.out_dir
     return {
         "format": RUN_FORMAT, "status": "finished",
         "bsym_version": __version__,
         "model": identity["name"], "preset": identity["preset"],
         "model_config": identity["config"],
-        "mode": meta["mode"], "label": meta["label"],
-        "train_config": config.to_dict(),
-        "stages": meta["budgets"],
-        "data": meta["data"],
-        "world_size": meta["env"].world_size,
+        "mode": run.mode, "label": run.label,
+        "train_config": run.config.to_dict(),
+        "stages": run.budgets,
+        "data": run.data,
+        "world_size": run.env.world_size,
         "steps": result.steps,
         "final_loss": result.final_loss,
         "first_loss": history["loss"][0] if history["loss"] else None,
-        "stage_final_loss": {s: history["loss"][len(history["stage"]) - 1 -
-                                               history["stage"][::-1].index(s)]
-                             for s in dict.fromkeys(history["stage"])},
+        "stage_final_loss": _stage_final_loss(history),
         "val_history": result.val_history,
         "samples_per_s": result.samples_per_s,
         "wall_s": result.wall_s,
         "final": str(result.final_path.relative_to(out_dir)) if result.final_path else None,
         "checkpoints": [str(p.relative_to(out_dir)) for _, p in list_checkpoints(out_dir)],
-        "extra": {k: v for k, v in (meta["extra"] or {}).items() if k != "scaler"},
+        "extra": {k: v for k, v in (run.extra or {}).items() if k != "scaler"},
         "mlflow_run_id": result.run_id,
         "budget": result.budget,
         "snapshots": [str(p.relative_to(out_dir)) for _, p in list_snapshots(out_dir)],
         "resumed_from": str(result.resumed_from) if result.resumed_from else None,
     }
+
+
+def _stage_final_loss(history) -> dict:
+    """Stage -> the loss of its last step."""
+    last = {}
+    for stage, loss in zip(history["stage"], history["loss"]):
+        last[stage] = loss
+    return last
 
 
 def _finished_result(ckpt, path, out_dir):
@@ -1108,5 +967,5 @@ def _finished_result(ckpt, path, out_dir):
 
 
 __all__ = ["CHECKPOINT_DIR", "FINAL_NAME", "RUN_SUMMARY", "ResumableSampler", "StepInfo",
-           "TrainConfig", "TrainResult", "describe_data", "evaluate_loss", "stage_budgets",
-           "to_device", "train"]
+           "TrainConfig", "TrainResult", "check_run_dir", "describe_data", "evaluate_loss",
+           "is_run_dir", "label_classes", "stage_budgets", "to_device", "train"]
