@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_toy_store
 
 from bsym.evaluate.embeddings import feature_embeddings
 from bsym.evaluate.probe import ProbeConfig, _permuted_within, linear_probe
 from bsym.evaluate.results import ResultTable, primary_rows
 from bsym.evaluate.splits import make_splits
 from bsym.stats.controls import permutation_pvalue, real_rows, verdict_table
+from bsym.testing import write_toy_store
 
 FAST = ProbeConfig(Cs=(0.01, 1.0), alphas=(1.0, 100.0))
 

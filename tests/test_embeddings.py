@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_toy_store
 from toy_models import ToyMAE, make_model
 
 from bsym.cli import main
@@ -21,6 +20,7 @@ from bsym.evaluate.embeddings import (
 )
 from bsym.io import checksum_path, file_sha256
 from bsym.models import Embeddings, ModelSpec, register
+from bsym.testing import write_toy_store
 from bsym.train.engine import TrainConfig, train
 
 torch.set_num_threads(1)

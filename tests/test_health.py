@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_toy_store
 from torch import nn
 
 from bsym.cli import main
@@ -35,6 +34,7 @@ from bsym.evaluate.health import (
 )
 from bsym.models import BrainModel, Embeddings, ModelSpec, build, masking, register
 from bsym.models.pretext import interpolate_time, masked_series_prediction, row_mean
+from bsym.testing import write_toy_store
 from bsym.train.engine import TrainConfig, train
 
 torch.set_num_threads(1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_toy_store
 
 from bsym.cli import main
 from bsym.data import CohortWriter, open_cohort
@@ -23,6 +22,7 @@ from bsym.evaluate.netid import (
 )
 from bsym.evaluate.results import ResultTable
 from bsym.models.base import BrainModel, Embeddings
+from bsym.testing import write_toy_store
 
 torch.set_num_threads(1)
 

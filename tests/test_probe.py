@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_toy_store
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -25,6 +24,7 @@ from bsym.evaluate.probe import (
 )
 from bsym.evaluate.results import KEY_COLUMNS, ResultTable, git_sha
 from bsym.evaluate.splits import make_splits
+from bsym.testing import write_toy_store
 
 torch.set_num_threads(1)
 FAST = ProbeConfig(Cs=(0.01, 1.0), alphas=(1.0, 100.0))

@@ -22,7 +22,7 @@ import torch
 from bsym.cli import main
 from bsym.data.simulate import simulate_cohort
 from bsym.evaluate import EvaluationError
-from bsym.evaluate.foldtrain import TrainingConfig, WindowSource
+from bsym.evaluate.foldtrain import FoldTraining, WindowSource
 from bsym.evaluate.results import ResultTable
 from bsym.evaluate.splits import make_splits
 from bsym.evaluate.supervised import supervised_objective, train_supervised
@@ -32,7 +32,7 @@ WINDOWS = {"window": 100, "target_tr": 0.8}
 #: BrainNetCNN on the default cohort: 120 steps of 32 subjects (about 24 epochs of a
 #: training fold; the validation loss still fell at the end on most folds), one window
 #: per scan (an SC model sees the same matrix in every window of a subject).
-LEARN = TrainingConfig(max_steps=120, eval_every=20, patience=6, lr=2e-3, batch_size=32,
+LEARN = FoldTraining(max_steps=120, eval_every=20, patience=6, lr=2e-3, batch_size=32,
                        warmup_steps=10)
 LEARN_WINDOWS = {"window": 200, "target_tr": 0.8, "max_windows": 1}
 
@@ -73,7 +73,7 @@ def test_a_label_planted_in_sc_is_learnt_from_sc_not_from_fc(default_cohort, tmp
 
 def test_rows_are_kept_reused_and_deterministic(cohort, score_splits, tmp_path):
     table = ResultTable(tmp_path / "results.parquet")
-    config = TrainingConfig(max_steps=20, eval_every=10, patience=1, batch_size=16)
+    config = FoldTraining(max_steps=20, eval_every=10, patience=1, batch_size=16)
     first = train_supervised("transformer", cohort, score_splits, "score", folds=[0, 1],
                              model_args={"heads": 2}, config=config, results=table,
                              progress=False, **WINDOWS)
@@ -96,7 +96,7 @@ def test_rows_are_kept_reused_and_deterministic(cohort, score_splits, tmp_path):
 
 
 def test_per_fold_hyper_parameters_change_the_row(cohort, score_splits):
-    config = TrainingConfig(max_steps=10, eval_every=5, patience=1, batch_size=16)
+    config = FoldTraining(max_steps=10, eval_every=5, patience=1, batch_size=16)
     kwargs = dict(folds=[0], config=config, model_args={"heads": 2}, progress=False, **WINDOWS)
     plain = train_supervised("bnt", cohort, score_splits, "score", **kwargs)
     tuned = train_supervised("bnt", cohort, score_splits, "score",
@@ -126,7 +126,7 @@ def test_numeric_classes_other_than_0_1_are_mapped(cohort, tmp_path):
     coded = open_cohort(tmp_path / "coded")
     splits = make_splits(coded, tmp_path / "sex.json", label="sex", n_splits=5, seed=0)
     frame = train_supervised("brainnetcnn", coded, splits, "sex", folds=[0],
-                             config=TrainingConfig(max_steps=10, eval_every=5, batch_size=16),
+                             config=FoldTraining(max_steps=10, eval_every=5, batch_size=16),
                              progress=False, **WINDOWS)
     assert frame["task_type"].iloc[0] == "classification"
     assert 0.0 <= frame["auroc"].iloc[0] <= 1.0
@@ -143,7 +143,7 @@ def test_the_inner_objective_never_reads_the_outer_test_fold(cohort, score_split
 
     monkeypatch.setattr(WindowSource, "windows", recording)
     objective = supervised_objective("transformer", cohort, score_splits, "score", 2,
-                                     model_args={"heads": 2}, config=TrainingConfig(
+                                     model_args={"heads": 2}, config=FoldTraining(
                                          max_steps=6, eval_every=3, batch_size=16), **WINDOWS)
     reports = []
     value = objective({"lr": 3e-3}, lambda v, step: reports.append((step, v)))

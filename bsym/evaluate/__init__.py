@@ -25,6 +25,11 @@ attention
     Attention per ROI and network, contrasted between conditions (permutation + FDR).
 results
     The long result table (Parquet, one row per fold) and MLflow logging.
+loop
+    The loop every protocol shares: rows read back from the result table, or computed
+    and appended.
+seeding
+    Seeded random streams of the protocols, derived one way.
 health
     Training health of a pretraining run: held-out pretext task against trivial
     baselines, embedding rank and dead dimensions, a verdict per view, loss curves.
@@ -57,6 +62,7 @@ _EXPORTS = {
     "FineTuneConfig": "bsym.evaluate.finetune",
     "FineTuneModel": "bsym.evaluate.finetune",
     "fine_tune": "bsym.evaluate.finetune",
+    "FoldTraining": "bsym.evaluate.config",
     "TrainingConfig": "bsym.evaluate.foldtrain",
     "train_supervised": "bsym.evaluate.supervised",
     "supervised_objective": "bsym.evaluate.supervised",

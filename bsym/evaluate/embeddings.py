@@ -26,6 +26,7 @@ refused by the readers and recomputed by ``bsym embed``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import io
 import json
 from dataclasses import dataclass, field
@@ -452,16 +453,11 @@ def window_means(model, dataset, outputs, *, batch_size, device, desc, progress)
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
             for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
                 rows = np.array([position[s] for s in batch["scan"]])
-                batch = to_device({k: v for k, v in batch.items()
-                                   if k not in ("scan", "subject", "start")}, device)
+                inputs = to_device({k: v for k, v in batch.items()
+                                    if k not in ("scan", "subject", "start")}, device)
                 np.add.at(n_windows, rows, 1)
                 n_batches += 1
-                for name, value in outputs(batch).items():
-                    value = value.detach().float().cpu().numpy().astype(np.float64)
-                    if name not in sums:
-                        sums[name] = np.zeros((len(table), *value.shape[1:]))
-                    np.add.at(sums[name], rows, value)
-                    seen[name] = seen.get(name, 0) + 1
+                _add_to_sums(sums, seen, rows, outputs(inputs), len(table))
     finally:
         model.train(was_training)
     partial = [name for name, count in seen.items() if count != n_batches]
@@ -472,6 +468,17 @@ def window_means(model, dataset, outputs, *, batch_size, device, desc, progress)
     means = {name: total / n_windows.reshape((-1,) + (1,) * (total.ndim - 1))
              for name, total in sums.items()}
     return table, n_windows, means
+
+
+def _add_to_sums(sums, seen, rows, outputs, n_scans):
+    """Add one batch's ``outputs`` (name -> tensor, a row per window) to the per-scan
+    ``sums`` (``rows``: each window's scan) and count the batch in ``seen``."""
+    for name, value in outputs.items():
+        value = value.detach().float().cpu().numpy().astype(np.float64)
+        if name not in sums:
+            sums[name] = np.zeros((n_scans, *value.shape[1:]))
+        np.add.at(sums[name], rows, value)
+        seen[name] = seen.get(name, 0) + 1
 
 
 def _cache_key(meta, view) -> str:
@@ -527,7 +534,7 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
     EmbeddingSet
         With ``meta["cached"]`` telling whether the file was reused.
     """
-    from bsym.data.preprocess import RobustScaler, SignalCleaning
+    from bsym.data.preprocess import SignalCleaning
     from bsym.train.checkpoint import check_fits_store, load_checkpoint, load_trained
 
     checkpoint = Path(checkpoint)
@@ -537,57 +544,83 @@ def embed_checkpoint(checkpoint, cohort, out=None, *, stride=None, batch_size=32
     check_fits_store(ckpt, checkpoint, cohort, subjects=subjects)
     settings = _checkpoint_settings(ckpt)
     sha = file_sha256(checkpoint)
-    model_name = ckpt["model"]["name"]
     expected = {"checkpoint_sha256": sha, "manifest_hash": cohort.manifest_hash,
                 "window": settings["window"], "stride": int(stride or settings["window"]),
                 "tr": None, "sc_transform": settings["sc_transform"],
                 "cleaning": SignalCleaning(**settings["cleaning"]).to_dict(),
-                "model": model_name, "features": None, "cover_end": True,
+                "model": ckpt["model"]["name"], "features": None, "cover_end": True,
                 "subjects": sorted(str(s) for s in subjects) if subjects is not None else None}
-    if out is not None and Path(out).is_file() and not force:
-        content, recorded = _verified(out, f"pass --force to recompute and replace it, or "
-                                      f"restore it (with its {CHECKSUM_SUFFIX} file) from a copy")
-        try:  # unrecorded: recomputed
-            cached = _read_embeddings(out, content) if recorded else None
-        except EmbeddingError:
-            cached = None
-        if cached is not None and all(cached.meta.get(k) == v for k, v in expected.items()
-                                      if k != "tr"):
-            cached.meta["cached"] = True
-            return cached
+    cached = _current_file(out, expected) if out is not None and not force else None
+    if cached is not None:
+        return cached
     model, ckpt = load_trained(checkpoint)
-    scaler_state = (ckpt.get("extra") or {}).get("scaler")
-    scaler = RobustScaler.from_state_dict(scaler_state) if scaler_state else None
-    if scaler is None:
-        import warnings
-
-        warnings.warn(f"{checkpoint}: no fitted scaler in the checkpoint; embedding unscaled "
-                      "series", RuntimeWarning, stacklevel=2)
-    identity = ckpt["model"]
-    meta = {"checkpoint_sha256": sha, "checkpoint": str(checkpoint.resolve()),
-            "model": model_name, "preset": identity.get("preset"),
-            "model_config": identity.get("config"), "features": None,
-            "trained_on": (ckpt.get("data") or {}).get("manifest_hash"),
-            "pretrain_subjects": (ckpt.get("extra") or {}).get("train_subjects"),
-            "pretrain": run_point(ckpt), "cached": False,
-            "subjects": expected["subjects"]}
-    scans = None
-    if subjects is not None:
-        table = cohort.subjects
-        unknown = sorted(set(map(str, subjects)) - set(table["subject"].astype(str)))
-        if unknown:
-            raise EmbeddingError(f"subject(s) {', '.join(unknown[:5])} are not in the store "
-                                 f"{cohort.path}; expected subject ids of this store")
-        scans = table.loc[table["subject"].astype(str).isin(set(map(str, subjects))),
-                          "scan"].tolist()
+    scaler = _checkpoint_scaler(ckpt, checkpoint)
     out_set = compute_embeddings(
         model, cohort, window=settings["window"], stride=stride, scaler=scaler,
         target_tr=settings["target_tr"], cleaning=SignalCleaning(**settings["cleaning"]),
         sc_transform=settings["sc_transform"], batch_size=batch_size, device=device,
-        keep_roi=keep_roi, progress=progress, meta=meta, scans=scans)
+        keep_roi=keep_roi, progress=progress,
+        meta=_checkpoint_meta(ckpt, checkpoint, sha, expected["subjects"]),
+        scans=_scans_of(cohort, subjects))
     if out is not None:
         out_set.save(out)
     return out_set
+
+
+def _current_file(out, expected):
+    """The embeddings file ``out`` when it exists, carries its recorded SHA-256 and was made
+    as ``expected`` says (``meta["cached"]`` True); else None (it is recomputed)."""
+    if not Path(out).is_file():
+        return None
+    content, recorded = _verified(out, f"pass --force to recompute and replace it, or "
+                                  f"restore it (with its {CHECKSUM_SUFFIX} file) from a copy")
+    try:  # unrecorded: recomputed
+        cached = _read_embeddings(out, content) if recorded else None
+    except EmbeddingError:
+        return None
+    if cached is None or any(cached.meta.get(k) != v for k, v in expected.items()
+                             if k != "tr"):
+        return None
+    cached.meta["cached"] = True
+    return cached
+
+
+def _checkpoint_scaler(ckpt, checkpoint):
+    """The robust scaler fitted in pretraining (a warning and None when there is none)."""
+    import warnings
+
+    from bsym.data.preprocess import RobustScaler
+
+    state = (ckpt.get("extra") or {}).get("scaler")
+    if state:
+        return RobustScaler.from_state_dict(state)
+    warnings.warn(f"{checkpoint}: no fitted scaler in the checkpoint; embedding unscaled "
+                  "series", RuntimeWarning, stacklevel=3)
+    return None
+
+
+def _checkpoint_meta(ckpt, checkpoint, sha, subjects):
+    """What an embeddings file records of the checkpoint behind it."""
+    identity = ckpt["model"]
+    return {"checkpoint_sha256": sha, "checkpoint": str(checkpoint.resolve()),
+            "model": identity["name"], "preset": identity.get("preset"),
+            "model_config": identity.get("config"), "features": None,
+            "trained_on": (ckpt.get("data") or {}).get("manifest_hash"),
+            "pretrain_subjects": (ckpt.get("extra") or {}).get("train_subjects"),
+            "pretrain": run_point(ckpt), "cached": False, "subjects": subjects}
+
+
+def _scans_of(cohort, subjects):
+    """The scans of ``subjects`` (None: every scan); unknown subjects are an error."""
+    if subjects is None:
+        return None
+    table = cohort.subjects
+    unknown = sorted(set(map(str, subjects)) - set(table["subject"].astype(str)))
+    if unknown:
+        raise EmbeddingError(f"subject(s) {', '.join(unknown[:5])} are not in the store "
+                             f"{cohort.path}; expected subject ids of this store")
+    return table.loc[table["subject"].astype(str).isin(set(map(str, subjects))),
+                     "scan"].tolist()
 
 
 def check_embeddings_out(path) -> None:
@@ -723,25 +756,16 @@ def feature_embeddings(cohort, kind="fc", *, scans=None) -> EmbeddingSet:
     if "sc" in kind:
         cohort.require(matrices=("sc",))
     subject_vectors, roi_rows = [], []
-    sc_cache = {}
+    sc_of = functools.cache(lambda subject: log_sc(np.asarray(cohort.sc(subject))))
     correlation = ConnectomeFeatures(kind="correlation")  # nilearn ConnectivityMeasure
     for row in table.itertuples(index=False):
-        parts, rows = [], []
+        parts = []
         if "fc" in kind:
-            bold = np.asarray(cohort.bold(row.scan))
-            vector = correlation.transform(bold.T)[0]  # Fisher-z FC, upper triangle
-            z = np.zeros((len(bold), len(bold)))
-            z[np.triu_indices(len(bold), 1)] = vector
-            parts.append(vector)
-            rows.append(z + z.T)
+            parts.append(_fc_parts(np.asarray(cohort.bold(row.scan)), correlation))
         if "sc" in kind:
-            if row.subject not in sc_cache:
-                sc_cache[row.subject] = log_sc(np.asarray(cohort.sc(row.subject)))
-            s = sc_cache[row.subject]
-            parts.append(upper_triangle(s))
-            rows.append(s)
-        subject_vectors.append(np.concatenate(parts))
-        roi_rows.append(np.concatenate(rows, axis=1))
+            parts.append((upper_triangle(sc_of(row.subject)), sc_of(row.subject)))
+        subject_vectors.append(np.concatenate([vector for vector, _ in parts]))
+        roi_rows.append(np.concatenate([rows for _, rows in parts], axis=1))
     scan_table = table[["scan", "subject", "session", "site"]].astype(str).copy()
     scan_table["n_windows"] = 1
     meta = {"manifest_hash": cohort.manifest_hash, "dataset": cohort.path.name,
@@ -752,3 +776,11 @@ def feature_embeddings(cohort, kind="fc", *, scans=None) -> EmbeddingSet:
     views = {kind: {"subject": np.stack(subject_vectors).astype(np.float32),
                     "roi": np.stack(roi_rows).astype(np.float32)}}
     return EmbeddingSet(scans=scan_table, views=views, meta=meta)
+
+
+def _fc_parts(bold, correlation):
+    """``(Fisher-z FC upper triangle, Fisher-z FC rows with diagonal 0)`` of one scan."""
+    vector = correlation.transform(bold.T)[0]
+    z = np.zeros((len(bold), len(bold)))
+    z[np.triu_indices(len(bold), 1)] = vector
+    return vector, z + z.T

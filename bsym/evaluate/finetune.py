@@ -37,13 +37,14 @@ from bsym.evaluate import EvaluationError
 from bsym.evaluate.foldtrain import (
     BATCH_ONLY,
     EarlyStopping,
+    FoldTraining,
     LabelledCohort,
-    TrainingConfig,
     WindowSource,
     class_index,
     train_test_folds,
 )
-from bsym.evaluate.results import config_hash, log_evaluation, provenance
+from bsym.evaluate.probe import default_alphas, default_cs
+from bsym.evaluate.results import config_hash, log_computed
 from bsym.evaluate.splits import check_not_pretrained_on, infer_task
 from bsym.io import file_sha256
 from bsym.models.base import BrainModel, Embeddings
@@ -52,17 +53,9 @@ __all__ = ["EarlyStopping", "FineTuneConfig", "FineTuneModel", "fine_tune",
            "linear_probe_head"]
 
 
-def _default_cs():
-    return tuple(float(c) for c in np.logspace(-4, 3, 8))
-
-
-def _default_alphas():
-    return tuple(float(a) for a in np.logspace(-2, 5, 8))
-
-
 @dataclass
-class FineTuneConfig(TrainingConfig):
-    """Settings of fine-tuning: :class:`~bsym.evaluate.foldtrain.TrainingConfig` plus
+class FineTuneConfig(FoldTraining):
+    """Settings of fine-tuning: :class:`~bsym.evaluate.foldtrain.FoldTraining` plus
 
     Parameters
     ----------
@@ -93,8 +86,8 @@ class FineTuneConfig(TrainingConfig):
     lp_init: bool = True
     encoder_lr_scale: float = 0.1
     class_balanced: bool = True
-    lp_cs: tuple = field(default_factory=_default_cs)
-    lp_alphas: tuple = field(default_factory=_default_alphas)
+    lp_cs: tuple = field(default_factory=default_cs)
+    lp_alphas: tuple = field(default_factory=default_alphas)
 
     def __post_init__(self):
         self.lp_cs = tuple(float(c) for c in self.lp_cs)
@@ -333,9 +326,6 @@ def linear_probe_head(x_fit, y_fit, x_val, y_val, *, task, n_outputs, cs, alphas
         loss early stopping reads at step 0) and, with ``val_groups``,
         ``lp_val_subject_loss`` (what chose it).
     """
-    import warnings
-
-    from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(x_fit)
@@ -347,24 +337,8 @@ def linear_probe_head(x_fit, y_fit, x_val, y_val, *, task, n_outputs, cs, alphas
         y_groups = y_val[first.to_numpy()]
     best = None
     for param in (cs if task == "classification" else alphas):
-        if task == "classification":
-            fitted = LogisticRegression(C=param, max_iter=max_iter,
-                                        class_weight="balanced" if weights is not None
-                                        else None)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # convergence at the weakest penalties
-                fitted.fit(z_fit, y_fit.astype(int))
-            coef, intercept = fitted.coef_, fitted.intercept_
-            if fitted.classes_.tolist() != list(range(n_outputs)):
-                raise EvaluationError(f"the probe's fit windows hold classes "
-                                      f"{fitted.classes_.tolist()}; expected all of "
-                                      f"{list(range(n_outputs))}")
-            if n_outputs == 2:  # one logit of class 1 against 0, split symmetrically
-                coef = np.vstack([-coef / 2, coef / 2])
-                intercept = np.r_[-intercept / 2, intercept / 2]
-        else:
-            fitted = Ridge(alpha=param).fit(z_fit, y_fit)
-            coef, intercept = fitted.coef_.reshape(1, -1), np.atleast_1d(fitted.intercept_)
+        coef, intercept = _fit_head(task, param, z_fit, y_fit, n_outputs,
+                                    balanced=weights is not None, max_iter=max_iter)
         out = z_val @ coef.T + intercept
         info = {"lp_param": float(param), "lp_val_loss": _loss(task, y_val, out, weights)}
         if val_groups is not None:
@@ -377,6 +351,33 @@ def linear_probe_head(x_fit, y_fit, x_val, y_val, *, task, n_outputs, cs, alphas
     weight = coef / scaler.scale_
     bias = intercept - weight @ scaler.mean_
     return weight, bias, info
+
+
+def _fit_head(task, param, z_fit, y_fit, n_outputs, *, balanced, max_iter):
+    """``(coef (n_outputs, width), intercept (n_outputs,))`` of a logistic regression
+    (``C=param``; two classes as one logit split symmetrically) or a ridge
+    (``alpha=param``) on standardised features."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    if task != "classification":
+        fitted = Ridge(alpha=param).fit(z_fit, y_fit)
+        return fitted.coef_.reshape(1, -1), np.atleast_1d(fitted.intercept_)
+    fitted = LogisticRegression(C=param, max_iter=max_iter,
+                                class_weight="balanced" if balanced else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence at the weakest penalties
+        fitted.fit(z_fit, y_fit.astype(int))
+    coef, intercept = fitted.coef_, fitted.intercept_
+    if fitted.classes_.tolist() != list(range(n_outputs)):
+        raise EvaluationError(f"the probe's fit windows hold classes "
+                              f"{fitted.classes_.tolist()}; expected all of "
+                              f"{list(range(n_outputs))}")
+    if n_outputs == 2:  # one logit of class 1 against 0, split symmetrically
+        coef = np.vstack([-coef / 2, coef / 2])
+        intercept = np.r_[-intercept / 2, intercept / 2]
+    return coef, intercept
 
 
 def probe_initialise(config):
@@ -431,33 +432,65 @@ def fine_tune(checkpoint, cohort, splits, label, *, config=None, folds=None, tas
         One row per fold, with ``best_step`` (0: the probe-initialised head was kept),
         ``stopped_early``, ``lp_init`` and, with it, ``lp_param`` and ``lp_val_loss``.
     """
-    from bsym.data.preprocess import RobustScaler
-    from bsym.evaluate.embeddings import _checkpoint_settings
-    from bsym.train.checkpoint import check_fits_store, load_checkpoint, load_trained
-
     config = config or FineTuneConfig()
     splits.check_cohort(cohort).check_task(label, task, cohort)
+    ckpt, source = _checkpoint_windows(checkpoint, cohort, splits, config.max_windows,
+                                       allow_pretrained_subjects)
+    sha = file_sha256(checkpoint)
+    labelled = LabelledCohort(cohort, label, task or infer_task(cohort.subjects[label]))
+    chash = config_hash({"finetune": config.to_dict(), "checkpoint_sha256": sha,
+                         "task": labelled.task})
+    view, width = _encoder_view(checkpoint, cohort, source, config.view)
+    base = {"model": model or ckpt["model"]["name"], "view": view,
+            "dataset": dataset or cohort.path.name, "task": label, "protocol": "finetune",
+            "seed": splits.seed}
+    rows, computed = train_test_folds(_model_factory(checkpoint, config, view, width), source,
+                                      labelled, splits, config=config, base=base, chash=chash,
+                                      folds=folds, results=results, force=force,
+                                      progress=progress, desc=f"finetune {label}",
+                                      row_extra={"checkpoint_sha256": sha,
+                                                 "lp_init": bool(config.lp_init)},
+                                      prepare=probe_initialise(config) if config.lp_init
+                                      else None)
+    log_computed(tracker, rows, computed, tags=base,
+                 params={"finetune": config.to_dict(), "split_hash": splits.sha256,
+                         "checkpoint_sha256": sha},
+                 metrics=labelled.metrics)
+    return pd.DataFrame(rows)
+
+
+def _checkpoint_windows(checkpoint, cohort, splits, max_windows, allow_pretrained_subjects):
+    """``(checkpoint, WindowSource)``: the checkpoint, checked against the store (and, unless
+    allowed, against the split's subjects), and windows made as in its pretraining."""
+    from bsym.data.preprocess import RobustScaler
+    from bsym.evaluate.embeddings import _checkpoint_settings
+    from bsym.train.checkpoint import check_fits_store, load_checkpoint
+
     ckpt = load_checkpoint(checkpoint)
     check_fits_store(ckpt, checkpoint, cohort)
     if not allow_pretrained_subjects:
         check_not_pretrained_on((ckpt.get("extra") or {}).get("train_subjects"),
                                 (ckpt.get("data") or {}).get("manifest_hash"), cohort,
                                 splits.subjects, f"fine-tuning of {checkpoint}")
-    settings = {**_checkpoint_settings(ckpt), "max_windows": config.max_windows}
+    settings = {**_checkpoint_settings(ckpt), "max_windows": max_windows}
     state = (ckpt.get("extra") or {}).get("scaler")
-    source = WindowSource(cohort, settings,
-                          RobustScaler.from_state_dict(state) if state else None)
-    sha = file_sha256(checkpoint)
-    task = task or infer_task(cohort.subjects[label])
-    labelled = LabelledCohort(cohort, label, task)
-    model_name = model or ckpt["model"]["name"]
-    dataset = dataset or cohort.path.name
-    chash = config_hash({"finetune": config.to_dict(), "checkpoint_sha256": sha, "task": task})
-    probe_encoder, _ = load_trained(checkpoint)  # which view, how wide
+    return ckpt, WindowSource(cohort, settings,
+                              RobustScaler.from_state_dict(state) if state else None)
+
+
+def _encoder_view(checkpoint, cohort, source, view):
+    """``(view, width)`` of the checkpoint's encoder, from one window of the first subject."""
+    from bsym.train.checkpoint import load_trained
+
+    encoder, _ = load_trained(checkpoint)
     first = cohort.subjects["subject"].iloc[:1].tolist()
-    view, width = embedding_width(probe_encoder, source.windows(first, scaler=source.scaler),
-                                  config.view)
-    del probe_encoder
+    return embedding_width(encoder, source.windows(first, scaler=source.scaler), view)
+
+
+def _model_factory(checkpoint, config, view, width):
+    """``make_model(target, fold_index)`` for the fold loop: a fresh copy of the pretrained
+    encoder (frozen with ``freeze_encoder``) with a linear head."""
+    from bsym.train.checkpoint import load_trained
 
     def make_model(target, fold_index):
         encoder, _ = load_trained(checkpoint)
@@ -472,19 +505,4 @@ def fine_tune(checkpoint, cohort, splits, label, *, config=None, folds=None, tas
                              else None,
                              encoder_lr_scale=config.encoder_lr_scale)
 
-    base = {"model": model_name, "view": view, "dataset": dataset,
-            "task": label, "protocol": "finetune", "seed": splits.seed}
-    rows, computed = train_test_folds(make_model, source, labelled, splits, config=config,
-                                      base=base, chash=chash, folds=folds, results=results,
-                                      force=force, progress=progress, desc=f"finetune {label}",
-                                      row_extra={"checkpoint_sha256": sha,
-                                                 "lp_init": bool(config.lp_init)},
-                                      prepare=probe_initialise(config) if config.lp_init
-                                      else None)
-    # the parent run summarises every fold of the evaluation, also those read back
-    log_evaluation(tracker, rows if computed else [],
-                   tags={**base, "bsym.version": provenance()["bsym_version"]},
-                   params={"finetune": config.to_dict(), "split_hash": splits.sha256,
-                           "checkpoint_sha256": sha},
-                   metrics=labelled.metrics)
-    return pd.DataFrame(rows)
+    return make_model

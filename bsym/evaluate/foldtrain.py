@@ -33,13 +33,14 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
 from bsym.evaluate import EvaluationError
+from bsym.evaluate.loop import run_units
 from bsym.evaluate.probe import (
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,
@@ -47,44 +48,14 @@ from bsym.evaluate.probe import (
     encode_labels,
     regression_scores,
 )
+from bsym.evaluate.config import FoldTraining
 from bsym.evaluate.results import provenance
 
 BATCH_ONLY = ("scan", "subject", "start", "labels")
 
 
-@dataclass
-class TrainingConfig:
-    """Optimisation and early stopping of one fold.
-
-    Parameters
-    ----------
-    max_steps : int
-        Optimizer steps at most.
-    batch_size : int
-    lr : float
-        Peak learning rate (AdamW, warm-up then cosine, as in the engine).
-    weight_decay : float
-    warmup_steps : int
-    eval_every : int
-        Validation loss every this many steps.
-    patience : int
-        Stop after this many validations without improvement.
-    device : str
-    seed : int
-    """
-
-    max_steps: int = 500
-    batch_size: int = 16
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    eval_every: int = 25
-    patience: int = 4
-    device: str = "auto"
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+#: The former name of :class:`FoldTraining`.
+TrainingConfig = FoldTraining
 
 
 @dataclass(frozen=True)
@@ -339,7 +310,7 @@ def train_test_folds(make_model, source, labelled, splits, *, config, base, chas
     source : WindowSource
     labelled : LabelledCohort
     splits : Splits
-    config : TrainingConfig or callable
+    config : FoldTraining or callable
         The settings, or ``config(fold_index)`` -> settings (e.g. per-fold sweep results).
     base : dict
         Key columns of the rows (model, view, dataset, task, protocol, seed).
@@ -347,7 +318,7 @@ def train_test_folds(make_model, source, labelled, splits, *, config, base, chas
         Config hash, or ``chash(fold_index)``.
     folds : sequence of int, optional
     results : ResultTable, optional
-        Current rows are reused unless ``force``.
+        Current rows are reused unless ``force``; each fold's row is appended when done.
     row_extra : dict, optional
         Columns added to every row.
     prepare : callable, optional
@@ -362,48 +333,74 @@ def train_test_folds(make_model, source, labelled, splits, *, config, base, chas
     from tqdm.auto import tqdm
 
     chosen = range(len(splits)) if folds is None else [int(f) for f in folds]
-    rows, computed = [], []
-    for index in tqdm(chosen, desc=desc, unit="fold", disable=not progress):
-        fold = splits[index]
-        settings = config(index) if callable(config) else config
-        key = {**base, "fold": fold.index,
-               "config_hash": chash(index) if callable(chash) else chash,
-               "manifest_hash": source.cohort.manifest_hash, "split_hash": splits.sha256}
-        if results is not None and not force and results.is_done(key):
-            rows.append(results.find(key))
-            continue
+    run = _FoldTrainingRun(make_model, source, labelled, splits, base, chash,
+                           row_extra or {}, prepare)
+    # one fold a batch: each row is saved when its fold is done; the settings of a fold
+    # are read when its turn comes
+    batches = ([(index, config(index) if callable(config) else config)] for index in chosen)
+    with tqdm(total=len(chosen), desc=desc, unit="fold", disable=not progress) as bar:
+        return run_units(batches, run.keys, run.rows, results=results, force=force, bar=bar)
+
+
+@dataclass
+class _FoldTrainingRun:
+    """The key and the row of one outer fold, ``(fold index, settings)``."""
+
+    make_model: object
+    source: WindowSource
+    labelled: LabelledCohort
+    splits: object
+    base: dict
+    chash: object
+    row_extra: dict
+    prepare: object
+
+    def keys(self, unit):
+        index, _ = unit
+        return [{**self.base, "fold": self.splits[index].index,
+                 "config_hash": self.chash(index) if callable(self.chash) else self.chash,
+                 "manifest_hash": self.source.cohort.manifest_hash,
+                 "split_hash": self.splits.sha256}]
+
+    def rows(self, unit, keys):
+        """Train on the fold's fit subjects, early-stopped on its validation subjects, and
+        score the best weights once on its test subjects."""
+        index, settings = unit
+        fold = self.splits[index]
         started = time.perf_counter()
         fit, val, test = _fit_val_test(fold)
+        labelled = self.labelled
         target = labelled.target(fit, f"fold {fold.name}")
-        fit_set, val_set, scaler = source.split(fit, val, labelled.label)
+        fit_set, val_set, scaler = self.source.split(fit, val, labelled.label)
         model, stopper, prepared = fit_early_stopped(
-            functools.partial(make_model, fold_index=index), target, fit_set, val_set,
-            labelled.label, settings, prepare=prepare)
-        device = next(model.parameters()).device
-        # every test window counts (as in the embeddings a probe reads); training and
-        # validation read at most max_windows per scan
-        test_set = source.windows(test, scaler=scaler, every_window=True)
-        outputs, subjects = predict_windows(model, test_set, settings.batch_size, device)
-        frame = pd.DataFrame(outputs)
-        frame["subject"] = subjects
-        pooled = frame.groupby("subject", sort=True).mean()
+            functools.partial(self.make_model, fold_index=index), target, fit_set, val_set,
+            labelled.label, settings, prepare=self.prepare)
+        pooled, n_windows = pooled_test_outputs(model, self.source, test, scaler,
+                                                settings.batch_size)
         scores = labelled.score(pooled, target)
-        row = {**key, "repeat": fold.repeat, "task_type": labelled.task,
-               **{m: scores[m] for m in labelled.metrics},
-               **{c: scores[c] for c in labelled.PREDICTION_COLUMNS[labelled.task]},
-               "n_test_windows": len(subjects),
-               # the outer training fold, as for every protocol (paired tests need equal
-               # splits); n_fit of its subjects were trained on, n_val stopped the training
-               "n_train": len(fold.train), "n_fit": len(fit), "n_val": len(val),
-               "n_test": len(pooled), "best_step": stopper.best_step,
-               "best_val_loss": stopper.best_loss, "stopped_early": stopper.stopped,
-               "runtime_s": time.perf_counter() - started, "test_site": fold.test_site,
-               **prepared, **(row_extra or {}), **provenance()}
-        if results is not None:
-            results.append([row])
-        rows.append(row)
-        computed.append(row)
-    return rows, computed
+        return [{**keys[0], "repeat": fold.repeat, "task_type": labelled.task,
+                 **{m: scores[m] for m in labelled.metrics},
+                 **{c: scores[c] for c in labelled.PREDICTION_COLUMNS[labelled.task]},
+                 "n_test_windows": n_windows,
+                 # the outer training fold, as for every protocol (paired tests need equal
+                 # splits); n_fit of its subjects were trained on, n_val stopped the training
+                 "n_train": len(fold.train), "n_fit": len(fit), "n_val": len(val),
+                 "n_test": len(pooled), "best_step": stopper.best_step,
+                 "best_val_loss": stopper.best_loss, "stopped_early": stopper.stopped,
+                 "runtime_s": time.perf_counter() - started, "test_site": fold.test_site,
+                 **prepared, **self.row_extra, **provenance()}]
+
+
+def pooled_test_outputs(model, source, test, scaler, batch_size):
+    """``(outputs per test subject, n_windows)``: the model's outputs on every window of the
+    ``test`` subjects' scans (as in the embeddings a probe reads; training and validation
+    read at most ``max_windows`` per scan), averaged per subject (sorted)."""
+    device = next(model.parameters()).device
+    test_set = source.windows(test, scaler=scaler, every_window=True)
+    outputs, subjects = predict_windows(model, test_set, batch_size, device)
+    frame = pd.DataFrame(outputs)
+    frame["subject"] = subjects
+    return frame.groupby("subject", sort=True).mean(), len(subjects)
 
 
 def inner_validation(make_model, source, labelled, fold, config, report=None, prepare=None):

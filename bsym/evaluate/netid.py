@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from bsym.evaluate import EvaluationError
+from bsym.evaluate.loop import run_units
 from bsym.evaluate.results import config_hash, log_evaluation, provenance
+from bsym.evaluate.seeding import PERMUTED_NETWORKS, random_stream
 from bsym.outputs import save_figure
 
 METRICS = ("ari_kmeans", "nmi_kmeans", "ari_spectral", "nmi_spectral", "knn_accuracy",
@@ -104,13 +108,7 @@ def identify_networks(features, networks, *, seed=0, n_neighbors=5) -> dict:
         k-NN predictions), ``networks`` (row/column order), ``kmeans`` and ``spectral``
         cluster labels, ``knn`` predictions.
     """
-    from sklearn.cluster import KMeans, SpectralClustering
-    from sklearn.metrics import (
-        adjusted_rand_score,
-        balanced_accuracy_score,
-        confusion_matrix,
-        normalized_mutual_info_score,
-    )
+    from sklearn.metrics import confusion_matrix
     from sklearn.preprocessing import StandardScaler
 
     features = np.asarray(features, dtype=float)
@@ -118,8 +116,7 @@ def identify_networks(features, networks, *, seed=0, n_neighbors=5) -> dict:
     if features.ndim != 2 or len(features) != len(networks):
         raise EvaluationError(f"expected ROI features shaped (n_rois, n_features) with "
                               f"{len(networks)} ROIs, received {features.shape}")
-    known = np.array([n is not None and not (isinstance(n, float) and np.isnan(n))
-                      for n in networks])
+    known = _known(networks)
     x, labels = features[known], networks[known].astype(str)
     names = sorted(set(labels))
     k = len(names)
@@ -127,6 +124,24 @@ def identify_networks(features, networks, *, seed=0, n_neighbors=5) -> dict:
         raise EvaluationError(f"network identification needs >= 2 networks and more ROIs than "
                               f"networks; received {k} networks over {len(x)} ROIs")
     z = StandardScaler().fit_transform(x)
+    kmeans, spectral = _clusters(z, k, seed)
+    knn = knn_leave_one_out(z, labels, n_neighbors)
+    return {**_agreement(labels, kmeans, spectral, knn),
+            "n_rois": int(len(x)), "n_networks": int(k),
+            "confusion": confusion_matrix(labels, knn, labels=names), "networks": names,
+            "kmeans": kmeans, "spectral": spectral, "knn": knn}
+
+
+def _known(networks):
+    """Mask of the ROIs with a network label (not None or NaN)."""
+    return np.array([n is not None and not (isinstance(n, float) and np.isnan(n))
+                     for n in networks])
+
+
+def _clusters(z, k, seed):
+    """k-means and spectral cluster labels of standardised ROI features."""
+    from sklearn.cluster import KMeans, SpectralClustering
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kmeans = KMeans(n_clusters=k, n_init=20, random_state=seed).fit_predict(z)
@@ -134,20 +149,22 @@ def identify_networks(features, networks, *, seed=0, n_neighbors=5) -> dict:
             n_clusters=k, affinity="nearest_neighbors",
             n_neighbors=max(2, min(10, len(z) - 1, len(z) // k + 1)),
             random_state=seed, assign_labels="cluster_qr").fit_predict(z)
-    knn = knn_leave_one_out(z, labels, n_neighbors)
+    return kmeans, spectral
+
+
+def _agreement(labels, kmeans, spectral, knn) -> dict:
+    """The :data:`METRICS` of cluster labels and k-NN predictions against network labels."""
+    from sklearn.metrics import adjusted_rand_score, balanced_accuracy_score
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
     counts = pd.Series(labels).value_counts()
-    return {
-        "ari_kmeans": float(adjusted_rand_score(labels, kmeans)),
-        "nmi_kmeans": float(normalized_mutual_info_score(labels, kmeans)),
-        "ari_spectral": float(adjusted_rand_score(labels, spectral)),
-        "nmi_spectral": float(normalized_mutual_info_score(labels, spectral)),
-        "knn_accuracy": float(np.mean(knn == labels)),
-        "knn_balanced_accuracy": float(balanced_accuracy_score(labels, knn)),
-        "majority_rate": float(counts.max() / counts.sum()),
-        "n_rois": int(len(x)), "n_networks": int(k),
-        "confusion": confusion_matrix(labels, knn, labels=names), "networks": names,
-        "kmeans": kmeans, "spectral": spectral, "knn": knn,
-    }
+    return {"ari_kmeans": float(adjusted_rand_score(labels, kmeans)),
+            "nmi_kmeans": float(nmi(labels, kmeans)),
+            "ari_spectral": float(adjusted_rand_score(labels, spectral)),
+            "nmi_spectral": float(nmi(labels, spectral)),
+            "knn_accuracy": float(np.mean(knn == labels)),
+            "knn_balanced_accuracy": float(balanced_accuracy_score(labels, knn)),
+            "majority_rate": float(counts.max() / counts.sum())}
 
 
 def plot_confusions(scores, path, *, title=None):
@@ -203,29 +220,18 @@ def chance_scores(features, networks, clusters, *, permutations=20, n_neighbors=
     Returns a list of metric dicts, one per permutation (the chance level of
     :func:`identify_networks` for these features and network sizes).
     """
-    from sklearn.metrics import adjusted_rand_score, balanced_accuracy_score
-    from sklearn.metrics import normalized_mutual_info_score as nmi
     from sklearn.preprocessing import StandardScaler
 
     networks = np.asarray(networks, dtype=object)
-    known = np.array([n is not None and not (isinstance(n, float) and np.isnan(n))
-                      for n in networks])
+    known = _known(networks)
     z = StandardScaler().fit_transform(np.asarray(features, dtype=float)[known])
     labels = networks[known].astype(str)
-    rng = np.random.default_rng([int(seed), 104729])
+    rng = random_stream(seed, purpose=PERMUTED_NETWORKS)
     out = []
     for _ in range(int(permutations)):
         shuffled = rng.permutation(labels)
         knn = knn_leave_one_out(z, shuffled, n_neighbors)
-        counts = pd.Series(shuffled).value_counts()
-        out.append({
-            "ari_kmeans": float(adjusted_rand_score(shuffled, clusters["kmeans"])),
-            "nmi_kmeans": float(nmi(shuffled, clusters["kmeans"])),
-            "ari_spectral": float(adjusted_rand_score(shuffled, clusters["spectral"])),
-            "nmi_spectral": float(nmi(shuffled, clusters["spectral"])),
-            "knn_accuracy": float(np.mean(knn == shuffled)),
-            "knn_balanced_accuracy": float(balanced_accuracy_score(shuffled, knn)),
-            "majority_rate": float(counts.max() / counts.sum())})
+        out.append(_agreement(shuffled, clusters["kmeans"], clusters["spectral"], knn))
     return out
 
 
@@ -269,15 +275,9 @@ def network_identification(embeddings, cohort, *, view=None, subjects=None, seed
     DataFrame
         One row per feature set x control x seed (and per permutation of the chance level).
     """
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
     embeddings.check_cohort(cohort)
     view = embeddings.view_name(view)
     networks = roi_networks(cohort)
-    model = model or embeddings.model
-    dataset = dataset or cohort.path.name
     seeds = list(range(int(seeds))) if np.isscalar(seeds) else [int(s) for s in seeds]
     if not seeds:
         raise EvaluationError("network identification needs at least one clustering seed")
@@ -288,99 +288,129 @@ def network_identification(embeddings, cohort, *, view=None, subjects=None, seed
                          "subjects": sorted(subjects) if subjects is not None else None})
     roi, subject_ids = embeddings.subject_roi(view, subjects)
     scans = embeddings.scans[embeddings.scans["subject"].isin(set(subject_ids))]["scan"]
-    sets = _feature_sets(embeddings, view, model, roi, random_init, subject_ids, cohort, scans,
-                         progress)
-    common = {"dataset": dataset, "task": "networks", "protocol": "network_identification",
-              "fold": 0, "config_hash": chash, "manifest_hash": cohort.manifest_hash,
-              "split_hash": None}
-    keys = [{**common, **s["key"], "seed": seed, "replicate": 0}
-            for s in sets for seed in seeds]
-    if results is not None and not force and figure is None:
-        stored = results.lookup()
-        found = [stored(k) for k in keys]
-        if all(f is not None for f in found):
-            chance = [r for r in results.read().to_dict("records")
-                      if r.get("config_hash") == chash and r.get("control") == "permuted_networks"]
-            return pd.DataFrame(found + chance)
-    rows, first = [], {}
-    for entry in tqdm(sets, desc="network identification", unit="feature set",
-                      disable=not progress):
-        features = entry["make"]()
-        for seed in seeds:
-            started = time.perf_counter()
-            s = identify_networks(features, networks, seed=seed, n_neighbors=n_neighbors)
-            first.setdefault(entry["title"], s)
-            rows.append(_row(common, entry, seed, 0, s, len(subject_ids),
-                             time.perf_counter() - started))
-        if permutations and entry["chance"]:
-            s0 = first[entry["title"]]
-            for r, scores in enumerate(chance_scores(features, networks, s0,
-                                                     permutations=permutations,
-                                                     n_neighbors=n_neighbors)):
-                chance_entry = {**entry, "key": {**entry["key"],
-                                                 "control": "permuted_networks"}}
-                rows.append(_row(common, chance_entry, seeds[0], r,
-                                 {**scores, "n_rois": s0["n_rois"],
-                                  "n_networks": s0["n_networks"]}, len(subject_ids), 0.0))
-    if figure is not None:
-        plot_confusions(first, Path(figure), title=f"network identification: {dataset} "
-                        f"(seed {seeds[0]})")
-    if results is not None:
-        results.append(rows)
+    dataset = dataset or cohort.path.name
+    run = _NetworkRun(
+        sets=_feature_sets(embeddings, view, model or embeddings.model, roi, random_init,
+                           subject_ids, cohort, scans, progress),
+        seeds=seeds, networks=networks, n_neighbors=n_neighbors,
+        permutations=int(permutations), n_subjects=len(subject_ids), progress=progress,
+        common={"dataset": dataset, "task": "networks", "protocol": "network_identification",
+                "fold": 0, "config_hash": chash, "manifest_hash": cohort.manifest_hash,
+                "split_hash": None},
+        figure=figure, title=f"network identification: {dataset} (seed {seeds[0]})")
+    # one unit, read back only whole; a figure needs every feature set's scores
+    rows, computed = run_units([[None]], run.keys, run.rows, results=results,
+                               force=force or figure is not None)
     frame = pd.DataFrame(rows)
-    for entry in sets:
-        mine = frame[(frame["model"] == entry["key"]["model"]) &
-                     (frame["control"] == entry["key"]["control"]) &
-                     (frame["checkpoint"] == entry["key"]["checkpoint"])]
-        summary = {**{k: mine[k].mean() for k in METRICS}}
-        log_evaluation(tracker, [{**mine.iloc[0].to_dict(), **summary}],
-                       tags={k: entry["key"][k] for k in ("model", "view", "control",
-                                                          "checkpoint")} |
-                       {"dataset": dataset, "task": "networks",
-                        "protocol": "network_identification"},
-                       params={"n_neighbors": n_neighbors, "seeds": len(seeds)},
-                       metrics=METRICS)
+    if computed:
+        _log_feature_sets(tracker, frame, run.sets, dataset, n_neighbors, len(seeds))
     return frame
+
+
+@dataclass
+class _NetworkRun:
+    """The rows of one network identification: per feature set, one per clustering seed,
+    then the chance level (one per permutation of the network labels)."""
+
+    sets: list
+    seeds: list
+    networks: np.ndarray
+    n_neighbors: int
+    permutations: int
+    n_subjects: int
+    progress: bool
+    common: dict
+    figure: object
+    title: str
+
+    def keys(self, _unit):
+        real = [{**self.common, **s["key"], "seed": seed, "replicate": 0}
+                for s in self.sets for seed in self.seeds]
+        chance = [{**self.common, **s["key"], "control": "permuted_networks",
+                   "seed": self.seeds[0], "replicate": r}
+                  for s in self.sets if s["chance"] for r in range(self.permutations)]
+        return real + chance
+
+    def rows(self, _unit, _keys):
+        """Score every feature set (and draw the figure of the first seed's scores)."""
+        from tqdm.auto import tqdm
+
+        rows, first = [], {}
+        for entry in tqdm(self.sets, desc="network identification", unit="feature set",
+                          disable=not self.progress):
+            features = entry["make"]()
+            for seed in self.seeds:
+                started = time.perf_counter()
+                scores = identify_networks(features, self.networks, seed=seed,
+                                           n_neighbors=self.n_neighbors)
+                first.setdefault(entry["title"], scores)
+                rows.append(_row(self.common, entry, seed, 0, scores, self.n_subjects,
+                                 time.perf_counter() - started))
+            if self.permutations and entry["chance"]:
+                rows.extend(self._chance_rows(entry, features, first[entry["title"]]))
+        if self.figure is not None:
+            plot_confusions(first, Path(self.figure), title=self.title)
+        return rows
+
+    def _chance_rows(self, entry, features, scores):
+        """Rows of the chance level: ``scores``' clusterings against permuted networks."""
+        chance_entry = {**entry, "key": {**entry["key"], "control": "permuted_networks"}}
+        sizes = {"n_rois": scores["n_rois"], "n_networks": scores["n_networks"]}
+        return [_row(self.common, chance_entry, self.seeds[0], r, {**permuted, **sizes},
+                     self.n_subjects, 0.0)
+                for r, permuted in enumerate(chance_scores(
+                    features, self.networks, scores, permutations=self.permutations,
+                    n_neighbors=self.n_neighbors))]
+
+
+def _log_feature_sets(tracker, frame, sets, dataset, n_neighbors, n_seeds):
+    """MLflow: one run per feature set, its metrics the means over seeds."""
+    for entry in sets:
+        key = entry["key"]
+        mine = frame[(frame[list(key)] == pd.Series(key)).all(axis=1)]
+        summary = {k: mine[k].mean() for k in METRICS}
+        log_evaluation(tracker, [{**mine.iloc[0].to_dict(), **summary}],
+                       tags={**key, "dataset": dataset, "task": "networks",
+                             "protocol": "network_identification"},
+                       params={"n_neighbors": n_neighbors, "seeds": n_seeds}, metrics=METRICS)
 
 
 def _feature_sets(embeddings, view, model, roi, random_init, subject_ids, cohort, scans,
                   progress):
-    """What is scored: ``{"key", "title", "make", "chance"}`` per feature set."""
+    """What is scored: ``{"key", "title", "make", "chance", "embedding_key"}`` per feature
+    set (``make()`` computes its ROI features; ``chance``: scored against permuted networks
+    too)."""
+    def entry(control, checkpoint, title, make, source, *, name=model, of_view=view,
+              chance=False):
+        return {"key": {"model": name, "view": of_view, "control": control,
+                        "checkpoint": checkpoint},
+                "title": title, "make": make, "chance": chance,
+                "embedding_key": source.key(view) if source is not None else None}
+
     point = embeddings.checkpoint_label
-    sets = [{"key": {"model": model, "view": view, "control": "none", "checkpoint": point},
-             "title": f"{model} ({view})", "make": lambda: roi.mean(axis=0), "chance": True,
-             "embedding_key": embeddings.key(view)}]
+    sets = [entry("none", point, f"{model} ({view})", lambda: roi.mean(axis=0), embeddings,
+                  chance=True)]
     position = embeddings.position(view)
     if position is not None:
-        sets.append({"key": {"model": model, "view": view, "control": "position_only",
-                             "checkpoint": point},
-                     "title": f"{model} ({view}): position only", "chance": False,
-                     "make": lambda: np.asarray(position, dtype=float),
-                     "embedding_key": embeddings.key(view)})
+        sets.append(entry("position_only", point, f"{model} ({view}): position only",
+                          lambda: np.asarray(position, dtype=float), embeddings))
     if random_init is not None:
         random_init.check_cohort(cohort)
         init_roi, _ = random_init.subject_roi(view, subject_ids)
-        sets.append({"key": {"model": model, "view": view, "control": "random_init",
-                             "checkpoint": random_init.checkpoint_label},
-                     "title": f"{model} ({view}): random init", "chance": False,
-                     "make": lambda: init_roi.mean(axis=0),
-                     "embedding_key": random_init.key(view)})
+        init_point = random_init.checkpoint_label
+        sets.append(entry("random_init", init_point, f"{model} ({view}): random init",
+                          lambda: init_roi.mean(axis=0), random_init))
         init_position = random_init.position(view)
         if init_position is not None:  # the position code before any training
-            sets.append({"key": {"model": model, "view": view, "control": "position_only",
-                                 "checkpoint": random_init.checkpoint_label},
-                         "title": f"{model} ({view}): position only, random init",
-                         "chance": False, "embedding_key": random_init.key(view),
-                         "make": lambda: np.asarray(init_position, dtype=float)})
-    sets.append({"key": {"model": BASELINE, "view": "fc", "control": "none",
-                         "checkpoint": "final"},
-                 "title": "FC rows", "chance": True, "embedding_key": None,
-                 "make": lambda: group_fc(cohort, scans, progress=progress)})
+            sets.append(entry("position_only", init_point,
+                              f"{model} ({view}): position only, random init",
+                              lambda: np.asarray(init_position, dtype=float), random_init))
+    sets.append(entry("none", "final", "FC rows",
+                      lambda: group_fc(cohort, scans, progress=progress), None,
+                      name=BASELINE, of_view="fc", chance=True))
     if "sc" in cohort.matrices:
-        sets.append({"key": {"model": SC_BASELINE, "view": "sc", "control": "none",
-                             "checkpoint": "final"},
-                     "title": "SC rows", "chance": True, "embedding_key": None,
-                     "make": lambda: group_sc(cohort, subject_ids)})
+        sets.append(entry("none", "final", "SC rows", lambda: group_sc(cohort, subject_ids),
+                          None, name=SC_BASELINE, of_view="sc", chance=True))
     return sets
 
 

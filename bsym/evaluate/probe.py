@@ -32,7 +32,9 @@ import numpy as np
 import pandas as pd
 
 from bsym.evaluate import EvaluationError
-from bsym.evaluate.results import config_hash, log_evaluation, provenance
+from bsym.evaluate.loop import run_units
+from bsym.evaluate.results import config_hash, log_computed, provenance
+from bsym.evaluate.seeding import SHUFFLED_LABELS, random_stream
 from bsym.evaluate.splits import check_not_pretrained_on, infer_task
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "balanced_accuracy", "auroc")
@@ -40,11 +42,13 @@ REGRESSION_METRICS = ("mse", "pearson_r", "mae", "r2")
 LEVELS = ("subject", "scan")
 
 
-def _default_cs():
+def default_cs():
+    """The inverse penalties a logistic probe tries: 8 from 1e-4 to 1e3 (log-spaced)."""
     return tuple(float(c) for c in np.logspace(-4, 3, 8))
 
 
-def _default_alphas():
+def default_alphas():
+    """The ridge penalties a probe tries: 8 from 1e-2 to 1e5 (log-spaced)."""
     return tuple(float(a) for a in np.logspace(-2, 5, 8))
 
 
@@ -65,8 +69,8 @@ class ProbeConfig:
         (for labels that vary within subjects, e.g. condition).
     """
 
-    Cs: tuple = field(default_factory=_default_cs)
-    alphas: tuple = field(default_factory=_default_alphas)
+    Cs: tuple = field(default_factory=default_cs)
+    alphas: tuple = field(default_factory=default_alphas)
     max_iter: int = 5000
     level: str = "subject"
 
@@ -127,8 +131,6 @@ def _inner_auroc(y, proba, n_classes):
     if n_classes == 2:
         return binary_auroc(y == 1, proba[:, 1])
     try:
-        if n_classes == 2:
-            return float(roc_auc_score(y, proba[:, 1]))
         return float(roc_auc_score(y, proba, multi_class="ovr", average="macro",
                                    labels=list(range(n_classes))))
     except ValueError:  # a validation fold without some class
@@ -284,41 +286,55 @@ def probe_fold(x, y, train, test, inner, *, task, config=None, n_classes=None) -
 
 def _probe_fold(x, y, train, test, inner, *, task, config, n_classes):
     config = config or ProbeConfig()
+    x, y, train, test = _checked_fold(x, y, train, test, inner)
+    if task == "classification":
+        n_classes = int(n_classes or (int(y.max()) + 1))
+        return _classify(x[train], y[train], x[test], y[test], inner, config, n_classes)
+    return _regress(x[train], y[train], x[test], y[test], inner, config)
+
+
+def _checked_fold(x, y, train, test, inner):
+    """``x`` (float64), ``y``, ``train`` and ``test`` as arrays, after checking that the
+    features are finite and the folds disjoint, the inner ones inside ``train``."""
     x = np.asarray(x, dtype=np.float64)
     if not np.isfinite(x).all():
         raise EvaluationError("the features hold NaN or Inf; expected finite embeddings")
-    y = np.asarray(y)
     train, test = np.asarray(train), np.asarray(test)
     if len(np.intersect1d(train, test)):
         raise EvaluationError("train and test rows overlap; expected disjoint folds")
     for fit_rows, val_rows in inner:
         if np.max(fit_rows, initial=-1) >= len(train) or np.max(val_rows, initial=-1) >= len(train):
             raise EvaluationError("inner folds must index the training rows only")
-    x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
-    if task == "classification":
-        n_classes = int(n_classes or (int(y.max()) + 1))
-        present = np.unique(y_train)
-        if len(present) < n_classes:
-            raise EvaluationError(f"the training fold holds {len(present)} of the {n_classes} "
-                                  "classes; expected every class in every training fold "
-                                  "(stratify the split on this label)")
-        y_train = y_train.astype(int)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=UserWarning)
-            best, _ = choose_param(x_train, y_train, inner, task=task, config=config,
-                                   n_classes=n_classes)
-            model = _pipeline(task, config, best, n_classes).fit(x_train, y_train)
-        proba = model.predict_proba(x_test)
-        out = classification_scores(y_test.astype(int), proba, n_classes)
-        out.update(best_param=best, prediction=proba.argmax(axis=1), proba=proba)
-        return out
+    return x, np.asarray(y), train, test
+
+
+def _classify(x_train, y_train, x_test, y_test, inner, config, n_classes):
+    present = np.unique(y_train)
+    if len(present) < n_classes:
+        raise EvaluationError(f"the training fold holds {len(present)} of the {n_classes} "
+                              "classes; expected every class in every training fold "
+                              "(stratify the split on this label)")
+    y_train = y_train.astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        best, _ = choose_param(x_train, y_train, inner, task="classification", config=config,
+                               n_classes=n_classes)
+        model = _pipeline("classification", config, best, n_classes).fit(x_train, y_train)
+    proba = model.predict_proba(x_test)
+    out = classification_scores(y_test.astype(int), proba, n_classes)
+    out.update(best_param=best, prediction=proba.argmax(axis=1), proba=proba)
+    return out
+
+
+def _regress(x_train, y_train, x_test, y_test, inner, config):
     y_train = y_train.astype(float)
     mean, sd = float(y_train.mean()), float(y_train.std())
     if sd == 0:
         raise EvaluationError("the regression target is constant in the training fold")
     z_train = (y_train - mean) / sd
-    best, _ = choose_param(x_train, z_train, inner, task=task, config=config)
-    pred = _pipeline(task, config, best).fit(x_train, z_train).predict(x_test) * sd + mean
+    best, _ = choose_param(x_train, z_train, inner, task="regression", config=config)
+    model = _pipeline("regression", config, best).fit(x_train, z_train)
+    pred = model.predict(x_test) * sd + mean
     out = regression_scores(y_test.astype(float), pred, mean, sd)
     out.update(best_param=best, prediction=pred)
     return out
@@ -427,8 +443,9 @@ def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, con
     protocol : str
         ``linear_probe`` (frozen encoder) or ``supervised`` (e.g. connectome features).
     results : ResultTable, optional
-        Rows are appended per fold; folds already there (same data, split and config)
-        are read back instead of recomputed unless ``force``.
+        Rows are appended after each pass over the folds (the real labels, then each
+        permutation); folds already there (same data, split and config) are read back
+        instead of recomputed unless ``force``.
     tracker : Tracker, optional
         MLflow tracker: one run per evaluation with a nested run per computed fold
         (real scores only; control rows go to the result table).
@@ -447,6 +464,32 @@ def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, con
     from tqdm.auto import tqdm
 
     config = config or ProbeConfig()
+    view = _check_probe(embeddings, cohort, splits, label, view, task,
+                        allow_pretrained_subjects)
+    run = _ProbeRun.prepare(embeddings, cohort, splits, label, view=view,
+                            task=task or infer_task(cohort.subjects[label]), config=config,
+                            model=model, dataset=dataset, protocol=protocol)
+    chosen = range(len(splits)) if folds is None else [int(f) for f in folds]
+    replicates = [None, *range(int(permutations))]
+    batches = [[(replicate, index) for index in chosen] for replicate in replicates]
+    with tqdm(total=len(replicates) * len(chosen), desc=f"probe {label}", unit="fold",
+              disable=not progress) as bar:
+        rows, computed = run_units(batches, run.keys, run.rows, results=results, force=force,
+                                   bar=bar)
+    log_computed(tracker, _real(rows), _real(computed), tags=run.base,
+                 params={"probe": config.to_dict(), "view": view, "split": splits.request,
+                         "split_hash": splits.sha256}, metrics=run.metrics)
+    return pd.DataFrame(rows)
+
+
+def _real(rows):
+    """Rows that are no label permutation (what the MLflow runs summarise)."""
+    return [r for r in rows if r["control"] != "shuffled_labels"]
+
+
+def _check_probe(embeddings, cohort, splits, label, view, task, allow_pretrained_subjects):
+    """The embedding view to probe, after checking that embeddings, store, split and label
+    belong together (and that the encoder was not pretrained on the split's subjects)."""
     cohort.require(labels=[label])
     embeddings.check_cohort(cohort)
     splits.check_cohort(cohort).check_task(label, task, cohort)
@@ -454,65 +497,71 @@ def linear_probe(embeddings, cohort, splits, label, *, view=None, task=None, con
         check_not_pretrained_on(embeddings.meta.get("pretrain_subjects"),
                                 embeddings.meta.get("trained_on"), cohort, splits.subjects,
                                 f"probe of {embeddings.meta.get('model')}")
-    view = embeddings.view_name(view)
-    task = task or infer_task(cohort.subjects[label])
-    x, values, units = probe_data(embeddings, cohort, label, splits.subjects, view=view,
-                                  level=config.level)
-    y, classes = encode_labels(values, task)
-    chosen = range(len(splits)) if folds is None else [int(f) for f in folds]
-    model = model or embeddings.model
-    dataset = dataset or cohort.path.name
-    metrics = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
-    chash = config_hash({"probe": config.to_dict(), "view": view, "task": task,
-                         "embedding_key": embeddings.key(view)})
-    base = {"model": model, "view": view, "dataset": dataset, "task": label,
-            "protocol": protocol, "seed": splits.seed,
-            "control": "random_init" if embeddings.is_random_init else "none",
-            "checkpoint": embeddings.checkpoint_label, "replicate": 0}
-    extra = {"task_type": task, "level": config.level, "embedding_key": embeddings.key(view),
-             "checkpoint_sha256": embeddings.meta.get("checkpoint_sha256"),
-             **pretrain_columns(embeddings)}
-    stored = results.lookup() if results is not None and not force else (lambda key: None)
-    n_classes = len(classes) if classes else None
-    rows, computed = [], []
-    runs = [(None, base)] + [(r, {**base, "control": "shuffled_labels", "replicate": r})
-                             for r in range(int(permutations))]
-    bar = tqdm(total=len(runs) * len(chosen), desc=f"probe {label}", unit="fold",
-               disable=not progress)
-    for replicate, run_base in runs:
-        fresh = []
-        for index in chosen:
-            bar.update(1)
-            fold = splits[index]
-            key = {**run_base, "fold": fold.index, "config_hash": chash,
-                   "manifest_hash": cohort.manifest_hash, "split_hash": splits.sha256}
-            found = stored(key)
-            if found is not None:
-                rows.append(found)
-                continue
-            started = time.perf_counter()
-            train, test, inner = fold_rows(units, fold)
-            target = y if replicate is None else _permuted_within(y, units, train, replicate,
-                                                                   fold.index)
-            scores = probe_fold(x, target, train, test, inner, task=task, config=config,
-                                n_classes=n_classes)
-            row = {**key, "repeat": fold.repeat, **{m: scores[m] for m in metrics},
-                   "best_param": scores["best_param"], "n_train": int(len(train)),
-                   "n_test": int(len(test)), "runtime_s": time.perf_counter() - started,
-                   "test_site": fold.test_site, **extra, **provenance()}
-            fresh.append(row)
-        if results is not None and fresh:
-            results.append(fresh)
-        rows.extend(fresh)
-        computed.extend(r for r in fresh if r["control"] != "shuffled_labels")
-    bar.close()
-    # the parent run summarises every fold of the evaluation, also those read back
-    logged = [r for r in rows if r["control"] != "shuffled_labels"] if computed else []
-    log_evaluation(tracker, logged,
-                   tags={**base, "bsym.version": provenance()["bsym_version"]},
-                   params={"probe": config.to_dict(), "view": view, "split": splits.request,
-                           "split_hash": splits.sha256}, metrics=metrics)
-    return pd.DataFrame(rows)
+    return embeddings.view_name(view)
+
+
+@dataclass
+class _ProbeRun:
+    """One probe evaluation: the rows to probe, and the result row of each unit (a fold of
+    the real labels, or of one label permutation)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    units: np.ndarray
+    n_classes: int | None
+    task: str
+    config: ProbeConfig
+    splits: object
+    base: dict
+    hashes: dict
+    extra: dict
+
+    @classmethod
+    def prepare(cls, embeddings, cohort, splits, label, *, view, task, config, model,
+                dataset, protocol):
+        x, values, units = probe_data(embeddings, cohort, label, splits.subjects, view=view,
+                                      level=config.level)
+        y, classes = encode_labels(values, task)
+        key = embeddings.key(view)
+        chash = config_hash({"probe": config.to_dict(), "view": view, "task": task,
+                             "embedding_key": key})
+        base = {"model": model or embeddings.model, "view": view,
+                "dataset": dataset or cohort.path.name, "task": label, "protocol": protocol,
+                "seed": splits.seed,
+                "control": "random_init" if embeddings.is_random_init else "none",
+                "checkpoint": embeddings.checkpoint_label, "replicate": 0}
+        extra = {"task_type": task, "level": config.level, "embedding_key": key,
+                 "checkpoint_sha256": embeddings.meta.get("checkpoint_sha256"),
+                 **pretrain_columns(embeddings)}
+        return cls(x, y, units, len(classes) if classes else None, task, config, splits, base,
+                   {"config_hash": chash, "manifest_hash": cohort.manifest_hash,
+                    "split_hash": splits.sha256}, extra)
+
+    @property
+    def metrics(self):
+        return CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+
+    def keys(self, unit):
+        """The key of a unit ``(replicate, fold index)``; replicate None: the real labels."""
+        replicate, index = unit
+        identity = self.base if replicate is None else \
+            {**self.base, "control": "shuffled_labels", "replicate": replicate}
+        return [{**identity, "fold": self.splits[index].index, **self.hashes}]
+
+    def rows(self, unit, keys):
+        """The probe of one unit: its scores on the fold's test rows."""
+        replicate, index = unit
+        fold = self.splits[index]
+        started = time.perf_counter()
+        train, test, inner = fold_rows(self.units, fold)
+        target = self.y if replicate is None else \
+            _permuted_within(self.y, self.units, train, replicate, fold.index)
+        scores = probe_fold(self.x, target, train, test, inner, task=self.task,
+                            config=self.config, n_classes=self.n_classes)
+        return [{**keys[0], "repeat": fold.repeat, **{m: scores[m] for m in self.metrics},
+                 "best_param": scores["best_param"], "n_train": int(len(train)),
+                 "n_test": int(len(test)), "runtime_s": time.perf_counter() - started,
+                 "test_site": fold.test_site, **self.extra, **provenance()}]
 
 
 def pretrain_columns(embeddings) -> dict:
@@ -531,7 +580,7 @@ def pretrain_columns(embeddings) -> dict:
 def _permuted_within(y, units, train, replicate, fold_index):
     """``y`` with the labels of the training rows permuted among the training subjects
     (a subject's rows keep one label); test rows keep their true labels."""
-    rng = np.random.default_rng([int(replicate), int(fold_index), 7919])
+    rng = random_stream(replicate, fold_index, purpose=SHUFFLED_LABELS)
     out = np.array(y, copy=True)
     train_units = pd.Series(np.asarray(units)[train])
     firsts = pd.Series(np.asarray(y)[train]).groupby(train_units.to_numpy(), sort=True).first()

@@ -86,6 +86,44 @@ def _key(row) -> tuple:
     return tuple(str(row.get(k, KEY_DEFAULTS.get(k))) for k in KEY_COLUMNS)
 
 
+def check_keys(rows) -> None:
+    """Raise :class:`EvaluationError` unless every row names each of :data:`KEY_COLUMNS`
+    (those of :data:`KEY_DEFAULTS` may be left out)."""
+    for row in rows:
+        missing = [k for k in KEY_COLUMNS if k not in row and k not in KEY_DEFAULTS]
+        if missing:
+            raise EvaluationError(f"result row lacks key column(s) {missing}; expected "
+                                  f"{list(KEY_COLUMNS)}")
+
+
+def _is_current(stored, key) -> bool:
+    """Whether a stored row was made from the data, split and configuration ``key`` names."""
+    return all(str(stored.get(c)) == str(key.get(c)) for c in PROVENANCE_COLUMNS if c in key)
+
+
+class StoredRows:
+    """Result rows indexed by key, for loops that check many keys against one read.
+
+    Parameters
+    ----------
+    rows : iterable of dict
+        Rows of a result table (a later row replaces an earlier one with its key).
+    """
+
+    def __init__(self, rows=()):
+        self._rows = {}
+        self.add(rows)
+
+    def add(self, rows) -> None:
+        """Index ``rows`` too (e.g. those just appended to the table)."""
+        self._rows.update((_key(r), r) for r in rows)
+
+    def current(self, key) -> dict | None:
+        """The row with ``key``'s key columns and provenance, or None."""
+        found = self._rows.get(_key(key))
+        return found if found is not None and _is_current(found, key) else None
+
+
 def with_key_defaults(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with the key columns older rows lack filled with :data:`KEY_DEFAULTS`."""
     for column, default in KEY_DEFAULTS.items():
@@ -184,48 +222,24 @@ class ResultTable:
 
     def find(self, key) -> dict | None:
         """The stored row with this key (a dict of the key columns), or None."""
-        table = self.read()
-        if table.empty:
-            return None
         wanted = _key(key)
-        for row in table.to_dict("records"):
-            if _key(row) == wanted:
-                return row
-        return None
+        return next((r for r in self.read().to_dict("records") if _key(r) == wanted), None)
 
-    def lookup(self):
-        """A function ``key -> stored row or None`` over one read of the table (for loops
-        that check many keys)."""
-        table = self.read()
-        stored = {} if table.empty else {_key(r): r for r in table.to_dict("records")}
-
-        def find(key):
-            found = stored.get(_key(key))
-            if found is None:
-                return None
-            current = all(str(found.get(c)) == str(key.get(c)) for c in PROVENANCE_COLUMNS
-                          if c in key)
-            return found if current else None
-        return find
+    def stored(self) -> StoredRows:
+        """Every row, indexed by key (one read of the table)."""
+        return StoredRows(self.read().to_dict("records"))
 
     def is_done(self, row) -> bool:
         """Whether a row with ``row``'s key and provenance is already stored."""
         found = self.find(row)
-        if found is None:
-            return False
-        return all(str(found.get(c)) == str(row.get(c)) for c in PROVENANCE_COLUMNS
-                   if c in row)
+        return found is not None and _is_current(found, row)
 
     def append(self, rows) -> pd.DataFrame:
         """Add rows, replacing stored rows with the same key; returns the new table."""
         rows = [{**KEY_DEFAULTS, **dict(r)} for r in rows]
         if not rows:
             return self.read()
-        for row in rows:
-            missing = [k for k in KEY_COLUMNS if k not in row]
-            if missing:
-                raise EvaluationError(f"result row lacks key column(s) {missing}; expected "
-                                      f"{list(KEY_COLUMNS)}")
+        check_keys(rows)
         check_writable(self.path, fix="choose a --results path in a folder you can write to")
         with contextlib.ExitStack() as stack:
             try:
@@ -360,6 +374,15 @@ def log_evaluation(tracker, rows, *, tags, run_name=None, params=None, metrics=(
                                if _finite(row.get(k))})
                 tracker.log_metrics(values)
     return parent
+
+
+def log_computed(tracker, rows, computed, *, tags, params=None, metrics=()):
+    """:func:`log_evaluation` of every fold row of an evaluation, when any of them was
+    computed now (the parent run summarises the folds read back too); an evaluation read
+    back whole was logged when it was computed. ``tags`` gain ``bsym.version``."""
+    return log_evaluation(tracker, rows if computed else [],
+                          tags={**tags, "bsym.version": __version__}, params=params,
+                          metrics=metrics)
 
 
 def _finite(value) -> bool:

@@ -7,7 +7,7 @@ other model (protocol ``supervised``). The fold loop is :mod:`bsym.evaluate.fold
 
 Hyper-parameters may differ per fold (a sweep chooses them on each fold's inner folds):
 ``params`` maps a fold index to ``{"lr": ..., "model.dropout": ...}``; names starting with
-``model.`` are model arguments, the rest :class:`TrainingConfig` fields.
+``model.`` are model arguments, the rest :class:`FoldTraining` fields.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import pandas as pd
 
 from bsym.evaluate import EvaluationError
 from bsym.evaluate.foldtrain import (
+    FoldTraining,
     LabelledCohort,
-    TrainingConfig,
     WindowSource,
     class_index,
     inner_validation,
     train_test_folds,
 )
-from bsym.evaluate.results import config_hash, log_evaluation, provenance
+from bsym.evaluate.results import config_hash, log_computed
 from bsym.evaluate.splits import infer_task
 from bsym.models.base import BrainModel
 
@@ -65,7 +65,7 @@ class SupervisedTask(BrainModel):
 
 def split_params(params):
     """``(training fields, model arguments)`` of one set of hyper-parameters."""
-    fields = {f.name for f in dataclasses.fields(TrainingConfig)}
+    fields = {f.name for f in dataclasses.fields(FoldTraining)}
     training, model = {}, {}
     for name, value in (params or {}).items():
         if name.startswith(MODEL_PREFIX):
@@ -157,7 +157,7 @@ def train_supervised(name, cohort, splits, label, *, preset="tiny", model_args=N
     cohort : Cohort
     splits : Splits
     label : str
-    config : TrainingConfig, optional
+    config : FoldTraining, optional
     params : dict, optional
         Per-fold hyper-parameters ``{fold index: {name: value}}`` (a sweep's choice),
         applied over ``config`` and ``model_args``.
@@ -175,42 +175,55 @@ def train_supervised(name, cohort, splits, label, *, preset="tiny", model_args=N
     DataFrame
         One row per fold.
     """
-    config = config or TrainingConfig()
+    config = config or FoldTraining()
     baseline, labelled, source = _prepare(name, preset, model_args, cohort, splits, label,
                                           task, window, target_tr, max_windows)
-    task = labelled.task
-    params = {int(k): v for k, v in (params or {}).items()}
-
-    def fold_params(index):
-        if params and index not in params:
-            raise EvaluationError(f"the hyper-parameters name folds {sorted(params)}; fold "
-                                  f"{index} has none (sweep every fold that is evaluated)")
-        return split_params(params.get(index))
-
-    def fold_config(index):
-        return dataclasses.replace(config, **fold_params(index)[0])
+    per_fold = FoldParams(params)
 
     def make_model(target, fold_index):
-        return baseline.factory(cohort.n_rois, fold_params(fold_index)[1])(target)
+        return baseline.factory(cohort.n_rois, per_fold.split(fold_index)[1])(target)
 
     def chash(index):
         return config_hash({"supervised": config.to_dict(), "model": name, "preset": preset,
                             "model_args": baseline.model_args, "data": source.settings,
-                            "params": params.get(index), "task": task})
+                            "params": per_fold.params.get(index), "task": labelled.task})
 
     base = {"model": name, "view": "default", "dataset": dataset or cohort.path.name,
             "task": label, "protocol": "supervised", "seed": splits.seed}
     rows, computed = train_test_folds(make_model, source, labelled, splits,
-                                      config=fold_config, base=base, chash=chash, folds=folds,
-                                      results=results, force=force, progress=progress,
-                                      desc=f"{name} {label}", row_extra={"preset": preset})
-    # the parent run summarises every fold of the evaluation, also those read back
-    log_evaluation(tracker, rows if computed else [],
-                   tags={**base, "bsym.version": provenance()["bsym_version"]},
-                   params={"training": config.to_dict(), "preset": preset,
-                           "model_args": baseline.model_args, "split_hash": splits.sha256},
-                   metrics=labelled.metrics)
+                                      config=lambda index: per_fold.training(config, index),
+                                      base=base, chash=chash, folds=folds, results=results,
+                                      force=force, progress=progress, desc=f"{name} {label}",
+                                      row_extra={"preset": preset})
+    log_computed(tracker, rows, computed, tags=base,
+                 params={"training": config.to_dict(), "preset": preset,
+                         "model_args": baseline.model_args, "split_hash": splits.sha256},
+                 metrics=labelled.metrics)
     return pd.DataFrame(rows)
+
+
+class FoldParams:
+    """Per-fold hyper-parameters (a sweep's choice per outer fold).
+
+    Parameters
+    ----------
+    params : dict, optional
+        ``{fold index: {name: value}}``; empty or None: no fold has any.
+    """
+
+    def __init__(self, params=None):
+        self.params = {int(k): v for k, v in (params or {}).items()}
+
+    def split(self, index):
+        """``(training fields, model arguments)`` of fold ``index`` (see :func:`split_params`)."""
+        if self.params and index not in self.params:
+            raise EvaluationError(f"the hyper-parameters name folds {sorted(self.params)}; fold "
+                                  f"{index} has none (sweep every fold that is evaluated)")
+        return split_params(self.params.get(index))
+
+    def training(self, config, index):
+        """``config`` with fold ``index``'s training fields."""
+        return dataclasses.replace(config, **self.split(index)[0])
 
 
 def supervised_objective(name, cohort, splits, label, fold_index, *, preset="tiny",
@@ -218,7 +231,7 @@ def supervised_objective(name, cohort, splits, label, fold_index, *, preset="tin
                          max_windows=None, task=None):
     """A sweep objective: ``objective(params, report) -> mean inner validation loss`` of one
     outer fold (its test subjects are never read)."""
-    config = config or TrainingConfig()
+    config = config or FoldTraining()
     baseline, labelled, source = _prepare(name, preset, model_args, cohort, splits, label,
                                           task, window, target_tr, max_windows)
     fold = splits[int(fold_index)]
