@@ -19,6 +19,28 @@ def test_help_everywhere(capsys):
         assert "usage: bsym" in capsys.readouterr().out
 
 
+EVALUATION_COMMANDS = ("embed", "probe", "finetune", "supervised", "netid", "attention",
+                       "health", "splits", "sweep")
+
+
+@pytest.mark.parametrize("command", EVALUATION_COMMANDS)
+def test_evaluation_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert f"usage: bsym {command}" in capsys.readouterr().out
+
+
+def test_evaluation_command_lines_load_no_numerics():
+    # building the evaluation and sweep parsers must stay cheap: no numerics, no tracking
+    code = ("import argparse, sys, bsym.evaluate.cli, bsym.sweep.cli; "
+            "sub = argparse.ArgumentParser().add_subparsers(); "
+            "bsym.evaluate.cli.add_parser(sub); bsym.sweep.cli.add_parser(sub); "
+            "sys.exit(bool({'numpy', 'pandas', 'torch', 'sklearn', 'mlflow', 'optuna'} "
+            "& set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 def test_info_and_validate(toy_store, capsys):
     assert main(["data", "info", str(toy_store.path)]) == 0
     assert "subjects      6" in capsys.readouterr().out
@@ -66,3 +88,11 @@ def test_console_entry_point_runs(toy_store):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "cohort store" in proc.stdout
+
+
+def test_data_command_line_loads_no_numerics():
+    # every `bsym` command builds the `bsym data` parser: it must stay cheap to import
+    code = ("import argparse, sys, bsym.data.cli; "
+            "bsym.data.cli.add_parser(argparse.ArgumentParser().add_subparsers()); "
+            "sys.exit(bool({'numpy', 'pandas', 'torch'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_toy_store
 
 from bsym.data import CohortError, CohortWriter, open_cohort
 from bsym.evaluate.splits import (
@@ -18,6 +17,7 @@ from bsym.evaluate.splits import (
     make_pretrain_split,
     make_splits,
 )
+from bsym.testing import write_toy_store
 
 torch.set_num_threads(1)
 

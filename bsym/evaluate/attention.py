@@ -362,14 +362,39 @@ def contrast_attention(attention, cohort, *, factor="condition", levels=None, pa
     -------
     ContrastResult
     """
-    from statsmodels.stats.multitest import multipletests
-
     from bsym.evaluate.netid import roi_networks
 
+    _check_same_store(attention, cohort)
+    values, levels = _factor_levels(attention, cohort, factor, levels)
+    if paired is None:
+        within = pd.Series(values).groupby(attention.scans["subject"].to_numpy()).nunique()
+        paired = bool((within > 1).any())
+    networks = roi_networks(cohort)
+    roi_names = cohort.rois["name"].tolist()
+    design = _design(attention.scans.reset_index(drop=True), values, levels, paired)
+    rows = []
+    names = attention.maps if maps is None else [attention.map_name(m) for m in maps]
+    for name in names:
+        families = summarise(attention.maps[name], networks, roi_names)
+        for family, (vals, features) in families.items():
+            a, b, t, p, effect, n = _compare_levels(vals, design, n_permutations, seed)
+            rows.append(_contrast_rows(features, name, family, levels, a, b, t, p, effect, n,
+                                       alpha))
+    return ContrastResult(table=pd.concat(rows, ignore_index=True), levels=levels,
+                          paired=paired, subjects=sorted(design.subjects_a | design.subjects_b),
+                          networks=sorted({str(x) for x in networks if x is not None}))
+
+
+def _check_same_store(attention, cohort):
     if attention.meta.get("manifest_hash") not in (None, cohort.manifest_hash):
         raise EvaluationError("the attention maps were computed on another store (manifest "
                               f"{attention.meta['manifest_hash'][:12]}..., expected "
                               f"{cohort.manifest_hash[:12]}...)")
+
+
+def _factor_levels(attention, cohort, factor, levels):
+    """``(values, levels)``: the factor's value per scan of ``attention`` (as str) and the
+    two levels contrasted (default ``("pre", "post")`` when those are the values)."""
     cohort.require(labels=[factor])
     table = cohort.subjects.set_index("scan").loc[attention.scans["scan"]]
     values = table[factor].astype(str).to_numpy()
@@ -380,64 +405,78 @@ def contrast_attention(attention, cohort, *, factor="condition", levels=None, pa
     if len(levels) != 2 or not set(levels) <= set(observed):
         raise EvaluationError(f"expected two levels of {factor!r} among {observed}, received "
                               f"{list(levels)}")
-    within = pd.Series(values).groupby(attention.scans["subject"].to_numpy()).nunique()
-    if paired is None:
-        paired = bool((within > 1).any())
-    networks = roi_networks(cohort)
-    roi_names = cohort.rois["name"].tolist()
-    scans = attention.scans.reset_index(drop=True)
+    return values, levels
+
+
+@dataclass
+class _Design:
+    """The scans of each level (boolean masks over ``scans``) and the subjects compared:
+    ``subjects`` scanned in both levels when paired, else None."""
+
+    scans: pd.DataFrame
+    in_a: np.ndarray
+    in_b: np.ndarray
+    subjects_a: set
+    subjects_b: set
+    subjects: list | None
+
+
+def _design(scans, values, levels, paired) -> _Design:
+    """Which scans and subjects each level has; refuse a paired contrast without two
+    subjects in both levels, and an unpaired one with a subject in both."""
     in_a, in_b = values == levels[0], values == levels[1]
     subjects_a = set(scans.loc[in_a, "subject"])
     subjects_b = set(scans.loc[in_b, "subject"])
-    if paired:
-        subjects = sorted(subjects_a & subjects_b)
-        if len(subjects) < 2:
-            raise EvaluationError(f"a paired contrast needs subjects scanned in both {levels}; "
-                                  f"received {len(subjects)}")
-    else:
-        mixed = sorted(subjects_a & subjects_b)
-        if mixed:
-            raise EvaluationError(f"subject {mixed[0]} has scans in both {levels}; expected "
-                                  "paired=True for a within-subject factor")
-    rows = []
-    names = attention.maps if maps is None else [attention.map_name(m) for m in maps]
-    for name in names:
-        families = summarise(attention.maps[name], networks, roi_names)
-        for family, (vals, features) in families.items():
-            if paired:
-                a = _per_subject(vals[in_a], scans[in_a], subjects)
-                b = _per_subject(vals[in_b], scans[in_b], subjects)
-                t, p = sign_flip_test(b - a, n_permutations=n_permutations, seed=seed)
-                diff = b - a
-                sd = diff.std(axis=0, ddof=1)
-                effect = np.divide(diff.mean(axis=0), sd, out=np.zeros_like(sd), where=sd > 0)
-                n = len(subjects)
-            else:
-                sa, sb = sorted(subjects_a), sorted(subjects_b)
-                a = _per_subject(vals[in_a], scans[in_a], sa)
-                b = _per_subject(vals[in_b], scans[in_b], sb)
-                t, p = permutation_test(a, b, n_permutations=n_permutations, seed=seed)
-                pooled = np.sqrt((a.var(axis=0, ddof=1) + b.var(axis=0, ddof=1)) / 2)
-                effect = np.divide(b.mean(axis=0) - a.mean(axis=0), pooled,
-                                   out=np.zeros_like(pooled), where=pooled > 0)
-                n = len(sa) + len(sb)
-            reject, q, _, _ = multipletests(p, alpha=alpha, method="fdr_bh")
-            frame = features.copy()
-            frame.insert(0, "family", family)
-            frame.insert(0, "map", name)
-            frame["n"] = n
-            frame[f"mean_{levels[0]}"] = a.mean(axis=0)
-            frame[f"mean_{levels[1]}"] = b.mean(axis=0)
-            frame["diff"] = b.mean(axis=0) - a.mean(axis=0)
-            frame["t"] = t
-            frame["effect_size"] = effect
-            frame["p"] = p
-            frame["q"] = q
-            frame["significant"] = reject
-            rows.append(frame)
-    return ContrastResult(table=pd.concat(rows, ignore_index=True), levels=levels,
-                          paired=paired, subjects=sorted(subjects_a | subjects_b),
-                          networks=sorted({str(x) for x in networks if x is not None}))
+    both = sorted(subjects_a & subjects_b)
+    if paired and len(both) < 2:
+        raise EvaluationError(f"a paired contrast needs subjects scanned in both {levels}; "
+                              f"received {len(both)}")
+    if not paired and both:
+        raise EvaluationError(f"subject {both[0]} has scans in both {levels}; expected "
+                              "paired=True for a within-subject factor")
+    return _Design(scans, in_a, in_b, subjects_a, subjects_b, both if paired else None)
+
+
+def _compare_levels(vals, design, n_permutations, seed):
+    """``(a, b, t, p, effect_size, n)`` of per-scan values ``vals`` (n_scans, F): the
+    per-subject means of each level and the permutation test of ``b - a``."""
+    scans, in_a, in_b = design.scans, design.in_a, design.in_b
+    if design.subjects is not None:  # paired: the same subjects in both levels
+        a = _per_subject(vals[in_a], scans[in_a], design.subjects)
+        b = _per_subject(vals[in_b], scans[in_b], design.subjects)
+        t, p = sign_flip_test(b - a, n_permutations=n_permutations, seed=seed)
+        diff = b - a
+        sd = diff.std(axis=0, ddof=1)
+        effect = np.divide(diff.mean(axis=0), sd, out=np.zeros_like(sd), where=sd > 0)
+        return a, b, t, p, effect, len(design.subjects)
+    sa, sb = sorted(design.subjects_a), sorted(design.subjects_b)
+    a = _per_subject(vals[in_a], scans[in_a], sa)
+    b = _per_subject(vals[in_b], scans[in_b], sb)
+    t, p = permutation_test(a, b, n_permutations=n_permutations, seed=seed)
+    pooled = np.sqrt((a.var(axis=0, ddof=1) + b.var(axis=0, ddof=1)) / 2)
+    effect = np.divide(b.mean(axis=0) - a.mean(axis=0), pooled,
+                       out=np.zeros_like(pooled), where=pooled > 0)
+    return a, b, t, p, effect, len(sa) + len(sb)
+
+
+def _contrast_rows(features, name, family, levels, a, b, t, p, effect, n, alpha):
+    """One family's rows of the contrast table, with Benjamini-Hochberg q-values."""
+    from statsmodels.stats.multitest import multipletests
+
+    reject, q, _, _ = multipletests(p, alpha=alpha, method="fdr_bh")
+    frame = features.copy()
+    frame.insert(0, "family", family)
+    frame.insert(0, "map", name)
+    frame["n"] = n
+    frame[f"mean_{levels[0]}"] = a.mean(axis=0)
+    frame[f"mean_{levels[1]}"] = b.mean(axis=0)
+    frame["diff"] = b.mean(axis=0) - a.mean(axis=0)
+    frame["t"] = t
+    frame["effect_size"] = effect
+    frame["p"] = p
+    frame["q"] = q
+    frame["significant"] = reject
+    return frame
 
 
 def plot_network_contrast(result, path, *, map=None, title=None):

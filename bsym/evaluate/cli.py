@@ -1,180 +1,39 @@
 """``bsym embed | probe | finetune | supervised | netid | attention | splits | health``:
 evaluation commands.
 
-Importing this module imports neither torch, scikit-learn nor MLflow; they load when a
-command runs.
+Each command has a short parser builder (``_build_<command>``) and a function that runs it
+(``_<command>``); the options several commands share are defined once in
+:mod:`bsym.evaluate.cli_options`. Importing this module imports neither torch,
+scikit-learn nor MLflow; they load when a command runs.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from bsym.errors import UsageError
-
-DEFAULT_RESULTS = "results/results.parquet"
-FEATURE_KINDS = ("fc", "sc", "fc+sc")
-
-
-def _csv(text):
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _ints(text):
-    try:
-        return tuple(int(part) for part in _csv(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
-            from None
-
-
-# -- shared options ------------------------------------------------------------------------
-def _add_split_options(parser):
-    g = parser.add_argument_group(
-        "split", "The split file is made on first use and only read afterwards; options given "
-        "for an existing file must match how it was made.")
-    g.add_argument("--splits", required=True, help="split file (JSON), created if absent")
-    g.add_argument("--n-folds", type=int, default=None, help="outer folds (default 5)")
-    g.add_argument("--repeats", type=int, default=None, help="repetitions of K-fold (default 1)")
-    g.add_argument("--inner-folds", type=int, default=None,
-                   help="inner folds for hyper-parameters (default 3)")
-    g.add_argument("--split-protocol", choices=("kfold", "site"), default=None,
-                   help="stratified K-fold (default) or leave-one-site-out")
-    g.add_argument("--group-by", choices=("subject", "family"), default=None,
-                   help="what stays on one side (default subject)")
-    g.add_argument("--seed", type=int, default=None, help="split seed (default 0)")
-    g.add_argument("--pretrain-split", default=None,
-                   help="pretraining-cohort file: probe only its held-out subjects")
-    g.add_argument("--fold", type=_ints, default=None, metavar="I,J,...",
-                   help="run only these fold indices (default all)")
+from bsym.evaluate.cli_options import (
+    add_baseline_options,
+    add_embedding_source,
+    add_fold_evaluation_options,
+    add_label_options,
+    add_output_options,
+    add_pretrained_subjects_option,
+    add_row_names,
+    add_split_options,
+    add_store_option,
+    add_task_options,
+    add_training_options,
+    cohort_and_splits,
+    comma_list,
+    open_results,
+    open_tracker,
+    task_splits,
+    training_fields,
+)
 
 
-
-def _add_pretrained_subjects_option(parser):
-    parser.add_argument("--allow-pretrained-subjects", action="store_true",
-                        help="evaluate subjects the encoder was pretrained on (refused by "
-                        "default: the split should come with --pretrain-split)")
-
-
-def _add_tracking(parser, results=True):
-    g = parser.add_argument_group("output")
-    if results:
-        g.add_argument("--results", default=DEFAULT_RESULTS,
-                       help=f"long result table, Parquet (default {DEFAULT_RESULTS})")
-        g.add_argument("--force", action="store_true",
-                       help="recompute folds already in the result table")
-    g.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default sqlite:///results/mlflow.db)")
-    g.add_argument("--experiment", default="bsym", help="MLflow experiment (default bsym)")
-    g.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _add_embedding_source(parser):
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--embeddings", help="embeddings file from `bsym embed`, or the folder of "
-                     "`bsym embed --run` (probe: every file in it; netid: final.npz, with "
-                     "step0.npz as the random-initialisation control)")
-    src.add_argument("--features", choices=FEATURE_KINDS,
-                     help="connectome features instead of a model (the classical baseline)")
-
-
-def _add_task_options(parser):
-    parser.add_argument("--data", required=True, help="cohort store directory")
-    parser.add_argument("--task", required=True, help="label column to predict")
-    parser.add_argument("--task-type", choices=("classification", "regression"), default=None)
-    parser.add_argument("--dataset", default=None, help="dataset name in the rows (default: "
-                        "the store's folder name)")
-
-
-def _add_training_options(parser):
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--max-steps", type=int, default=500)
-    opt.add_argument("--batch-size", type=int, default=16)
-    opt.add_argument("--lr", type=float, default=3e-4)
-    opt.add_argument("--weight-decay", type=float, default=0.01)
-    opt.add_argument("--warmup-steps", type=int, default=20)
-    opt.add_argument("--eval-every", type=int, default=25, help="steps between validations")
-    opt.add_argument("--patience", type=int, default=4,
-                     help="validations without improvement before stopping")
-    opt.add_argument("--device", default="auto")
-    opt.add_argument("--train-seed", type=int, default=0)
-    return opt
-
-
-def _training_fields(args):
-    return {"max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr,
-            "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps,
-            "eval_every": args.eval_every, "patience": args.patience, "device": args.device,
-            "seed": args.train_seed}
-
-
-def _add_baseline_options(parser):
-    from bsym.train.cli import model_arg
-
-    parser.add_argument("--model", required=True,
-                        help="supervised baseline (bnt, brainnetcnn, braingnn, transformer)")
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--model-arg", type=model_arg, action="append", default=[],
-                        metavar="KEY=VALUE", help="model argument over the preset (JSON value; "
-                        "repeatable)")
-    data = parser.add_argument_group("windows")
-    data.add_argument("--window", type=int, default=200,
-                      help="window length in time points at the target TR (default 200)")
-    data.add_argument("--target-tr", type=float, default=None,
-                      help="resample every scan to this TR (needed when TRs differ)")
-    data.add_argument("--max-windows", type=int, default=None, help="windows per scan at most")
-
-
-def _tracker(args):
-    from bsym.track import DEFAULT_URI, NullTracker, Tracker
-
-    if args.no_tracking:
-        return NullTracker()
-    return Tracker(args.tracking_uri or DEFAULT_URI, args.experiment).check_store()
-
-
-def _splits(args, cohort, label):
-    """The split file of ``label`` (made on first use); one made for another store, label
-    or task type is refused before any work."""
-    from bsym.evaluate.splits import load_splits, make_splits
-
-    options = {"n_splits": args.n_folds, "n_repeats": args.repeats,
-               "inner_splits": args.inner_folds, "protocol": args.split_protocol,
-               "group_by": args.group_by, "seed": args.seed, "pretrain": args.pretrain_split}
-    given = {k: v for k, v in options.items() if v is not None}
-    path = Path(args.splits)
-    if (path.exists() or path.is_symlink()) and not given:
-        splits = load_splits(path)
-    else:
-        splits = make_splits(cohort, path, label=label, **given)
-    if label is not None:
-        splits.check_task(label, getattr(args, "task_type", None), cohort=cohort)
-    return splits.check_cohort(cohort)
-
-
-def _results(args):
-    """The result table of ``--results``, checked before any work: bsym appends only to
-    its own result tables, in a folder it can write to."""
-    from bsym.evaluate.results import ResultTable
-
-    return ResultTable(args.results).check_output()
-
-
-def _cohort_and_splits(args, checkpoint=None):
-    """The store and the task's split file; a missing label (or a ``checkpoint`` that does
-    not fit the store) fails before any work."""
-    from bsym.data import open_cohort
-
-    cohort = open_cohort(args.data)
-    cohort.require(labels=[args.task])
-    if checkpoint is not None:
-        from bsym.train.checkpoint import check_fits_store, load_checkpoint
-
-        check_fits_store(load_checkpoint(checkpoint), checkpoint, cohort)
-    return cohort, _splits(args, cohort, args.task)
-
-
+# -- helpers of the commands ---------------------------------------------------------------
 def _embeddings(args, cohort):
     from bsym.evaluate.embeddings import feature_embeddings, load_embeddings
 
@@ -224,23 +83,18 @@ def _embed(args):
 def _probe(args):
     from bsym.data import open_cohort
     from bsym.evaluate.embeddings import embedding_files, feature_embeddings, load_embeddings
-    from bsym.evaluate.probe import (
-        CLASSIFICATION_METRICS,
-        REGRESSION_METRICS,
-        ProbeConfig,
-        linear_probe,
-    )
+    from bsym.evaluate.probe import ProbeConfig, linear_probe
 
     cohort = open_cohort(args.data)
     cohort.require(labels=[args.task])  # a missing label fails before any work
-    results = _results(args)
+    results = open_results(args)
     if args.features:
         sources = [feature_embeddings(cohort, args.features)]
     else:
         sources = [load_embeddings(f, cohort=cohort) for f in embedding_files(args.embeddings)]
-    splits = _splits(args, cohort, args.task)
+    splits = task_splits(args, cohort, args.task)
     protocol = args.protocol or ("supervised" if args.features else "linear_probe")
-    tracker = _tracker(args)
+    tracker = open_tracker(args)
     for embeddings in sources:
         views = sorted(embeddings.views) if args.view == "all" else [args.view]
         final = embeddings.checkpoint_label == "final"
@@ -253,14 +107,21 @@ def _probe(args):
                                  permutations=args.permutations if final else 0,
                                  allow_pretrained_subjects=args.allow_pretrained_subjects,
                                  progress=not args.quiet)
-            real = frame[frame["control"] != "shuffled_labels"]
-            print(f"{protocol} {real['model'].iloc[0]} ({real['view'].iloc[0]}, "
-                  f"{embeddings.checkpoint_label}, control {real['control'].iloc[0]}) on "
-                  f"{args.task}, split {splits.sha256[:12]}; rows in {args.results}")
-            print(_summary(real, CLASSIFICATION_METRICS + REGRESSION_METRICS))
-            null = frame[frame["control"] == "shuffled_labels"]
-            if len(null):
-                print(_permutation_line(real, null))
+            _print_probe(frame, protocol, embeddings.checkpoint_label, args, splits)
+
+
+def _print_probe(frame, protocol, checkpoint_label, args, splits):
+    """The mean scores of one probed view, and the shuffled-labels control's p-value."""
+    from bsym.evaluate.probe import CLASSIFICATION_METRICS, REGRESSION_METRICS
+
+    real = frame[frame["control"] != "shuffled_labels"]
+    print(f"{protocol} {real['model'].iloc[0]} ({real['view'].iloc[0]}, "
+          f"{checkpoint_label}, control {real['control'].iloc[0]}) on "
+          f"{args.task}, split {splits.sha256[:12]}; rows in {args.results}")
+    print(_summary(real, CLASSIFICATION_METRICS + REGRESSION_METRICS))
+    null = frame[frame["control"] == "shuffled_labels"]
+    if len(null):
+        print(_permutation_line(real, null))
 
 
 def _permutation_line(real, null):
@@ -278,9 +139,9 @@ def _finetune(args):
     from bsym.evaluate.finetune import FineTuneConfig, fine_tune
     from bsym.evaluate.probe import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
-    cohort, splits = _cohort_and_splits(args, checkpoint=args.checkpoint)
-    results = _results(args)
-    config = FineTuneConfig(**_training_fields(args), view=args.view,
+    cohort, splits = cohort_and_splits(args, checkpoint=args.checkpoint)
+    results = open_results(args)
+    config = FineTuneConfig(**training_fields(args), view=args.view,
                             freeze_encoder=args.freeze_encoder, max_windows=args.max_windows,
                             lp_init=not args.no_lp_init,
                             encoder_lr_scale=args.encoder_lr_scale,
@@ -288,7 +149,7 @@ def _finetune(args):
     frame = fine_tune(args.checkpoint, cohort, splits, args.task, config=config,
                       folds=args.fold, task=args.task_type, model=args.model,
                       dataset=args.dataset, results=results,
-                      tracker=_tracker(args), force=args.force,
+                      tracker=open_tracker(args), force=args.force,
                       allow_pretrained_subjects=args.allow_pretrained_subjects,
                       progress=not args.quiet)
     print(f"finetune {frame['model'].iloc[0]} on {args.task}, split {splits.sha256[:12]}; rows "
@@ -301,16 +162,16 @@ def _supervised(args):
     from bsym.evaluate.probe import CLASSIFICATION_METRICS, REGRESSION_METRICS
     from bsym.evaluate.supervised import train_supervised
 
-    cohort, splits = _cohort_and_splits(args)
-    results = _results(args)
+    cohort, splits = cohort_and_splits(args)
+    results = open_results(args)
     params = _read_fold_params(args.params, args, splits) if args.params else None
     frame = train_supervised(args.model, cohort, splits, args.task, preset=args.preset,
                              model_args=dict(args.model_arg),
-                             config=TrainingConfig(**_training_fields(args)), params=params,
+                             config=TrainingConfig(**training_fields(args)), params=params,
                              window=args.window, target_tr=args.target_tr,
                              max_windows=args.max_windows, task=args.task_type,
                              dataset=args.dataset, folds=args.fold,
-                             results=results, tracker=_tracker(args),
+                             results=results, tracker=open_tracker(args),
                              force=args.force, progress=not args.quiet)
     print(f"supervised {args.model} on {args.task}, split {splits.sha256[:12]}; rows in "
           f"{args.results}")
@@ -355,7 +216,7 @@ def _netid(args):
     from bsym.stats.controls import netid_summary
 
     cohort = open_cohort(args.data)
-    results = _results(args)
+    results = open_results(args)
     if args.figure:
         guard_figure(args.figure, "--figure")
     random_init = None
@@ -370,7 +231,7 @@ def _netid(args):
                                    n_neighbors=args.neighbors, permutations=args.permutations,
                                    random_init=random_init, model=args.model,
                                    dataset=args.dataset, results=results,
-                                   figure=args.figure, tracker=_tracker(args), force=args.force,
+                                   figure=args.figure, tracker=open_tracker(args), force=args.force,
                                    progress=not args.quiet)
     summary = netid_summary(frame, metrics=("ari_kmeans", "knn_accuracy"))
     columns = ["model", "view", "control", "checkpoint", "n", "ari_kmeans_mean", "ari_kmeans_sd",
@@ -439,7 +300,7 @@ def _health(args):
     subjects = read_subject_ids(args.subjects_file, "--subjects-file") \
         if args.subjects_file else None
     embeddings = _embeddings(args, cohort) if args.embeddings else None
-    tracker, run_id = _tracker(args), None
+    tracker, run_id = open_tracker(args), None
     if tracker.enabled:
         run_id = pretraining_run_id(args.checkpoint)
         if run_id is None:
@@ -469,46 +330,57 @@ def _figure_path(out):
 
 def _make_splits(args):
     from bsym.data import open_cohort
-    from bsym.evaluate.splits import make_pretrain_split, subject_list_is_ours
-    from bsym.io import guard_output
 
-    if (args.subjects_out or args.val_subjects_out or args.probe_subjects_out) and \
-            args.pretrain_fraction is None:
-        raise UsageError("--subjects-out needs --pretrain-fraction (it lists pretraining "
-                         "subjects)")
-    lists = [args.subjects_out, args.probe_subjects_out, args.val_subjects_out]
-    for path in filter(None, lists):  # before the split file is made
-        guard_output(path, is_ours=subject_list_is_ours, what="subject list", overwrite=True,
-                     fix_other="choose another path for the subject list, or move this file "
-                     "away yourself")
+    _check_subject_lists(args)
     cohort = open_cohort(args.data)
     if args.pretrain_fraction is not None:
-        split = make_pretrain_split(cohort, args.splits, fraction=args.pretrain_fraction,
-                                    seed=args.seed or 0, group_by=args.group_by or "subject",
-                                    stratify=args.task)
-        print(f"{split!r}: {args.splits}")
-        if args.subjects_out:
-            split.write_subject_list(args.subjects_out, "pretrain")
-            print(f"pretraining subjects (for `bsym pretrain --subjects-file`): "
-                  f"{args.subjects_out}")
-        if args.probe_subjects_out:
-            split.write_subject_list(args.probe_subjects_out, "probe")
-            print(f"subjects never pretrained on (for `bsym embed --subjects-file`): "
-                  f"{args.probe_subjects_out}")
-        if args.val_subjects_out:
-            chosen = split.validation(args.val_subjects, seed=args.seed or 0)
-            split.write_subject_list(args.val_subjects_out, "validation", chosen)
-            print(f"{len(chosen)} held-out validation subjects (for `bsym pretrain "
-                  f"--val-subjects-file`): {args.val_subjects_out}")
+        _make_pretrain_split(args, cohort)
         return
-    splits = _splits(args, cohort, args.task)
+    splits = task_splits(args, cohort, args.task)
     print(f"{splits!r}: {args.splits}")
 
 
+def _check_subject_lists(args):
+    """Refuse, before the split file is made, a subject list without --pretrain-fraction or
+    at a path holding anything but a subject list bsym wrote."""
+    from bsym.evaluate.splits import subject_list_is_ours
+    from bsym.io import guard_output
+
+    lists = [args.subjects_out, args.probe_subjects_out, args.val_subjects_out]
+    if any(lists) and args.pretrain_fraction is None:
+        raise UsageError("--subjects-out needs --pretrain-fraction (it lists pretraining "
+                         "subjects)")
+    for path in filter(None, lists):
+        guard_output(path, is_ours=subject_list_is_ours, what="subject list", overwrite=True,
+                     fix_other="choose another path for the subject list, or move this file "
+                     "away yourself")
+
+
+def _make_pretrain_split(args, cohort):
+    """The pretraining-cohort file, and the subject lists asked for."""
+    from bsym.evaluate.splits import make_pretrain_split
+
+    split = make_pretrain_split(cohort, args.splits, fraction=args.pretrain_fraction,
+                                seed=args.seed or 0, group_by=args.group_by or "subject",
+                                stratify=args.task)
+    print(f"{split!r}: {args.splits}")
+    if args.subjects_out:
+        split.write_subject_list(args.subjects_out, "pretrain")
+        print(f"pretraining subjects (for `bsym pretrain --subjects-file`): "
+              f"{args.subjects_out}")
+    if args.probe_subjects_out:
+        split.write_subject_list(args.probe_subjects_out, "probe")
+        print(f"subjects never pretrained on (for `bsym embed --subjects-file`): "
+              f"{args.probe_subjects_out}")
+    if args.val_subjects_out:
+        chosen = split.validation(args.val_subjects, seed=args.seed or 0)
+        split.write_subject_list(args.val_subjects_out, "validation", chosen)
+        print(f"{len(chosen)} held-out validation subjects (for `bsym pretrain "
+              f"--val-subjects-file`): {args.val_subjects_out}")
+
+
 # -- parsers -------------------------------------------------------------------------------
-def add_parser(subparsers):
-    """Add ``embed``, ``probe``, ``finetune``, ``netid``, ``attention``, ``health`` and
-    ``splits``."""
+def _build_embed(subparsers):
     p = subparsers.add_parser(
         "embed", help="embed every scan of a store with a trained checkpoint",
         description="Embed every window of every scan (the checkpoint's window, "
@@ -523,7 +395,7 @@ def add_parser(subparsers):
     source.add_argument("--run", help="a pretraining run directory: embed final.pt and every "
                         "kept snapshot (snapshots/step-N.pt) into --out as final.npz and "
                         "step<N>.npz")
-    p.add_argument("--data", required=True, help="cohort store directory")
+    add_store_option(p)
     p.add_argument("--out", required=True, help="embeddings file (.npz), or a folder with --run")
     p.add_argument("--subjects-file", default=None,
                    help="embed only these subjects' scans (ids one a line; default every scan), "
@@ -536,17 +408,18 @@ def add_parser(subparsers):
                    "(also replaces an embeddings file that changed since bsym wrote it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_embed)
+    return p
 
+
+def _build_probe(subparsers):
     p = subparsers.add_parser(
         "probe", help="linear probe of a label on frozen embeddings, fold by fold",
         description="StandardScaler + LogisticRegression / Ridge fitted on each outer training "
         "fold, regularisation chosen on the split file's inner folds; scores appended per fold "
         "to the long result table and logged to MLflow.")
-    _add_embedding_source(p)
-    p.add_argument("--data", required=True, help="cohort store the embeddings come from")
-    p.add_argument("--task", required=True, help="label column to predict")
-    p.add_argument("--task-type", choices=("classification", "regression"), default=None,
-                   help="default: inferred from the label")
+    add_embedding_source(p)
+    add_store_option(p, help="cohort store the embeddings come from")
+    add_label_options(p, task_type_help="default: inferred from the label")
     p.add_argument("--view", default=None,
                    help="embedding view of a multi-view model, or 'all' (default: fusion or "
                    "the only view)")
@@ -554,17 +427,18 @@ def add_parser(subparsers):
                    help="one row per subject (default) or per scan (within-subject labels)")
     p.add_argument("--protocol", choices=("linear_probe", "supervised"), default=None,
                    help="row protocol (default linear_probe; supervised with --features)")
-    p.add_argument("--model", default=None, help="model name in the rows (default from the file)")
-    p.add_argument("--dataset", default=None, help="dataset name (default the store's folder)")
-    p.add_argument("--permutations", type=int, default=0,
+    add_row_names(p, model_help="model name in the rows (default from the file)",
+                  dataset_help="dataset name (default the store's folder)")
+    p.add_argument("--permutations", type=int, default=20,
                    help="the shuffled-labels control: refit the probe this many times on labels "
                    "permuted within each training fold (final weights and features only; "
-                   "default 0)")
-    _add_split_options(p)
-    _add_tracking(p)
-    _add_pretrained_subjects_option(p)
+                   "0 turns it off; default 20, a permutation p down to 1/21)")
+    add_fold_evaluation_options(p, pretrained_encoder=True)
     p.set_defaults(func=_probe)
+    return p
 
+
+def _build_finetune(subparsers):
     p = subparsers.add_parser(
         "finetune", help="fine-tune a pretrained encoder with a linear head, fold by fold",
         description="Encoder + linear head trained on each outer training fold through the "
@@ -574,13 +448,18 @@ def add_parser(subparsers):
         "early-stopping candidate), then encoder and head train together, the encoder at "
         "--encoder-lr-scale times --lr.")
     p.add_argument("--checkpoint", required=True, help="pretrained weights (final.pt)")
-    p.add_argument("--data", required=True, help="cohort store directory")
-    p.add_argument("--task", required=True, help="label column to predict")
-    p.add_argument("--task-type", choices=("classification", "regression"), default=None)
+    add_store_option(p)
+    add_label_options(p)
     p.add_argument("--view", default=None, help="embedding view of a multi-view model")
-    p.add_argument("--model", default=None)
-    p.add_argument("--dataset", default=None)
-    opt = _add_training_options(p)
+    add_row_names(p)
+    _add_finetune_options(add_training_options(p))
+    add_fold_evaluation_options(p, pretrained_encoder=True)
+    p.set_defaults(func=_finetune)
+    return p
+
+
+def _add_finetune_options(opt):
+    """Fine-tuning's own options, in the optimisation group ``opt``."""
     opt.add_argument("--freeze-encoder", action="store_true", help="train the head only")
     opt.add_argument("--max-windows", type=int, default=None,
                      help="training windows per scan at most (default all; the test uses "
@@ -593,11 +472,9 @@ def add_parser(subparsers):
                      "fine-tuning, not LP-FT)")
     opt.add_argument("--no-class-balance", action="store_true",
                      help="weigh classes equally instead of inverse to their frequency")
-    _add_split_options(p)
-    _add_tracking(p)
-    _add_pretrained_subjects_option(p)
-    p.set_defaults(func=_finetune)
 
+
+def _build_supervised(subparsers):
     p = subparsers.add_parser(
         "supervised", help="train a supervised baseline from scratch, fold by fold",
         description="A fresh supervised baseline (BNT, BrainNetCNN, BrainGNN, transformer) "
@@ -605,15 +482,17 @@ def add_parser(subparsers):
         "on the first inner fold's validation subjects, tested once on the outer test fold "
         "(protocol supervised). --params takes per-fold hyper-parameters chosen by "
         "`bsym sweep` on inner folds.")
-    _add_baseline_options(p)
-    _add_task_options(p)
+    add_baseline_options(p)
+    add_task_options(p)
     p.add_argument("--params", default=None,
                    help="per-fold hyper-parameters (a `bsym sweep` result file)")
-    _add_training_options(p)
-    _add_split_options(p)
-    _add_tracking(p)
+    add_training_options(p)
+    add_fold_evaluation_options(p, pretrained_encoder=False)
     p.set_defaults(func=_supervised)
+    return p
 
+
+def _build_netid(subparsers):
     p = subparsers.add_parser(
         "netid", help="unsupervised network identification, beside FC rows",
         description="ROI embeddings averaged over subjects, clustered (k-means, spectral; "
@@ -622,8 +501,8 @@ def add_parser(subparsers):
         "SC rows, the model's position-only ROI embeddings (all-zero data), its initial "
         "weights (step0.npz beside final.npz when --embeddings is a folder) and the chance "
         "level from permuted network labels.")
-    _add_embedding_source(p)
-    p.add_argument("--data", required=True, help="cohort store directory")
+    add_embedding_source(p)
+    add_store_option(p)
     p.add_argument("--view", default=None)
     p.add_argument("--seeds", type=int, default=10,
                    help="clustering seeds 0..N-1, one row each (default 10)")
@@ -631,11 +510,13 @@ def add_parser(subparsers):
                    help="network-label permutations for the chance level (default 20)")
     p.add_argument("--neighbors", type=int, default=5, help="k of the k-NN classifier")
     p.add_argument("--figure", default=None, help="confusion-matrix figure (.png/.pdf/.svg)")
-    p.add_argument("--model", default=None)
-    p.add_argument("--dataset", default=None)
-    _add_tracking(p)
+    add_row_names(p)
+    add_output_options(p)
     p.set_defaults(func=_netid)
+    return p
 
+
+def _build_attention(subparsers):
     p = subparsers.add_parser(
         "attention", help="attention per ROI and network, contrasted between conditions",
         description="Attention maps of a trained model averaged per scan, summarised per ROI "
@@ -643,10 +524,10 @@ def add_parser(subparsers):
         "levels of a factor (paired sign-flip or two-group permutation test, Benjamini-"
         "Hochberg FDR); writes contrast.parquet/.csv and network heatmaps to --out.")
     p.add_argument("--checkpoint", required=True, help="trained weights (final.pt)")
-    p.add_argument("--data", required=True, help="cohort store directory")
+    add_store_option(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--factor", default="condition", help="column to contrast (default condition)")
-    p.add_argument("--levels", type=_csv, default=None, metavar="A,B",
+    p.add_argument("--levels", type=comma_list, default=None, metavar="A,B",
                    help="the two levels, difference B - A (default pre,post when present)")
     p.add_argument("--design", choices=("auto", "paired", "unpaired"), default="auto",
                    help="paired when the factor varies within subjects (default auto)")
@@ -659,7 +540,10 @@ def add_parser(subparsers):
     p.add_argument("--device", default="cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_attention)
+    return p
 
+
+def _build_health(subparsers):
     p = subparsers.add_parser(
         "health", help="did a pretraining run learn? pretext task vs trivial baselines",
         description="On held-out subjects' windows (made as in training), the model's own "
@@ -670,7 +554,7 @@ def add_parser(subparsers):
         "(--out) and the loss curves (--figure), and logs the metrics into the pretraining "
         "MLflow run (run.json beside the checkpoint).")
     p.add_argument("--checkpoint", required=True, help="pretrained weights (RUN/final.pt)")
-    p.add_argument("--data", required=True, help="cohort store of the held-out subjects")
+    add_store_option(p, help="cohort store of the held-out subjects")
     p.add_argument("--subjects-file", default=None,
                    help="held-out subject ids, one a line (default: every subject of the store "
                    "the run was not pretrained on)")
@@ -685,15 +569,18 @@ def add_parser(subparsers):
     p.add_argument("--max-windows", type=int, default=256,
                    help="held-out windows at most, evenly spread; 0 for all (default 256)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
-    _add_pretrained_subjects_option(p)
-    _add_tracking(p, results=False)
+    add_pretrained_subjects_option(p)
+    add_output_options(p, results=False)
     p.set_defaults(func=_health, features=None)
+    return p
 
+
+def _build_splits(subparsers):
     p = subparsers.add_parser(
         "splits", help="write a split file (or the pretraining-cohort file) once",
         description="Make the split file of a task (outer and inner folds, hashed), or with "
         "--pretrain-fraction the pretraining cohort: subjects never probed.")
-    p.add_argument("--data", required=True, help="cohort store directory")
+    add_store_option(p)
     p.add_argument("--task", default=None, help="label to stratify on")
     p.add_argument("--pretrain-fraction", type=float, default=None,
                    help="write the pretraining-cohort file with this share of subjects")
@@ -707,6 +594,18 @@ def add_parser(subparsers):
                    "from those never pretrained on (a validation-loss set)")
     p.add_argument("--val-subjects", type=int, default=16,
                    help="size of the --val-subjects-out list (default 16)")
-    _add_split_options(p)
+    add_split_options(p)
     p.set_defaults(func=_make_splits)
     return p
+
+
+_BUILDERS = (_build_embed, _build_probe, _build_finetune, _build_supervised, _build_netid,
+             _build_attention, _build_health, _build_splits)
+
+
+def add_parser(subparsers):
+    """Add ``embed``, ``probe``, ``finetune``, ``supervised``, ``netid``, ``attention``,
+    ``health`` and ``splits``; return the last parser."""
+    for build in _BUILDERS:
+        parser = build(subparsers)
+    return parser

@@ -25,9 +25,7 @@ splits made with ``pretrain=`` use only the other subjects and record its hash.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,12 +207,28 @@ class Fold:
         return f"r{self.repeat}f{self.fold}"
 
 
-class Splits:
-    """A loaded, verified split file (see :func:`make_splits`)."""
+class _HashedFile:
+    """The payload of a verified split or pretraining-cohort file, and where it lies."""
 
     def __init__(self, payload, path=None):
         self.payload = payload
         self.path = Path(path) if path is not None else None
+
+    @property
+    def sha256(self) -> str:
+        return self.payload["sha256"]
+
+    @property
+    def manifest_hash(self) -> str:
+        """The data-manifest hash of the store the file was made for."""
+        return self.payload["manifest_hash"]
+
+
+class Splits(_HashedFile):
+    """A loaded, verified split file (see :func:`make_splits`)."""
+
+    def __init__(self, payload, path=None):
+        super().__init__(payload, path)
         self.folds = [Fold(index=i, repeat=f["repeat"], fold=f["fold"], train=tuple(f["train"]),
                            test=tuple(f["test"]),
                            inner=tuple((tuple(a), tuple(b)) for a, b in f["inner"]),
@@ -236,20 +250,12 @@ class Splits:
         return self.folds[index]
 
     @property
-    def sha256(self) -> str:
-        return self.payload["sha256"]
-
-    @property
     def request(self) -> dict:
         return self.payload["request"]
 
     @property
     def seed(self) -> int:
         return int(self.request["seed"])
-
-    @property
-    def manifest_hash(self) -> str:
-        return self.payload["manifest_hash"]
 
     @property
     def subjects(self) -> list:
@@ -375,46 +381,25 @@ def _compare(existing, payload, path, store=None):
 
 def _write_once(path, payload, fmt):
     """Write ``payload`` to ``path`` unless it exists; return what the file holds."""
-    from bsym.io import check_writable, disk_error
+    from bsym.io import atomic_write_json, check_writable
 
     path = Path(path)
-    if path.exists() or path.is_symlink():
-        existing = _read(path, fmt)
-        _compare(existing, payload, path)
-        return existing
-    what, flag, _ = _WHAT[fmt]
-    check_writable(path, fix=f"choose a {flag} path in a folder you can write to")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise disk_error(err, path, what=what) from err
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+    if not (path.exists() or path.is_symlink()):
+        what, flag, _ = _WHAT[fmt]
+        check_writable(path, fix=f"choose a {flag} path in a folder you can write to")
         try:
-            os.link(tmp, path)  # fails if another process wrote the file meanwhile
-        except FileExistsError:
-            existing = _read(path, fmt)
-            _compare(existing, payload, path)
-            return existing
-    except OSError as err:
-        raise disk_error(err, path, what=what) from err
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return payload
+            atomic_write_json(path, payload, what=what, exclusive=True)
+            return payload
+        except FileExistsError:  # another process wrote the file meanwhile
+            pass
+    existing = _read(path, fmt)
+    _compare(existing, payload, path)
+    return existing
 
 
 # -- pretraining cohort --------------------------------------------------------------------
-class PretrainSplit:
+class PretrainSplit(_HashedFile):
     """Subjects for self-supervised pretraining and the disjoint subjects to probe."""
-
-    def __init__(self, payload, path=None):
-        self.payload = payload
-        self.path = Path(path) if path is not None else None
 
     def __repr__(self):
         return (f"PretrainSplit({len(self.pretrain)} pretraining, {len(self.probe)} probed "
@@ -427,14 +412,6 @@ class PretrainSplit:
     @property
     def probe(self) -> list:
         return list(self.payload["probe"])
-
-    @property
-    def sha256(self) -> str:
-        return self.payload["sha256"]
-
-    @property
-    def manifest_hash(self) -> str:
-        return self.payload["manifest_hash"]
 
     def validation(self, n, seed=0) -> list:
         """``n`` subjects drawn (seeded) from those never pretrained on: a held-out set for
@@ -476,7 +453,7 @@ def subject_list_is_ours(path) -> bool:
         return False
 
 
-def make_pretrain_split(cohort, path, *, fraction=0.25, seed=0, group_by="subject",
+def make_pretrain_split(cohort, path, *, fraction=0.3, seed=0, group_by="subject",
                         stratify=None) -> PretrainSplit:
     """Choose the pretraining cohort once and write it to ``path`` (or read it back).
 
@@ -566,49 +543,13 @@ def make_splits(cohort, path, *, label=None, task=None, protocol="kfold", n_spli
         A missing label, too few subjects per class for the folds, a site protocol on a
         one-site cohort, or an existing file made for another request.
     """
-    if protocol not in PROTOCOLS:
-        raise SplitError(f"protocol must be one of {PROTOCOLS}, received {protocol!r}")
-    for name, value, minimum in (("n_splits", n_splits, 2), ("n_repeats", n_repeats, 1),
-                                 ("inner_splits", inner_splits, 2)):
-        if int(value) < minimum:
-            raise SplitError(f"{name} must be >= {minimum}, received {value}")
-    if protocol == "site" and int(n_repeats) != 1:
-        raise SplitError(f"leave-one-site-out is deterministic: n_repeats must be 1, received "
-                         f"{n_repeats}")
+    _check_request(protocol, n_splits, n_repeats, inner_splits)
     table = subject_table(cohort, label, group_by)
     if label is not None:
-        observed = cohort.subjects[label]
-        task = task or infer_task(observed)
-        if task not in TASK_TYPES:
-            raise SplitError(f"task must be one of {TASK_TYPES}, received {task!r}")
-    pretrain_hash = None
-    if pretrain is not None:
-        if not isinstance(pretrain, PretrainSplit):
-            pretrain = load_pretrain_split(pretrain)
-        if pretrain.manifest_hash != cohort.manifest_hash:
-            raise SplitError(f"{pretrain.path}: this pretraining split was made for another "
-                             f"store ({pretrain.payload.get('dataset')!r}, manifest "
-                             f"{pretrain.manifest_hash[:12]}...; expected {cohort.path}, manifest "
-                             f"{cohort.manifest_hash[:12]}...). Fix: make the pretraining split of "
-                             f"this store with `bsym splits --data {cohort.path} "
-                             "--pretrain-fraction F --splits FILE` and pass it as "
-                             "--pretrain-split")
-        table = table[table["subject"].isin(set(pretrain.probe))].reset_index(drop=True)
-        pretrain_hash = pretrain.sha256
+        task = _task_type(cohort, label, task)
+    table, pretrain_hash = _probed_only(table, pretrain, cohort)
     if protocol == "site":
-        spread = table.loc[table["n_sites"] > 1, "subject"].tolist()
-        if spread:
-            raise SplitError(f"subject {spread[0]} has scans at several sites; leave-one-site-out "
-                             "expected every subject at one site")
-        n_sites = table["site"].nunique()
-        if n_sites < 2:
-            raise SplitError(f"leave-one-site-out needs at least 2 sites; the store {cohort.path} "
-                             f"has {n_sites} ({', '.join(sorted(table['site'].unique()))}); "
-                             "use protocol='kfold'")
-        per_group = table.groupby("group")["site"].nunique()
-        if (per_group > 1).any():
-            raise SplitError(f"{per_group.idxmax()} spans several sites; leave-one-site-out "
-                             "with group_by='family' expects each family at one site")
+        _check_one_site_each(table, cohort)
     strata = _strata(table, label, task, n_bins, n_splits)
     if protocol == "kfold" and strata is not None and task == "classification":
         _check_class_counts(table, strata, n_splits, label, "in the cohort", inner_splits)
@@ -624,38 +565,109 @@ def make_splits(cohort, path, *, label=None, task=None, protocol="kfold", n_spli
         _compare(existing.payload, {"request": request, "manifest_hash": cohort.manifest_hash},
                  path, store=cohort.path)
         return existing
+    body = {"format": FORMAT, "format_version": FORMAT_VERSION, "dataset": cohort.path.name,
+            "manifest_hash": cohort.manifest_hash, "request": request,
+            "subjects": sorted(table["subject"]), "folds": _folds(table, strata, request)}
+    body["sha256"] = canonical_hash(body)
+    return Splits(_write_once(path, body, FORMAT), path)
 
+
+def _check_request(protocol, n_splits, n_repeats, inner_splits):
+    if protocol not in PROTOCOLS:
+        raise SplitError(f"protocol must be one of {PROTOCOLS}, received {protocol!r}")
+    for name, value, minimum in (("n_splits", n_splits, 2), ("n_repeats", n_repeats, 1),
+                                 ("inner_splits", inner_splits, 2)):
+        if int(value) < minimum:
+            raise SplitError(f"{name} must be >= {minimum}, received {value}")
+    if protocol == "site" and int(n_repeats) != 1:
+        raise SplitError(f"leave-one-site-out is deterministic: n_repeats must be 1, received "
+                         f"{n_repeats}")
+
+
+def _task_type(cohort, label, task):
+    """``task``, or the task type inferred from the label's values."""
+    task = task or infer_task(cohort.subjects[label])
+    if task not in TASK_TYPES:
+        raise SplitError(f"task must be one of {TASK_TYPES}, received {task!r}")
+    return task
+
+
+def _probed_only(table, pretrain, cohort):
+    """``(rows, pretrain_hash)``: the rows of the subjects ``pretrain`` (a
+    :class:`PretrainSplit`, a path or None) leaves for probing, and its hash."""
+    if pretrain is None:
+        return table, None
+    if not isinstance(pretrain, PretrainSplit):
+        pretrain = load_pretrain_split(pretrain)
+    if pretrain.manifest_hash != cohort.manifest_hash:
+        raise SplitError(f"{pretrain.path}: this pretraining split was made for another "
+                         f"store ({pretrain.payload.get('dataset')!r}, manifest "
+                         f"{pretrain.manifest_hash[:12]}...; expected {cohort.path}, manifest "
+                         f"{cohort.manifest_hash[:12]}...). Fix: make the pretraining split of "
+                         f"this store with `bsym splits --data {cohort.path} "
+                         "--pretrain-fraction F --splits FILE` and pass it as "
+                         "--pretrain-split")
+    probed = table[table["subject"].isin(set(pretrain.probe))].reset_index(drop=True)
+    return probed, pretrain.sha256
+
+
+def _check_one_site_each(table, cohort):
+    """Leave-one-site-out needs two sites or more, and each subject (group) at one site."""
+    spread = table.loc[table["n_sites"] > 1, "subject"].tolist()
+    if spread:
+        raise SplitError(f"subject {spread[0]} has scans at several sites; leave-one-site-out "
+                         "expected every subject at one site")
+    n_sites = table["site"].nunique()
+    if n_sites < 2:
+        raise SplitError(f"leave-one-site-out needs at least 2 sites; the store {cohort.path} "
+                         f"has {n_sites} ({', '.join(sorted(table['site'].unique()))}); "
+                         "use protocol='kfold'")
+    per_group = table.groupby("group")["site"].nunique()
+    if (per_group > 1).any():
+        raise SplitError(f"{per_group.idxmax()} spans several sites; leave-one-site-out "
+                         "with group_by='family' expects each family at one site")
+
+
+def _folds(table, strata, request):
+    """The outer folds of ``request`` over ``table``, each with the inner folds of its
+    training side, as written in the split file."""
     folds = []
-    outer = []
-    if protocol == "kfold":
-        for r in range(int(n_repeats)):
-            parts = _kfold(table, strata, int(n_splits), _seed(seed, r), what="in the cohort",
-                           label=label, classes=task == "classification")
-            outer.extend((r, k, tr, te, None) for k, (tr, te) in enumerate(parts))
-    else:
-        outer = [(0, k, tr, te, site) for k, (tr, te, site) in
-                 enumerate(_leave_one_site_out(table))]
-    for r, k, train_rows, test_rows, site in outer:
+    for r, k, train_rows, test_rows, site in _outer_folds(table, strata, request):
         train_table = table.iloc[train_rows].reset_index(drop=True)
-        what = f"in the training side of fold r{r}f{k}"
-        if protocol == "site" and train_table["site"].nunique() >= 2:
-            inner_parts = [(tr, te) for tr, te, _ in _leave_one_site_out(train_table)]
-        else:
-            inner_strata = _strata(train_table, label, task, n_bins, inner_splits)
-            inner_parts = _kfold(train_table, inner_strata, int(inner_splits),
-                                 _seed(seed, r, k, 1), what=what, label=label,
-                                 classes=task == "classification")
+        inner_parts = _inner_folds(train_table, request, r, k)
         folds.append({
             "repeat": r, "fold": k, "test_site": site,
             "train": _subjects(table, train_rows), "test": _subjects(table, test_rows),
             "inner": [[_subjects(train_table, a), _subjects(train_table, b)]
                       for a, b in inner_parts],
         })
-    body = {"format": FORMAT, "format_version": FORMAT_VERSION, "dataset": cohort.path.name,
-            "manifest_hash": cohort.manifest_hash, "request": request,
-            "subjects": sorted(table["subject"]), "folds": folds}
-    body["sha256"] = canonical_hash(body)
-    return Splits(_write_once(path, body, FORMAT), path)
+    return folds
+
+
+def _outer_folds(table, strata, request):
+    """``[(repeat, fold, train_rows, test_rows, test_site), ...]``."""
+    if request["protocol"] == "site":
+        return [(0, k, tr, te, site) for k, (tr, te, site) in
+                enumerate(_leave_one_site_out(table))]
+    outer = []
+    for r in range(request["n_repeats"]):
+        parts = _kfold(table, strata, request["n_splits"], _seed(request["seed"], r),
+                       what="in the cohort", label=request["label"],
+                       classes=request["task"] == "classification")
+        outer.extend((r, k, tr, te, None) for k, (tr, te) in enumerate(parts))
+    return outer
+
+
+def _inner_folds(train_table, request, r, k):
+    """``[(train_rows, validation_rows), ...]`` within the training side of fold ``rRfK``:
+    leave-one-site-out across its sites (site protocol), else K-fold."""
+    if request["protocol"] == "site" and train_table["site"].nunique() >= 2:
+        return [(tr, te) for tr, te, _ in _leave_one_site_out(train_table)]
+    label, task, n_inner = request["label"], request["task"], request["inner_splits"]
+    strata = _strata(train_table, label, task, request["n_bins"], n_inner)
+    return _kfold(train_table, strata, n_inner, _seed(request["seed"], r, k, 1),
+                  what=f"in the training side of fold r{r}f{k}", label=label,
+                  classes=task == "classification")
 
 
 def load_splits(path) -> Splits:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,9 +116,8 @@ def write_summary(result, path) -> Path:
     -------
     Path
     """
-    from bsym.io import atomic_write_text
+    from bsym.io import atomic_write_json
 
     payload = result.to_dict() if isinstance(result, SweepResult) else dict(result)
-    payload = {"format": FORMAT, **payload}
-    text = json.dumps(payload, indent=2, default=str) + "\n"
-    return atomic_write_text(path, text, what="the sweep result")
+    return atomic_write_json(path, {"format": FORMAT, **payload}, what="the sweep result",
+                             indent=2, sort_keys=False)

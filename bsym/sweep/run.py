@@ -220,6 +220,43 @@ def run_sweep(objective, space, *, storage, study_name, n_trials, seed, directio
         Bad arguments, a study created with another space, seed or direction, a
         non-numeric objective value, or ``max_failures`` failed trials.
     """
+    space, n_trials, seed, catch, max_failures = _checked_arguments(
+        objective, space, n_trials, seed, catch, max_failures, heartbeat_interval)
+    tracker = NullTracker() if tracker is None else tracker
+    tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    sampler = make_sampler(seed, n_startup_trials=_check_int("n_startup_trials", n_startup_trials, 0))
+    pruner = make_pruner(prune=prune, n_startup_trials=pruner_startup_trials,
+                         n_warmup_steps=pruner_warmup_steps)
+    where = storage if isinstance(storage, (str, Path)) else None
+    storage, lock_path = resolve_storage(storage)
+    lock = functools.partial(sweep_lock, lock_path)
+    with lock():
+        study = open_study(storage, study_name, direction=direction, sampler=sampler, pruner=pruner)
+        _check_study(study, where, space=space, seed=seed, study_attrs=study_attrs)
+        study.set_user_attr("bsym.n_trials", n_trials)
+
+    from tqdm.auto import tqdm
+
+    worker = _Worker(study, lock, space, tracker, tags, catch, heartbeat_interval)
+    with contextlib.ExitStack() as stack:
+        with lock():
+            open_study_run(
+                stack, tracker, study,
+                tags={**tags, "bsym.kind": "study", "bsym.study": study_name, "bsym.direction": direction},
+                params={"seed": seed, "direction": direction, "n_startup_trials": n_startup_trials,
+                        "prune": prune, "pruner_startup_trials": pruner_startup_trials,
+                        "pruner_warmup_steps": pruner_warmup_steps, "space": space.to_dict()})
+        bar = stack.enter_context(tqdm(total=n_trials, desc=f"sweep {study_name}", unit="trial",
+                                       disable=not progress))
+        worker.run_to_budget(objective, n_trials, max_failures, bar)
+        result = summarize_study(study, n_trials=n_trials)
+        log_best(tracker, result)
+    return result
+
+
+def _checked_arguments(objective, space, n_trials, seed, catch, max_failures,
+                       heartbeat_interval):
+    """``(space, n_trials, seed, catch, max_failures)`` checked and normalised."""
     if not callable(objective):
         raise SweepError(f"objective must be callable as objective(params, report), got {objective!r}")
     space = parse_space(space)
@@ -231,67 +268,68 @@ def run_sweep(objective, space, *, storage, study_name, n_trials, seed, directio
             or not heartbeat_interval > 0:
         raise SweepError("heartbeat_interval must be a positive number of seconds, got "
                          f"{heartbeat_interval!r}")
-    tracker = NullTracker() if tracker is None else tracker
-    tags = {str(k): str(v) for k, v in (tags or {}).items()}
-    sampler = make_sampler(seed, n_startup_trials=_check_int("n_startup_trials", n_startup_trials, 0))
-    pruner = make_pruner(prune=prune, n_startup_trials=pruner_startup_trials,
-                         n_warmup_steps=pruner_warmup_steps)
-    where = storage if isinstance(storage, (str, Path)) else None
-    storage, lock_path = resolve_storage(storage)
-    lock = functools.partial(sweep_lock, lock_path)
+    return space, n_trials, seed, catch, max_failures
 
-    with lock():
-        study = open_study(storage, study_name, direction=direction, sampler=sampler, pruner=pruner)
-        check_study_attr(study, "bsym.space", space.to_dict(), "search space", where)
-        check_study_attr(study, "bsym.seed", seed, "seed", where)
-        for name, value in (study_attrs or {}).items():
-            check_study_attr(study, f"bsym.{name}", value, name, where)
-        study.set_user_attr("bsym.n_trials", n_trials)
 
-    from tqdm.auto import tqdm
+def _check_study(study, where, *, space, seed, study_attrs):
+    """Refuse to resume a study made for another space, seed or ``study_attrs``."""
+    check_study_attr(study, "bsym.space", space.to_dict(), "search space", where)
+    check_study_attr(study, "bsym.seed", seed, "seed", where)
+    for name, value in (study_attrs or {}).items():
+        check_study_attr(study, f"bsym.{name}", value, name, where)
 
-    failures = 0
-    with contextlib.ExitStack() as stack:
-        with lock():
-            open_study_run(
-                stack, tracker, study,
-                tags={**tags, "bsym.kind": "study", "bsym.study": study_name, "bsym.direction": direction},
-                params={"seed": seed, "direction": direction, "n_startup_trials": n_startup_trials,
-                        "prune": prune, "pruner_startup_trials": pruner_startup_trials,
-                        "pruner_warmup_steps": pruner_warmup_steps, "space": space.to_dict()})
-        bar = stack.enter_context(tqdm(total=n_trials, desc=f"sweep {study_name}", unit="trial",
-                                       disable=not progress))
-        while True:
-            with lock():
-                fail_stale_trials(study, on_fail=lambda t: fail_trial_run(tracker, t))
-                finished, running = _counts(study)
-                bar.update(min(finished, n_trials) - bar.n)
-                bar.set_postfix(best=_best_text(study), refresh=True)
-                if finished + running >= n_trials:
-                    break
-                trial = study.ask()
-                try:
-                    claim(trial, heartbeat_interval)
-                    params = space.suggest(trial)
-                except BaseException:
-                    study.tell(trial, state=TrialState.FAIL)
-                    raise
+
+class _Worker:
+    """This process's share of a sweep: it starts trials while the study's budget allows
+    (deciding under the sweep lock) and runs them, never leaving one RUNNING."""
+
+    def __init__(self, study, lock, space, tracker, tags, catch, heartbeat_interval):
+        self.study, self.lock, self.space = study, lock, space
+        self.tracker, self.tags, self.catch = tracker, tags, catch
+        self.heartbeat_interval = heartbeat_interval
+
+    def run_to_budget(self, objective, n_trials, max_failures, bar):
+        """Run trials until the study has ``n_trials`` finished or live running ones."""
+        failures = 0
+        while (asked := self.next_trial(n_trials, bar)) is not None:
+            trial, params = asked
+            if self.run(objective, trial, params) != TrialState.FAIL:
+                continue
+            failures += 1
+            if failures >= max_failures:
+                raise SweepError(f"study {self.study.study_name!r}: {failures} trials failed in "
+                                 f"this sweep (last: trial {trial.number}); see the warnings "
+                                 "above, fix the objective and run the sweep again to resume")
+
+    def next_trial(self, n_trials, bar):
+        """``(trial, params)`` of a new trial claimed by this process, or None when the
+        budget is reached; stale trials of dead workers are failed first."""
+        with self.lock():
+            study = self.study
+            fail_stale_trials(study, on_fail=lambda t: fail_trial_run(self.tracker, t))
+            finished, running = _counts(study)
+            bar.update(min(finished, n_trials) - bar.n)
+            bar.set_postfix(best=_best_text(study), refresh=True)
+            if finished + running >= n_trials:
+                return None
+            trial = study.ask()
             try:
-                state = _run_trial(objective, study, trial, params, tracker=tracker, tags=tags,
-                                   catch=catch, heartbeat_interval=float(heartbeat_interval))
-            except BaseException:  # e.g. tracking failed before the objective ran: never leave it RUNNING
-                with contextlib.suppress(Exception):
-                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                claim(trial, self.heartbeat_interval)
+                return trial, self.space.suggest(trial)
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
                 raise
-            if state == TrialState.FAIL:
-                failures += 1
-                if failures >= max_failures:
-                    raise SweepError(f"study {study_name!r}: {failures} trials failed in this sweep (last: "
-                                     f"trial {trial.number}); see the warnings above, fix the objective "
-                                     "and run the sweep again to resume")
-        result = summarize_study(study, n_trials=n_trials)
-        log_best(tracker, result)
-    return result
+
+    def run(self, objective, trial, params):
+        """Run one trial; its final state."""
+        try:
+            return _run_trial(objective, self.study, trial, params, tracker=self.tracker,
+                              tags=self.tags, catch=self.catch,
+                              heartbeat_interval=float(self.heartbeat_interval))
+        except BaseException:  # e.g. tracking failed before the objective ran: never leave it RUNNING
+            with contextlib.suppress(Exception):
+                self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
 
 
 def load_study(storage, study_name):
