@@ -290,7 +290,7 @@ def test_cli_module_imports_nothing_heavy():
 def test_finetune_notes_name_every_metric_and_the_cause():
     import pandas as pd
 
-    from bsym.report.build import _finetune_notes
+    from bsym.report.sections import finetune_notes
 
     base = {"dataset": "sim", "model": "m", "view": "default", "label": "m"}
     verdict = pd.DataFrame([
@@ -305,7 +305,7 @@ def test_finetune_notes_name_every_metric_and_the_cause():
     ])
     results = pd.DataFrame({"protocol": ["finetune"] * 2, "model": ["m", "m"],
                             "task": ["diagnosis", "diagnosis"], "single_class": [True, False]})
-    notes = _finetune_notes(verdict, results)
+    notes = finetune_notes(verdict, results)
     assert len(notes) == 2, notes
     assert "single class on 1 fold" in notes[0]
     assert "pearson_r 0.460" in notes[1] and "(0.600)" in notes[1]
@@ -432,3 +432,17 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
     assert page["headings"][0]["text"] == "bsym benchmark report"
     assert all(h["top"] > first["top"] for h in page["headings"][1:])
     assert _png_size(page["screenshot"]) == (1280, 800)
+
+
+def test_report_templates_ship_as_package_data():
+    """Every template the report is assembled from is package data of the wheel."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools["package-data"]["bsym.report"]
+    folder = root / "bsym" / "report"
+    templates = [p.relative_to(folder).as_posix() for p in (folder / "templates").iterdir()]
+    assert {"templates/report.html", "templates/report.css", "templates/report.md"} <= set(templates)
+    assert all(any(fnmatch.fnmatch(t, p) for p in patterns) for t in templates), patterns

@@ -3,6 +3,21 @@
 Everything is computed from the long result table (:mod:`bsym.evaluate.results`).
 Importing this package is cheap; pandas and matplotlib load on first use.
 
+Modules
+-------
+board
+    The leaderboard: mean, sd, n and CI per protocol x dataset x task x metric x model.
+build
+    The self-contained HTML report and its Markdown summary.
+sections
+    The report's sections, one function each.
+markup
+    The HTML (from the templates in ``templates/``) and Markdown pieces.
+figures
+    The report's figures.
+tracking
+    The MLflow leaderboard run of a dataset.
+
 Examples
 --------
 >>> from bsym import report
@@ -12,13 +27,21 @@ Examples
 
 from __future__ import annotations
 
+from bsym._lazy import lazy_exports
+
+_EXPORTS = {
+    "build_report": "bsym.report.build",
+    "format_leaderboard": "bsym.report.board",
+    "leaderboard": "bsym.report.board",
+    "primary_metrics": "bsym.report.board",
+    "report_metrics": "bsym.report.board",
+    "published_table": "bsym.report.published",
+    "load_table": "bsym.stats.table",
+    "model_labels": "bsym.stats.table",
+    "run_stats": "bsym.stats.run",
+}
+
 __all__ = ["build_report", "format_leaderboard", "leaderboard", "load_table", "model_labels",
            "primary_metrics", "published_table", "report_metrics", "run_stats"]
 
-
-def __getattr__(name):
-    if name in __all__:
-        from bsym.report import build
-
-        return getattr(build, name)
-    raise AttributeError(f"module 'bsym.report' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

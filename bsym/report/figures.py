@@ -269,104 +269,25 @@ def glance_matrix(cells: pd.DataFrame, path, *, title: str, significance: str,
     -------
     Path
     """
-    import textwrap
-
     plt = _plt()
     from matplotlib.colors import LinearSegmentedColormap
-    from matplotlib.patches import Rectangle
 
     rows = list(dict.fromkeys(cells["row"].astype(str)))
     tasks = list(dict.fromkeys(cells["task"].astype(str)))
-    n_rows, n_cols = len(rows), len(tasks)
     at = {(str(r.row), str(r.task)): r for r in cells.itertuples(index=False)}
-    shade = np.full((n_rows, n_cols), np.nan)
-    for j, task in enumerate(tasks):
-        column = cells[cells["task"].astype(str) == task]
-        values = pd.to_numeric(column["mean"], errors="coerce")
-        low, high = values.min(), values.max()
-        for r in column.itertuples(index=False):
-            if not np.isfinite(r.mean):
-                continue
-            rel = 0.5 if not high > low else (r.mean - low) / (high - low)
-            shade[rows.index(str(r.row)), j] = rel if r.higher else 1 - rel
+    label_in = min(4.0, 0.35 + 0.075 * max(len(r) for r in rows))
+    width = float(np.clip(label_in + 2.4 * len(tasks) + 0.2, 7.5, 10.8))
+    legend = _glance_legend(significance, width)
+    fig, ax, height = _glance_canvas(plt, label_in, width, len(rows), legend)
     cmap = LinearSegmentedColormap.from_list("glance", ["#f7fbff", "#6fa8dc"]).with_extremes(
         bad="#eeeeee")
-
-    label_in = min(4.0, 0.35 + 0.075 * max(len(r) for r in rows))
-    width = float(np.clip(label_in + 2.4 * n_cols + 0.2, 7.5, 10.8))
-    legend = [f"★ best mean of the column; ≈ not significantly different from it "
-              f"({significance}).",
-              "Cell: mean over folds and seeds [95% CI]; colour: its place in the column "
-              "(darker = better). Lines separate protocols.",
-              "Second line, controls: init = the same model at random initialisation, shuf = "
-              "labels shuffled (mean over permutations); green: the CI clears every control, "
-              "red: it does not.",
-              "Pretraining health: ✓ learned, ✗ did not learn (model name in red)."]
-    legend = [line for text in legend for line in textwrap.wrap(text, int(width * 16.5))]
-    row_h, head_h, legend_h = 0.42, 0.75, 0.1 + 0.17 * len(legend)
-    height = head_h + legend_h + row_h * n_rows
-    fig = plt.figure(figsize=(width, height))
-    ax = fig.add_axes([label_in / width, legend_h / height, 1 - (label_in + 0.1) / width,
-                       row_h * n_rows / height])
-    ax.imshow(np.ma.masked_invalid(shade), cmap=cmap, vmin=0, vmax=1, aspect="auto",
-              interpolation="nearest")
-    heads = []
-    for task in tasks:
-        first = cells[cells["task"].astype(str) == task].iloc[0]
-        heads.append(f"{task}\n{first['metric']} ({'higher' if first['higher'] else 'lower'} "
-                     "is better)")
-    ax.set_xticks(range(n_cols), heads, fontsize=9.5)
-    for label in ax.get_xticklabels():
-        label.set_fontweight("bold")
-    ax.xaxis.tick_top()
-    ax.set_yticks(range(n_rows), rows, fontsize=9.5)
-    labels = ax.get_yticklabels()
-    protocols = [str(cells.loc[cells["row"].astype(str) == r, "protocol"].iloc[0]) for r in rows]
-    for i, label in enumerate(labels):
-        learned = [_flag(at[(rows[i], t)].learned) for t in tasks if (rows[i], t) in at]
-        if any(v is False for v in learned):
-            label.set_color(GLANCE_BAD)
-    ax.tick_params(length=0)
-    for i in range(1, n_rows):  # thin grid; a heavier line between protocols
-        heavy = protocols[i] != protocols[i - 1]
-        ax.axhline(i - 0.5, color="#444444" if heavy else "white", lw=1.8 if heavy else 1.0)
-    for j in range(1, n_cols):
-        ax.axvline(j - 0.5, color="white", lw=2)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
+    ax.imshow(np.ma.masked_invalid(_glance_shade(cells, rows, tasks)), cmap=cmap, vmin=0,
+              vmax=1, aspect="auto", interpolation="nearest")
+    _glance_labels(ax, cells, rows, tasks, at)
+    _glance_grid(ax, cells, rows, len(tasks))
     for (row, task), r in at.items():
-        i, j = rows.index(row), tasks.index(task)
-        if not np.isfinite(r.mean):
-            continue
-        best, tied = r.mark == "best", r.mark == "tied"
-        ax.text(j + 0.02, i - 0.17, f"{r.mean:.3f}", ha="right", va="center", fontsize=11,
-                fontweight="bold" if best or tied else "normal")
-        ci = f"[{r.ci_low:.2f}, {r.ci_high:.2f}]" if np.isfinite(r.ci_low) else "[CI n/a]"
-        ax.text(j + 0.06, i - 0.17, ci, ha="left", va="center", fontsize=8.5, color="#333333")
-        if best or tied:
-            ax.text(j - 0.46, i + 0.2, "★" if best else "≈", ha="left", va="center",
-                    fontsize=12, fontweight="bold")
-        controls, fails = [], False
-        for name, value in (("init", r.random_init), ("shuf", r.shuffled)):
-            if value is None or not np.isfinite(value):
-                continue
-            controls.append(f"{name} {value:.2f}")
-            bound = r.ci_low if r.higher else r.ci_high
-            clears = np.isfinite(bound) and (bound > value if r.higher else bound < value)
-            fails = fails or not clears
-        ax.text(j, i + 0.22, " · ".join(controls) if controls else "no controls",
-                ha="center", va="center", fontsize=8.5,
-                color="#777777" if not controls else GLANCE_BAD if fails else GLANCE_GOOD)
-        learned = _flag(r.learned)
-        if learned is not None:
-            ax.text(j - 0.46, i - 0.17, "✓" if learned else "✗", ha="left", va="center",
-                    fontsize=10, fontweight="bold",
-                    color=GLANCE_GOOD if learned else GLANCE_BAD)
-        if best or tied:
-            ax.add_patch(Rectangle((j - 0.485, i - 0.47), 0.97, 0.94, fill=False,
-                                   ec="black", lw=2.2 if best else 1.1,
-                                   ls="-" if best else (0, (3, 2))))
+        if np.isfinite(r.mean):
+            _glance_cell(ax, rows.index(row), tasks.index(task), r)
     fig.text(0.01, 1 - 0.06 / height, title, ha="left", va="top", fontsize=11,
              fontweight="bold")
     fig.text(0.01, 0.05 / height, "\n".join(legend), ha="left", va="bottom", fontsize=8.5,
@@ -377,3 +298,115 @@ def glance_matrix(cells: pd.DataFrame, path, *, title: str, significance: str,
         return save_figure(fig, path, what="the at-a-glance figure", dpi=dpi)
     finally:
         plt.close(fig)
+
+
+def _glance_shade(cells, rows, tasks) -> np.ndarray:
+    """Each cell's place in its column, 0 (worst) to 1 (best); NaN without a score."""
+    shade = np.full((len(rows), len(tasks)), np.nan)
+    for j, task in enumerate(tasks):
+        column = cells[cells["task"].astype(str) == task]
+        values = pd.to_numeric(column["mean"], errors="coerce")
+        low, high = values.min(), values.max()
+        for r in column.itertuples(index=False):
+            if not np.isfinite(r.mean):
+                continue
+            rel = 0.5 if not high > low else (r.mean - low) / (high - low)
+            shade[rows.index(str(r.row)), j] = rel if r.higher else 1 - rel
+    return shade
+
+
+def _glance_legend(significance, width) -> list[str]:
+    """The legend's lines, wrapped to the figure's ``width`` (inches)."""
+    import textwrap
+
+    legend = [f"★ best mean of the column; ≈ not significantly different from it "
+              f"({significance}).",
+              "Cell: mean over folds and seeds [95% CI]; colour: its place in the column "
+              "(darker = better). Lines separate protocols.",
+              "Second line, controls: init = the same model at random initialisation, shuf = "
+              "labels shuffled (mean over permutations); green: the CI clears every control, "
+              "red: it does not.",
+              "Pretraining health: ✓ learned, ✗ did not learn (model name in red)."]
+    return [line for text in legend for line in textwrap.wrap(text, int(width * 16.5))]
+
+
+def _glance_canvas(plt, label_in, width, n_rows, legend):
+    """``(figure, axes, height)``: the matrix between the title and the legend, the model
+    names in a left margin ``label_in`` inches wide."""
+    row_h, head_h, legend_h = 0.42, 0.75, 0.1 + 0.17 * len(legend)
+    height = head_h + legend_h + row_h * n_rows
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes([label_in / width, legend_h / height, 1 - (label_in + 0.1) / width,
+                       row_h * n_rows / height])
+    return fig, ax, height
+
+
+def _glance_labels(ax, cells, rows, tasks, at):
+    """Task heads on top (metric and orientation); model names on the left, in red where
+    the model did not learn."""
+    heads = []
+    for task in tasks:
+        first = cells[cells["task"].astype(str) == task].iloc[0]
+        heads.append(f"{task}\n{first['metric']} ({'higher' if first['higher'] else 'lower'} "
+                     "is better)")
+    ax.set_xticks(range(len(tasks)), heads, fontsize=9.5)
+    for label in ax.get_xticklabels():
+        label.set_fontweight("bold")
+    ax.xaxis.tick_top()
+    ax.set_yticks(range(len(rows)), rows, fontsize=9.5)
+    for row, label in zip(rows, ax.get_yticklabels()):
+        learned = [_flag(at[(row, t)].learned) for t in tasks if (row, t) in at]
+        if any(v is False for v in learned):
+            label.set_color(GLANCE_BAD)
+    ax.tick_params(length=0)
+
+
+def _glance_grid(ax, cells, rows, n_cols):
+    """A thin white grid, a heavier line between protocols, no frame."""
+    protocols = [str(cells.loc[cells["row"].astype(str) == r, "protocol"].iloc[0]) for r in rows]
+    for i in range(1, len(rows)):
+        heavy = protocols[i] != protocols[i - 1]
+        ax.axhline(i - 0.5, color="#444444" if heavy else "white", lw=1.8 if heavy else 1.0)
+    for j in range(1, n_cols):
+        ax.axvline(j - 0.5, color="white", lw=2)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _glance_cell(ax, i, j, r):
+    """One cell: mean and CI, the best / tied sign and frame, controls, health."""
+    from matplotlib.patches import Rectangle
+
+    best, tied = r.mark == "best", r.mark == "tied"
+    ax.text(j + 0.02, i - 0.17, f"{r.mean:.3f}", ha="right", va="center", fontsize=11,
+            fontweight="bold" if best or tied else "normal")
+    ci = f"[{r.ci_low:.2f}, {r.ci_high:.2f}]" if np.isfinite(r.ci_low) else "[CI n/a]"
+    ax.text(j + 0.06, i - 0.17, ci, ha="left", va="center", fontsize=8.5, color="#333333")
+    if best or tied:
+        ax.text(j - 0.46, i + 0.2, "★" if best else "≈", ha="left", va="center",
+                fontsize=12, fontweight="bold")
+    controls, colour = _glance_controls(r)
+    ax.text(j, i + 0.22, controls, ha="center", va="center", fontsize=8.5, color=colour)
+    learned = _flag(r.learned)
+    if learned is not None:
+        ax.text(j - 0.46, i - 0.17, "✓" if learned else "✗", ha="left", va="center",
+                fontsize=10, fontweight="bold", color=GLANCE_GOOD if learned else GLANCE_BAD)
+    if best or tied:
+        ax.add_patch(Rectangle((j - 0.485, i - 0.47), 0.97, 0.94, fill=False,
+                               ec="black", lw=2.2 if best else 1.1,
+                               ls="-" if best else (0, (3, 2))))
+
+
+def _glance_controls(r) -> tuple[str, str]:
+    """A cell's controls line and its colour: green where the CI clears every control."""
+    controls, fails = [], False
+    for name, value in (("init", r.random_init), ("shuf", r.shuffled)):
+        if value is None or not np.isfinite(value):
+            continue
+        controls.append(f"{name} {value:.2f}")
+        bound = r.ci_low if r.higher else r.ci_high
+        clears = np.isfinite(bound) and (bound > value if r.higher else bound < value)
+        fails = fails or not clears
+    if not controls:
+        return "no controls", "#777777"
+    return " · ".join(controls), GLANCE_BAD if fails else GLANCE_GOOD

@@ -93,8 +93,9 @@ def leaderboard_table(results, health=None) -> pd.DataFrame:
     primary metric), ``rank`` (1 = best within protocol x dataset x task x metric), and
     first ``entry`` (``protocol / task / metric / model``) and ``score`` (``mean ± sd
     [95% CI]``); primary metrics first. Empty when the table has no benchmark rows."""
-    from bsym.report.build import NETID_PROTOCOL, leaderboard, primary_metrics
+    from bsym.report.board import leaderboard, primary_metrics
     from bsym.stats import HIGHER_IS_BETTER
+    from bsym.stats.table import NETID_PROTOCOL
 
     bench = results[results["protocol"].astype(str) != NETID_PROTOCOL]
     columns = ["entry", "score", "protocol", "task", "metric", "rank", "model", "mean", "sd",
@@ -182,13 +183,13 @@ def log_leaderboard(tracker, results, report_dir, *, dataset=None, health=None,
         replaced), ``artifacts`` (paths in the run), ``tracking_uri``.
     """
     from bsym.io import atomic_write_json, file_sha256
-    from bsym.report.build import check_results, health_beside, load_health, load_table
     from bsym.stats.controls import netid_summary
+    from bsym.stats.table import health_beside, load_health, read_results
 
-    source = Path(results)
+    source, report_dir = Path(results), Path(report_dir)
     if out is not None:
         _guard_record(out)
-    table = check_results(load_table(source), source)
+    table = read_results(source)
     dataset = _dataset_of(table, dataset, source)
     files = report_files(report_dir)
     health_path = Path(health) if health is not None else health_beside(source)
@@ -201,8 +202,6 @@ def log_leaderboard(tracker, results, report_dir, *, dataset=None, health=None,
     previous = [run.info.run_id for run in
                 tracker.search_runs(f"tags.{KIND_TAG} = '{KIND}'")
                 if run.data.tags.get("dataset") == dataset]
-    report_dir = Path(report_dir)
-    artifacts = []
     tags = {KIND_TAG: KIND, "dataset": dataset, "bsym.version": __version__,
             "bsym.results_sha256": file_sha256(source),
             "mlflow.note.content": describe(dataset, board)}
@@ -210,27 +209,9 @@ def log_leaderboard(tracker, results, report_dir, *, dataset=None, health=None,
         tracker.log_params({"dataset": dataset, "results": str(source),
                             "report": str(report_dir), "rows": len(mine),
                             "leaderboard_rows": len(board)})
-        numbers = ["mean", "sd", "ci_low", "ci_high"]  # 4 decimals; the report has them all
-        tracker.log_table(board.assign(**board[numbers].round(4)), "leaderboard.json")
-        artifacts.append("leaderboard.json")
-        if netid is not None and len(netid):
-            tracker.log_table(netid, "network_identification.json")
-            artifacts.append("network_identification.json")
-        for path in files:
-            rel = path.relative_to(report_dir).as_posix()
-            parent = os.path.dirname(rel)
-            tracker.log_artifact(path, f"report/{parent}" if parent else "report")
-            artifacts.append(f"report/{rel}")
-        tracker.log_artifact(source, "results")
-        artifacts.append(f"results/{source.name}")
-        with tempfile.TemporaryDirectory(prefix="bsym-leaderboard-") as tmp:
-            preview = Path(tmp) / f"{source.stem}.csv"
-            mine.to_csv(preview, index=False)
-            tracker.log_artifact(preview, "results")
-        artifacts.append(f"results/{source.stem}.csv")
-        if health_path is not None:
-            tracker.log_artifact(health_path, "results")
-            artifacts.append(f"results/{health_path.name}")
+        artifacts = [*_log_tables(tracker, board, netid),
+                     *_log_report(tracker, files, report_dir),
+                     *_log_results(tracker, source, mine, health_path)]
     for old in previous:
         tracker.delete_run(old)
     record = {"format": RECORD_FORMAT, "run_id": run_id, "run_name": run_name(dataset),
@@ -240,6 +221,42 @@ def log_leaderboard(tracker, results, report_dir, *, dataset=None, health=None,
     if out is not None:
         atomic_write_json(out, record, what="the leaderboard-run record")
     return record
+
+
+def _log_tables(tracker, board, netid) -> list[str]:
+    """The leaderboard (and network-identification summary) as MLflow tables."""
+    numbers = ["mean", "sd", "ci_low", "ci_high"]  # 4 decimals; the report has them all
+    tracker.log_table(board.assign(**board[numbers].round(4)), "leaderboard.json")
+    if netid is None or not len(netid):
+        return ["leaderboard.json"]
+    tracker.log_table(netid, "network_identification.json")
+    return ["leaderboard.json", "network_identification.json"]
+
+
+def _log_report(tracker, files, report_dir) -> list[str]:
+    """The report folder's files under ``report/``."""
+    artifacts = []
+    for path in files:
+        rel = path.relative_to(report_dir).as_posix()
+        parent = os.path.dirname(rel)
+        tracker.log_artifact(path, f"report/{parent}" if parent else "report")
+        artifacts.append(f"report/{rel}")
+    return artifacts
+
+
+def _log_results(tracker, source, rows, health_path) -> list[str]:
+    """The result table (and a CSV of the dataset's rows for the UI's preview) and the
+    health table under ``results/``."""
+    tracker.log_artifact(source, "results")
+    with tempfile.TemporaryDirectory(prefix="bsym-leaderboard-") as tmp:
+        preview = Path(tmp) / f"{source.stem}.csv"
+        rows.to_csv(preview, index=False)
+        tracker.log_artifact(preview, "results")
+    artifacts = [f"results/{source.name}", f"results/{source.stem}.csv"]
+    if health_path is not None:
+        tracker.log_artifact(health_path, "results")
+        artifacts.append(f"results/{health_path.name}")
+    return artifacts
 
 
 def read_record(path) -> dict | None:

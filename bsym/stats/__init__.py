@@ -13,32 +13,37 @@ Examples
 >>> table = stats.pairwise_tests(results, "auroc")               # doctest: +SKIP
 >>> ranks = stats.rank_tests(results, "auroc")                   # doctest: +SKIP
 >>> stats.plot_critical_difference(ranks, "cd_auroc.pdf")        # doctest: +SKIP
+
+Names are resolved lazily (PEP 562), so importing ``bsym.stats`` or its command line
+(``bsym.stats.cli``) imports neither pandas nor scipy.
 """
 
-from bsym.stats.bayes import BayesianTTest, bayesian_correlated_ttest
-from bsym.stats.compare import (
-    HIGHER_IS_BETTER,
-    REQUIRED_COLUMNS,
-    RankTests,
-    holm,
-    pairwise_tests,
-    plot_critical_difference,
-    rank_tests,
-    summary,
-)
-from bsym.stats.errors import StatsError
-from bsym.stats.rank import (
-    FEW_BLOCKS,
-    FriedmanResult,
-    cd_diagram,
-    cd_groups,
-    friedman_test,
-    min_blocks_for_significance,
-    nemenyi_critical_difference,
-    nemenyi_pvalues,
-    rank_scores,
-)
-from bsym.stats.resampled import CorrectedTTest, corrected_resampled_ttest
+from bsym._lazy import lazy_exports
+
+_EXPORTS = {
+    "BayesianTTest": "bsym.stats.bayes",
+    "bayesian_correlated_ttest": "bsym.stats.bayes",
+    "HIGHER_IS_BETTER": "bsym.stats.compare",
+    "REQUIRED_COLUMNS": "bsym.stats.compare",
+    "RankTests": "bsym.stats.compare",
+    "holm": "bsym.stats.compare",
+    "pairwise_tests": "bsym.stats.compare",
+    "plot_critical_difference": "bsym.stats.compare",
+    "rank_tests": "bsym.stats.compare",
+    "summary": "bsym.stats.compare",
+    "StatsError": "bsym.stats.errors",
+    "FEW_BLOCKS": "bsym.stats.rank",
+    "FriedmanResult": "bsym.stats.rank",
+    "cd_diagram": "bsym.stats.rank",
+    "cd_groups": "bsym.stats.rank",
+    "friedman_test": "bsym.stats.rank",
+    "min_blocks_for_significance": "bsym.stats.rank",
+    "nemenyi_critical_difference": "bsym.stats.rank",
+    "nemenyi_pvalues": "bsym.stats.rank",
+    "rank_scores": "bsym.stats.rank",
+    "CorrectedTTest": "bsym.stats.resampled",
+    "corrected_resampled_ttest": "bsym.stats.resampled",
+}
 
 __all__ = [
     "FEW_BLOCKS",
@@ -64,3 +69,5 @@ __all__ = [
     "rank_tests",
     "summary",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,11 +1,15 @@
 """Table-level statistics: every comparison computed from the long result table.
 
-The result table (DESIGN.md, "Result table") has one row per model x dataset x
-task x protocol x split seed x fold, with ``n_train``, ``n_test`` and either one
-column per metric (wide) or a ``metric`` column beside a ``value`` (or
-``score``) column (long). Scores are paired by (seed, fold): every model of a
-comparison must have a score on every split the others have, on splits of the
-same size, or the comparison is refused with the row that is missing.
+The tests read the long result table (:mod:`bsym.evaluate.results`): one row per
+model x dataset x task x protocol x split seed x fold, with ``n_train``, ``n_test``
+and either one column per metric (wide) or a ``metric`` column beside a ``value``
+(or ``score``) column (long). Give them real scores only
+(:func:`bsym.stats.controls.real_rows`), with a model's view in its label
+(``model:view``): the rest of the result table's key (view, control, checkpoint,
+replicate) does not tell rows apart here, and two rows of one model on one split are
+refused. Scores are paired by (seed, fold): every model of a comparison must have a
+score on every split the others have, on splits of the same size, or the comparison
+is refused with the row that is missing.
 
 Protocols (``linear_probe``, ``finetune``, ``supervised``) are never mixed
 silently: pairwise tests compare models within one protocol, rank tests refuse
@@ -24,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bsym.evaluate.results import KEY_COLUMNS
 from bsym.stats.bayes import bayesian_correlated_ttest
 from bsym.stats.errors import StatsError
 from bsym.stats.rank import (
@@ -41,9 +46,14 @@ from bsym.stats.resampled import clip_interval, corrected_resampled_ttest, corre
 __all__ = ["HIGHER_IS_BETTER", "REQUIRED_COLUMNS", "RankTests", "holm", "pairwise_tests",
            "plot_critical_difference", "rank_tests", "summary"]
 
+#: Key columns of the result table that the tests do not tell apart: the view is part of
+#: the model's label (``model:view``) and only real scores (no control, the final checkpoint,
+#: no permutation replicate) are compared.
+_FOLDED_KEY = ("view", "control", "checkpoint", "replicate")
+#: One score per model x dataset x task x protocol x seed x fold.
+_KEY = tuple(column for column in KEY_COLUMNS if column not in _FOLDED_KEY)
 #: Columns every result table must have (plus the metric, wide or long).
-REQUIRED_COLUMNS = ("model", "dataset", "task", "protocol", "seed", "fold", "n_train", "n_test")
-_KEY = ("model", "dataset", "task", "protocol", "seed", "fold")
+REQUIRED_COLUMNS = (*_KEY, "n_train", "n_test")
 
 #: Orientation of the metrics bsym writes; others need ``higher_is_better`` given.
 HIGHER_IS_BETTER = {
@@ -73,26 +83,7 @@ def _where(row) -> str:
 
 def _scores(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Key columns, n_train, n_test and ``score`` for one metric; rows of tasks without it dropped."""
-    if not isinstance(results, pd.DataFrame):
-        raise StatsError("expected the result table as a pandas DataFrame; received "
-                         f"{type(results).__name__}")
-    missing = [c for c in REQUIRED_COLUMNS if c not in results.columns]
-    if missing:
-        raise StatsError(f"the result table lacks columns {missing}; expected {list(REQUIRED_COLUMNS)} "
-                         f"and one column per metric; received {list(results.columns)}")
-    if metric in results.columns:
-        frame = results.loc[:, list(REQUIRED_COLUMNS)].assign(score=results[metric])
-    elif "metric" in results.columns and ({"value", "score"} & set(results.columns)):
-        value = "value" if "value" in results.columns else "score"
-        rows = results[results["metric"] == metric]
-        if rows.empty:
-            raise StatsError(f"metric {metric!r} not in the result table; received metrics "
-                             f"{sorted(map(str, results['metric'].unique()))}")
-        frame = rows.loc[:, list(REQUIRED_COLUMNS)].assign(score=rows[value])
-    else:
-        known = [c for c in results.columns if c not in REQUIRED_COLUMNS and c != "metric"]
-        raise StatsError(f"metric {metric!r} is not a column of the result table; received columns {known}")
-    frame = frame.reset_index(drop=True)
+    frame = _metric_rows(results, metric).reset_index(drop=True)
     try:
         frame["score"] = pd.to_numeric(frame["score"])
     except (TypeError, ValueError) as err:
@@ -102,6 +93,35 @@ def _scores(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     frame = frame[reported]
     if frame.empty:
         raise StatsError(f"no row of the result table has a value for metric {metric!r}")
+    _check_scores(frame, metric)
+    return frame
+
+
+def _metric_rows(results, metric) -> pd.DataFrame:
+    """The required columns and ``score``, from a wide table (a column per metric) or a long
+    one (``metric`` beside ``value`` or ``score``)."""
+    if not isinstance(results, pd.DataFrame):
+        raise StatsError("expected the result table as a pandas DataFrame; received "
+                         f"{type(results).__name__}")
+    missing = [c for c in REQUIRED_COLUMNS if c not in results.columns]
+    if missing:
+        raise StatsError(f"the result table lacks columns {missing}; expected {list(REQUIRED_COLUMNS)} "
+                         f"and one column per metric; received {list(results.columns)}")
+    if metric in results.columns:
+        return results.loc[:, list(REQUIRED_COLUMNS)].assign(score=results[metric])
+    if "metric" in results.columns and ({"value", "score"} & set(results.columns)):
+        value = "value" if "value" in results.columns else "score"
+        rows = results[results["metric"] == metric]
+        if rows.empty:
+            raise StatsError(f"metric {metric!r} not in the result table; received metrics "
+                             f"{sorted(map(str, results['metric'].unique()))}")
+        return rows.loc[:, list(REQUIRED_COLUMNS)].assign(score=rows[value])
+    known = [c for c in results.columns if c not in REQUIRED_COLUMNS and c != "metric"]
+    raise StatsError(f"metric {metric!r} is not a column of the result table; received columns {known}")
+
+
+def _check_scores(frame, metric):
+    """Refuse a missing or infinite score, two rows of one split, a non-positive split size."""
     bad = frame[~np.isfinite(frame["score"].to_numpy(dtype=float))]
     if not bad.empty:
         raise StatsError(f"{metric} is missing or not finite for {_where(bad.iloc[0])} "
@@ -116,7 +136,6 @@ def _scores(results: pd.DataFrame, metric: str) -> pd.DataFrame:
         row = frame[~(np.isfinite(sizes) & (sizes > 0)).all(axis=1)].iloc[0]
         raise StatsError(f"n_train and n_test must be positive; received n_train={row['n_train']}, "
                          f"n_test={row['n_test']} for {_where(row)}")
-    return frame
 
 
 def _entities(frame: pd.DataFrame, mix_protocols: bool) -> pd.DataFrame:
@@ -304,39 +323,50 @@ def pairwise_tests(results: pd.DataFrame, metric: str, higher_is_better: bool | 
     frame = _entities(_scores(results, metric), mix_protocols)
     rows = []
     for (dataset, task, protocol), group in frame.groupby(["dataset", "task", "group_protocol"], sort=True):
-        scores, sizes = _paired_matrix(group, _describe(dataset, task, protocol))
+        where = _describe(dataset, task, protocol)
+        scores, sizes = _paired_matrix(group, where)
         seeds = scores.index.get_level_values("seed").nunique()
         for model_a, model_b in itertools.combinations(sorted(scores.columns), 2):
-            a, b = scores[model_a].to_numpy(), scores[model_b].to_numpy()
-            where = f"{model_a!r} vs {model_b!r} on {_describe(dataset, task, protocol)}"
-            try:
-                tt = corrected_resampled_ttest(a, b, n_train=sizes["n_train"], n_test=sizes["n_test"],
-                                               confidence=confidence)
-                bayes = bayesian_correlated_ttest(a, b, n_train=sizes["n_train"], n_test=sizes["n_test"],
-                                                  rope=rope, higher_is_better=higher)
-            except StatsError as err:
-                raise StatsError(f"{where}: {err}") from None
-            w_stat, w_p = _wilcoxon(a - b, zero_method)
-            oriented = tt.mean if higher else -tt.mean
+            tests = _pair_tests(scores[model_a].to_numpy(), scores[model_b].to_numpy(), sizes,
+                                seeds, higher=higher, rope=rope, confidence=confidence,
+                                zero_method=zero_method, where=f"{model_a!r} vs {model_b!r} on {where}")
+            oriented = tests["mean_diff"] if higher else -tests["mean_diff"]
             rows.append(dict(
                 dataset=dataset, task=task, protocol=protocol, metric=metric, higher_is_better=higher,
-                model_a=model_a, model_b=model_b, n=tt.n, n_seeds=seeds, test_train_ratio=tt.ratio,
-                mean_a=float(a.mean()), mean_b=float(b.mean()), mean_diff=tt.mean, se=tt.se,
-                ci_low=tt.ci_low, ci_high=tt.ci_high, d_av=_d_av(a, b), t=tt.t, df=tt.df, p=tt.pvalue,
-                p_holm=math.nan, wilcoxon_stat=w_stat, wilcoxon_p=w_p, wilcoxon_p_holm=math.nan,
-                rope=float(rope), p_a_better=bayes.p_a_better, p_rope=bayes.p_rope,
-                p_b_better=bayes.p_b_better,
+                model_a=model_a, model_b=model_b, **tests,
                 better=model_a if oriented > 0 else model_b if oriented < 0 else None))
     table = pd.DataFrame(rows)
     if table.empty:
         raise StatsError(f"no pair of models to compare on {metric!r}: every dataset x task x protocol "
                          "has a single model (pass mix_protocols=True to compare across protocols)")
-    keys = ["dataset", "task", "protocol"] if holm_family == "comparison" else None
+    _holm_adjust(table, ["dataset", "task", "protocol"] if holm_family == "comparison" else None)
+    return table
+
+
+def _pair_tests(a, b, sizes, seeds, *, higher, rope, confidence, zero_method, where) -> dict:
+    """The tests of one pair's paired scores ``a`` and ``b`` (over ``seeds`` split seeds),
+    as columns of :func:`pairwise_tests`."""
+    try:
+        tt = corrected_resampled_ttest(a, b, n_train=sizes["n_train"], n_test=sizes["n_test"],
+                                       confidence=confidence)
+        bayes = bayesian_correlated_ttest(a, b, n_train=sizes["n_train"], n_test=sizes["n_test"],
+                                          rope=rope, higher_is_better=higher)
+    except StatsError as err:
+        raise StatsError(f"{where}: {err}") from None
+    w_stat, w_p = _wilcoxon(a - b, zero_method)
+    return dict(n=tt.n, n_seeds=seeds, test_train_ratio=tt.ratio, mean_a=float(a.mean()),
+                mean_b=float(b.mean()), mean_diff=tt.mean, se=tt.se, ci_low=tt.ci_low, ci_high=tt.ci_high,
+                d_av=_d_av(a, b), t=tt.t, df=tt.df, p=tt.pvalue, p_holm=math.nan,
+                wilcoxon_stat=w_stat, wilcoxon_p=w_p, wilcoxon_p_holm=math.nan, rope=float(rope),
+                p_a_better=bayes.p_a_better, p_rope=bayes.p_rope, p_b_better=bayes.p_b_better)
+
+
+def _holm_adjust(table, keys):
+    """Fill ``p_holm`` and ``wilcoxon_p_holm`` by Holm over each ``keys`` group (None: all rows)."""
     for raw, adjusted in (("p", "p_holm"), ("wilcoxon_p", "wilcoxon_p_holm")):
         groups = table.groupby(keys, sort=False) if keys else [(None, table)]
         for _, g in groups:
             table.loc[g.index, adjusted] = holm(g[raw].to_numpy())
-    return table
 
 
 # --------------------------------------------------------------------------- ranks
@@ -468,6 +498,29 @@ def rank_tests(results: pd.DataFrame, metric, higher_is_better=None, *, alpha: f
     RankTests
     """
     metrics = dict(metric) if isinstance(metric, Mapping) else None
+    frame = _oriented_scores(results, metric, metrics, higher_is_better)
+    protocols = sorted(frame["protocol"].astype(str).unique())
+    if len(protocols) > 1 and not mix_protocols:
+        raise StatsError(f"the result table mixes protocols {protocols}; rank one protocol at a time "
+                         "(e.g. results[results.protocol == 'finetune']) or pass mix_protocols=True to rank "
+                         "'model [protocol]' entries")
+    frame = _entities(frame, mix_protocols)
+    entities = sorted(frame["entity"].unique())
+    scores, oriented = _block_means(frame, entities)
+    fried = friedman_test(oriented, higher_is_better=True, tie_correction=tie_correction)
+    cd, q_alpha = nemenyi_critical_difference(len(entities), len(scores), alpha)
+    return RankTests(
+        metric=metrics if metrics is not None else metric, scores=scores,
+        ranks=rank_scores(oriented, True), mean_ranks=fried.mean_ranks, n_blocks=fried.n_blocks,
+        n_models=fried.n_models, statistic=fried.statistic, pvalue=fried.pvalue,
+        iman_davenport=fried.iman_davenport, iman_davenport_pvalue=fried.iman_davenport_pvalue,
+        alpha=alpha, q_alpha=q_alpha, cd=cd, nemenyi_p=nemenyi_pvalues(fried.mean_ranks, fried.n_blocks),
+        groups=cd_groups(fried.mean_ranks, cd), tie_correction=tie_correction)
+
+
+def _oriented_scores(results, metric, metrics, higher_is_better) -> pd.DataFrame:
+    """The scores of ``metric`` (or of each task's metric in the mapping ``metrics``), with
+    ``oriented`` = the score where higher is better, else its negative."""
     parts = []
     for name in (sorted(set(metrics.values())) if metrics else [metric]):
         frame = _scores(results, name)
@@ -480,13 +533,13 @@ def rank_tests(results: pd.DataFrame, metric, higher_is_better=None, *, alpha: f
         absent = sorted(set(metrics) - set(frame["task"]))
         if absent:
             raise StatsError(f"tasks {absent} named in the metric mapping have no score for their metric")
-    protocols = sorted(frame["protocol"].astype(str).unique())
-    if len(protocols) > 1 and not mix_protocols:
-        raise StatsError(f"the result table mixes protocols {protocols}; rank one protocol at a time "
-                         "(e.g. results[results.protocol == 'finetune']) or pass mix_protocols=True to rank "
-                         "'model [protocol]' entries")
-    frame = _entities(frame, mix_protocols)
-    entities = sorted(frame["entity"].unique())
+    return frame
+
+
+def _block_means(frame, entities) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each entity's mean over seeds and folds per dataset x task block, as scores and as
+    oriented scores (blocks x entities); every entity must be in every block, and there
+    must be at least 2 of each."""
     raw, oriented = {}, {}
     for (dataset, task), group in frame.groupby(["dataset", "task"], sort=True):
         where = f"dataset {dataset!r}, task {task!r}"
@@ -501,17 +554,8 @@ def rank_tests(results: pd.DataFrame, metric, higher_is_better=None, *, alpha: f
     if len(raw) < 2 or len(entities) < 2:
         raise StatsError(f"rank tests need at least 2 models and 2 dataset x task blocks; received "
                          f"{len(entities)} models and {len(raw)} blocks")
-    scores, oriented = (pd.DataFrame(d).T[entities].rename_axis(index=["dataset", "task"], columns="model")
-                        for d in (raw, oriented))
-    fried = friedman_test(oriented, higher_is_better=True, tie_correction=tie_correction)
-    cd, q_alpha = nemenyi_critical_difference(len(entities), len(raw), alpha)
-    return RankTests(
-        metric=metrics if metrics is not None else metric, scores=scores,
-        ranks=rank_scores(oriented, True), mean_ranks=fried.mean_ranks, n_blocks=fried.n_blocks,
-        n_models=fried.n_models, statistic=fried.statistic, pvalue=fried.pvalue,
-        iman_davenport=fried.iman_davenport, iman_davenport_pvalue=fried.iman_davenport_pvalue,
-        alpha=alpha, q_alpha=q_alpha, cd=cd, nemenyi_p=nemenyi_pvalues(fried.mean_ranks, fried.n_blocks),
-        groups=cd_groups(fried.mean_ranks, cd), tie_correction=tie_correction)
+    return tuple(pd.DataFrame(d).T[entities].rename_axis(index=["dataset", "task"], columns="model")
+                 for d in (raw, oriented))
 
 
 def plot_critical_difference(ranks, path=None, *, cd: float | None = None, groups=None,

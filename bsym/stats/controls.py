@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bsym.evaluate.results import with_key_defaults
 from bsym.stats.errors import StatsError
 from bsym.stats.resampled import clip_interval
 
@@ -23,12 +24,8 @@ _LOWER_IS_BETTER = {"mse", "mae", "rmse", "loss"}
 
 def fill_key_defaults(table: pd.DataFrame) -> pd.DataFrame:
     """A copy with ``control``, ``checkpoint``, ``replicate`` and ``view`` filled where older
-    tables lack them."""
-    table = table.copy()
-    for column, default in (("control", "none"), ("checkpoint", "final"), ("replicate", 0)):
-        if column not in table.columns:
-            table[column] = default
-        table[column] = table[column].where(table[column].notna(), default)
+    tables lack them (:data:`~bsym.evaluate.results.KEY_DEFAULTS`)."""
+    table = with_key_defaults(table.copy())
     if "view" not in table.columns:
         table["view"] = "default"
     return table
@@ -114,8 +111,6 @@ def verdict_table(table: pd.DataFrame, metrics: dict, *, confidence: float = 0.9
         ``random_init_sd``, ``shuffled``, ``shuffled_sd``, ``permutations``,
         ``perm_p``, ``learned``, ``health``.
     """
-    from scipy import stats as sps
-
     table = fill_key_defaults(table)
     if "protocol" in table.columns:
         table = table[table["protocol"].astype(str) != "network_identification"]
@@ -125,29 +120,38 @@ def verdict_table(table: pd.DataFrame, metrics: dict, *, confidence: float = 0.9
         metric = metrics.get(str(task))
         if metric is None or metric not in group.columns:
             continue
-        control = group["control"].astype(str)
-        final = group["checkpoint"].astype(str) == "final"
-        real = group[(control == "none") & final]
-        if real.empty:
-            continue
-        mean, sd, n = _mean_sd(real[metric])
-        half = float(sps.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n)) if n > 1 \
-            else float("nan")
-        init_mean, init_sd, _ = _mean_sd(group.loc[control == "random_init", metric])
-        null = group[(control == "shuffled_labels") & final]
-        p, _, null_scores = permutation_pvalue(real, null, metric) if len(null) else \
-            (float("nan"), mean, np.array([]))
-        mark = _health_mark(health, model, view)
-        ci_low, ci_high = clip_interval(metric, mean - half, mean + half)
-        rows.append({"dataset": dataset, "task": task, "metric": metric, "protocol": protocol,
-                     "model": model, "view": view, "mean": mean, "sd": sd,
-                     "ci_low": ci_low, "ci_high": ci_high, "n": n,
-                     "random_init": init_mean, "random_init_sd": init_sd,
-                     "shuffled": float(null_scores.mean()) if len(null_scores) else float("nan"),
-                     "shuffled_sd": float(null_scores.std(ddof=1)) if len(null_scores) > 1
-                     else float("nan"),
-                     "permutations": int(len(null_scores)), "perm_p": p, **mark})
+        scores = _score_and_controls(group, metric, confidence)
+        if scores is not None:
+            rows.append({"dataset": dataset, "task": task, "metric": metric, "protocol": protocol,
+                         "model": model, "view": view, **scores,
+                         **_health_mark(health, model, view)})
     return pd.DataFrame(rows)
+
+
+def _score_and_controls(group, metric, confidence) -> dict | None:
+    """One model's real score with its t-interval, beside its random-initialisation and
+    shuffled-label controls (None without a real score)."""
+    from scipy import stats as sps
+
+    control = group["control"].astype(str)
+    final = group["checkpoint"].astype(str) == "final"
+    real = group[(control == "none") & final]
+    if real.empty:
+        return None
+    mean, sd, n = _mean_sd(real[metric])
+    half = float(sps.t.ppf(0.5 + confidence / 2, n - 1) * sd / np.sqrt(n)) if n > 1 \
+        else float("nan")
+    init_mean, init_sd, _ = _mean_sd(group.loc[control == "random_init", metric])
+    null = group[(control == "shuffled_labels") & final]
+    p, _, null_scores = permutation_pvalue(real, null, metric) if len(null) else \
+        (float("nan"), mean, np.array([]))
+    ci_low, ci_high = clip_interval(metric, mean - half, mean + half)
+    return {"mean": mean, "sd": sd, "ci_low": ci_low, "ci_high": ci_high, "n": n,
+            "random_init": init_mean, "random_init_sd": init_sd,
+            "shuffled": float(null_scores.mean()) if len(null_scores) else float("nan"),
+            "shuffled_sd": float(null_scores.std(ddof=1)) if len(null_scores) > 1
+            else float("nan"),
+            "permutations": int(len(null_scores)), "perm_p": p}
 
 
 def _health_mark(health, model, view) -> dict:

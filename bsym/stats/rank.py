@@ -239,6 +239,12 @@ def cd_groups(mean_ranks: pd.Series, cd: float) -> list[tuple]:
     return groups
 
 
+#: Layout of the CD diagram (axis units): the first name's depth below the rank axis
+#: (before the group bars), the step between names, the step between group bars.
+_NAMES_TOP, _NAME_STEP, _GROUP_STEP = 0.25, 0.32, 0.13
+_LINE = dict(color="black", linewidth=0.9, solid_capstyle="butt")
+
+
 def cd_diagram(mean_ranks: pd.Series, cd: float, *, groups=None, path=None, title: str | None = None,
                ax=None, label_ranks: bool = True, note: str | None = None):
     """Draw a critical-difference diagram (Demsar 2006, figure 1).
@@ -270,62 +276,28 @@ def cd_diagram(mean_ranks: pd.Series, cd: float, *, groups=None, path=None, titl
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
-
     ranks = pd.Series(mean_ranks, dtype=float).sort_values(kind="stable")
     k = ranks.size
     if k < 2:
         raise StatsError(f"a CD diagram needs at least 2 models; received {k}")
     groups = cd_groups(ranks, cd) if groups is None else [tuple(g) for g in groups]
-    n_left = (k + 1) // 2
-    step, group_step = 0.32, 0.13
-    first = 0.25 + group_step * max(len(groups), 1)
-    height = first + step * n_left + 0.1
+    first = _NAMES_TOP + _GROUP_STEP * max(len(groups), 1)
+    height = first + _NAME_STEP * ((k + 1) // 2) + 0.1
     longest = max(len(f"{name} (0.00)") for name in ranks.index)
     # the names take a fixed share: widen the axis with many models, and for long names
     width = max(6.4 + 0.4 * max(0, k - 6), 3.0 + 2 * 0.085 * longest)
     note_lines = textwrap.wrap(note, width=int(14 * width)) if note else []
     if ax is None:
-        fig = Figure(figsize=(width, 0.8 + 0.55 * height + (0.25 if title else 0)
-                              + 0.16 * len(note_lines)), layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+        ax = _cd_axes(width, height, title, note_lines)
     lo, hi = 1, max(k, math.ceil(ranks.max()))
-    line = dict(color="black", linewidth=0.9, solid_capstyle="butt")
-
-    ax.plot([lo, hi], [0, 0], **line)
-    for tick in np.arange(lo, hi + 0.001, 0.5):
-        major = float(tick).is_integer()
-        ax.plot([tick, tick], [0, 0.08 if major else 0.045], **line)
-        if major and (k <= 10 or int(tick) % 2 == 1 or tick == hi):
-            ax.text(tick, 0.12, f"{int(tick)}", ha="center", va="bottom", fontsize=9)
-    ax.text((lo + hi) / 2, 0.36, "mean rank (1 = best)", ha="center", va="bottom", fontsize=8,
-            color="0.3")
-    ax.plot([lo, lo + cd], [0.78, 0.78], color="black", linewidth=1.4)
-    for x in (lo, lo + cd):
-        ax.plot([x, x], [0.73, 0.83], color="black", linewidth=0.9)
-    ax.text(lo + cd / 2, 0.86, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
-
+    _cd_rank_axis(ax, lo, hi, k, cd)
     left_x, right_x = lo - 0.12 * (hi - lo) - 0.2, hi + 0.12 * (hi - lo) + 0.2
-    names = list(ranks.index)
-    for i, name in enumerate(names):
-        value = ranks.iloc[i]
-        if i < n_left:  # best first, closest to the axis
-            y, end, ha = -(first + step * i), left_x, "right"
-        else:  # worst first, closest to the axis
-            y, end, ha = -(first + step * (k - 1 - i)), right_x, "left"
-        ax.plot([value, value, end], [0, y, y], **line)
-        label = f"{name} ({value:.2f})" if label_ranks else str(name)
-        pad = -0.05 if ha == "right" else 0.05
-        ax.text(end + pad, y, label, ha=ha, va="center", fontsize=9)
-
+    _cd_names(ax, ranks, first, (left_x, right_x), label_ranks)
     for g, members in enumerate(groups):
         xs = ranks.loc[list(members)]
-        y = -(0.18 + group_step * g)
+        y = -(0.18 + _GROUP_STEP * g)
         ax.plot([xs.min() - 0.03, xs.max() + 0.03], [y, y], color="black", linewidth=3.0,
                 solid_capstyle="round")
-
     ax.set_xlim(left_x - 0.02, right_x + 0.02)
     ax.set_ylim(-(height + 0.05), 1.1)
     ax.axis("off")
@@ -337,6 +309,47 @@ def cd_diagram(mean_ranks: pd.Series, cd: float, *, groups=None, path=None, titl
     if path is not None:
         from bsym.outputs import save_figure
 
-        save_figure(fig, os.fspath(path), what="the critical-difference diagram", dpi=300,
-                    bbox_inches="tight")
-    return fig
+        save_figure(ax.figure, os.fspath(path), what="the critical-difference diagram",
+                    dpi=300, bbox_inches="tight")
+    return ax.figure
+
+
+def _cd_axes(width, height, title, note_lines):
+    """A new figure's axes, sized for the diagram, its title and its note."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, 0.8 + 0.55 * height + (0.25 if title else 0)
+                          + 0.16 * len(note_lines)), layout="constrained")
+    return fig.add_subplot()
+
+
+def _cd_rank_axis(ax, lo, hi, k, cd):
+    """The axis of mean ranks (1 = best, on the left) and the CD bar above it."""
+    ax.plot([lo, hi], [0, 0], **_LINE)
+    for tick in np.arange(lo, hi + 0.001, 0.5):
+        major = float(tick).is_integer()
+        ax.plot([tick, tick], [0, 0.08 if major else 0.045], **_LINE)
+        if major and (k <= 10 or int(tick) % 2 == 1 or tick == hi):
+            ax.text(tick, 0.12, f"{int(tick)}", ha="center", va="bottom", fontsize=9)
+    ax.text((lo + hi) / 2, 0.36, "mean rank (1 = best)", ha="center", va="bottom", fontsize=8,
+            color="0.3")
+    ax.plot([lo, lo + cd], [0.78, 0.78], color="black", linewidth=1.4)
+    for x in (lo, lo + cd):
+        ax.plot([x, x], [0.73, 0.83], color="black", linewidth=0.9)
+    ax.text(lo + cd / 2, 0.86, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
+
+
+def _cd_names(ax, ranks, first, ends, label_ranks):
+    """Each model joined to its name by an elbow line: the better half to the left, the
+    worse half to the right, the outermost ranks closest to the axis."""
+    k, n_left = ranks.size, (ranks.size + 1) // 2
+    for i, name in enumerate(ranks.index):
+        value = ranks.iloc[i]
+        if i < n_left:  # best first, closest to the axis
+            y, end, ha = -(first + _NAME_STEP * i), ends[0], "right"
+        else:  # worst first, closest to the axis
+            y, end, ha = -(first + _NAME_STEP * (k - 1 - i)), ends[1], "left"
+        ax.plot([value, value, end], [0, y, y], **_LINE)
+        label = f"{name} ({value:.2f})" if label_ranks else str(name)
+        pad = -0.05 if ha == "right" else 0.05
+        ax.text(end + pad, y, label, ha=ha, va="center", fontsize=9)
