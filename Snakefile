@@ -45,7 +45,7 @@ rule all:
         expand(
             "{results}/report/{dataset}/report.html",
             results=config["results"],
-            dataset=[d for d in config["datasets"] if reported(d)],
+            dataset=[d for d in config["datasets"] if PLAN.reported(d)],
         ),
         # the MLflow leaderboard run of every reported dataset (tag bsym.kind=leaderboard)
         expand(
@@ -54,7 +54,7 @@ rule all:
             dataset=[
                 d
                 for d in config["datasets"]
-                if reported(d) and TRACKING.get("enabled", True)
+                if PLAN.reported(d) and TRACKING["enabled"]
             ],
         ),
         # every pretraining run's health, on every dataset (those with nothing to probe or

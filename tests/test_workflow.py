@@ -328,6 +328,12 @@ def test_every_job_declares_its_memory_and_wall_time(tmp_path):
             block
 
 
+def test_rules_read_the_validated_config_without_fallback_defaults():
+    # the schema fills in every default; a `.get(key, default)` would be a second, silent one
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk"))]:
+        assert ".get(" not in path.read_text(), path.name
+
+
 def test_lint_is_clean():
     if shutil.which("snakemake") is None and not (Path(sys.executable).parent / "snakemake").exists():
         pytest.skip("snakemake not installed")

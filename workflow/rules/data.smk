@@ -8,8 +8,8 @@ rule prepare_dataset:
     conda:
         "../envs/bsym.yaml"
     resources:
-        mem_mb=lambda wildcards: dataset_config(wildcards).get("mem_mb", 4000),
-        runtime=lambda wildcards: dataset_config(wildcards).get("runtime", 60),
+        mem_mb=lambda wildcards: dataset_config(wildcards)["mem_mb"],
+        runtime=lambda wildcards: dataset_config(wildcards)["runtime"],
     params:
         command=prepare_command,
     shell:
@@ -28,8 +28,8 @@ rule validate_dataset:
     conda:
         "../envs/bsym.yaml"
     resources:
-        mem_mb=lambda wildcards: dataset_config(wildcards).get("mem_mb", 4000),
-        runtime=lambda wildcards: dataset_config(wildcards).get("runtime", 60),
+        mem_mb=lambda wildcards: dataset_config(wildcards)["mem_mb"],
+        runtime=lambda wildcards: dataset_config(wildcards)["runtime"],
     params:
         bsym=BSYM,
     shell:

@@ -7,8 +7,8 @@
 
 
 wildcard_constraints:
-    task=alternatives(list(config.get("tasks", {}))),
-    features=alternatives(FEATURES),
+    task=alternatives(list(config["tasks"])),
+    features=alternatives(PLAN.features),
     seed=r"\d+",
     baseline=alternatives(BASELINES),
 
@@ -29,15 +29,15 @@ rule embed:
     priority: 10
     conda:
         "../envs/bsym.yaml"
-    threads: EMBED.get("threads", 1)
+    threads: EMBED["threads"]
     resources:
-        gpu=gpus(EMBED.get("device", "cpu")),
-        mem_mb=EMBED.get("mem_mb", 4000),
-        runtime=EMBED.get("runtime", 30),
+        gpu=gpus(EMBED["device"]),
+        mem_mb=EMBED["mem_mb"],
+        runtime=EMBED["runtime"],
     params:
         bsym=BSYM,
-        device=config.get("embed", {}).get("device", "cpu"),
-        batch_size=config.get("embed", {}).get("batch_size", 32),
+        device=EMBED["device"],
+        batch_size=EMBED["batch_size"],
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} embed --run {input.run}"
         " --data {input.store} --out {output} --device {params.device}"
@@ -62,14 +62,14 @@ rule health:
         "../envs/bsym.yaml"
     threads: 1
     resources:
-        gpu=gpus(EMBED.get("device", "cpu")),
+        gpu=gpus(EMBED["device"]),
         mem_mb=2000,
         runtime=20,
     params:
         bsym=BSYM,
-        max_windows=HEALTH.get("max_windows", 256),
-        seed=HEALTH.get("seed", 0),
-        device=config.get("embed", {}).get("device", "cpu"),
+        max_windows=config["health"]["max_windows"],
+        seed=config["health"]["seed"],
+        device=EMBED["device"],
         tracking=tracking_args,
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} health --checkpoint {input.run}/final.pt"
@@ -123,7 +123,7 @@ rule task_split:
         runtime=10,
     params:
         bsym=BSYM,
-        label=lambda wildcards: task_config(wildcards).get("label", wildcards.task),
+        label=task_label,
         split=split_args,
     shell:
         "{params.bsym} splits --data {input.store} --task {params.label} {params.split}"
@@ -152,7 +152,7 @@ rule probe_embeddings:
         bsym=BSYM,
         task=probe_args,
         view=view_args,
-        permutations=CONTROLS.get("permutations", 20),
+        permutations=config["controls"]["permutations"],
         tracking=tracking_args,
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} probe --embeddings {input.embeddings}"
@@ -181,7 +181,7 @@ rule probe_connectome:
     params:
         bsym=BSYM,
         task=probe_args,
-        permutations=CONTROLS.get("permutations", 20),
+        permutations=config["controls"]["permutations"],
         tracking=tracking_args,
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} probe --features {wildcards.features}"
@@ -204,24 +204,19 @@ rule finetune:
         f"{RESULTS}/benchmarks/rules/finetune/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/bsym.yaml"
-    threads: FINETUNE.get("threads", 1)
+    threads: FINETUNE["threads"]
     resources:
-        gpu=gpus(FINETUNE.get("training", {}).get("device", "cpu")),
-        mem_mb=FINETUNE.get("mem_mb", 4000),
-        runtime=FINETUNE.get("runtime", 60),
+        gpu=gpus(FINETUNE["training"]["device"]),
+        mem_mb=FINETUNE["mem_mb"],
+        runtime=FINETUNE["runtime"],
     params:
         bsym=BSYM,
-        task=lambda wildcards: f"--task {task_config(wildcards).get('label', wildcards.task)}"
-        f" --task-type {task_config(wildcards)['type']}",
+        task=task_args,
         view=single_view_args,
-        training=lambda wildcards: training_args(FINETUNE),
-        freeze="--freeze-encoder" if FINETUNE.get("freeze_encoder") else "",
-        scale=f"--encoder-lr-scale {FINETUNE.get('encoder_lr_scale', 0.1)}",
-        windows=(
-            f"--max-windows {FINETUNE['max_windows']}"
-            if FINETUNE.get("max_windows")
-            else ""
-        ),
+        training=options.training_options(FINETUNE["training"]),
+        freeze=options.freeze_option(FINETUNE),
+        scale=f"--encoder-lr-scale {FINETUNE['encoder_lr_scale']}",
+        windows=options.max_windows_option(FINETUNE),
         tracking=tracking_args,
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} finetune --checkpoint {input.run}/final.pt"
@@ -246,15 +241,14 @@ rule supervised:
         f"{RESULTS}/benchmarks/rules/supervised/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/bsym.yaml"
-    threads: SUPERVISED.get("threads", 1)
+    threads: SUPERVISED["threads"]
     resources:
-        gpu=gpus(SUPERVISED.get("training", {}).get("device", "cpu")),
-        mem_mb=SUPERVISED.get("mem_mb", 4000),
-        runtime=SUPERVISED.get("runtime", 60),
+        gpu=gpus(SUPERVISED["training"]["device"]),
+        mem_mb=SUPERVISED["mem_mb"],
+        runtime=SUPERVISED["runtime"],
     params:
         bsym=BSYM,
-        task=lambda wildcards: f"--task {task_config(wildcards).get('label', wildcards.task)}"
-        f" --task-type {task_config(wildcards)['type']}",
+        task=task_args,
         args=baseline_args,
         swept=lambda wildcards, input: " ".join(f"--params {p}" for p in input.sweep),
         tracking=tracking_args,
@@ -277,18 +271,18 @@ rule attention:
         f"{RESULTS}/benchmarks/rules/attention/{{dataset}}/{{model}}.tsv"
     conda:
         "../envs/bsym.yaml"
-    threads: EMBED.get("threads", 1)
+    threads: EMBED["threads"]
     resources:
-        gpu=gpus(EMBED.get("device", "cpu")),
-        mem_mb=EMBED.get("mem_mb", 4000),
-        runtime=EMBED.get("runtime", 30),
+        gpu=gpus(EMBED["device"]),
+        mem_mb=EMBED["mem_mb"],
+        runtime=EMBED["runtime"],
     params:
         bsym=BSYM,
-        factor=ATTENTION.get("factor", "condition"),
-        levels=",".join(ATTENTION.get("levels", ["pre", "post"])),
-        permutations=ATTENTION.get("permutations", 2000),
-        alpha=ATTENTION.get("alpha", 0.05),
-        device=config.get("embed", {}).get("device", "cpu"),
+        factor=ATTENTION["factor"],
+        levels=",".join(ATTENTION["levels"]),
+        permutations=ATTENTION["permutations"],
+        alpha=ATTENTION["alpha"],
+        device=EMBED["device"],
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} attention --checkpoint {input.run}/final.pt"
         " --data {input.store} --out {output} --factor {params.factor}"
@@ -317,9 +311,9 @@ rule netid:
     params:
         bsym=BSYM,
         view=single_view_args,
-        seeds=NETID.get("seeds", 10),
-        permutations=NETID.get("permutations", 20),
-        neighbors=NETID.get("neighbors", 5),
+        seeds=config["netid"]["seeds"],
+        permutations=config["netid"]["permutations"],
+        neighbors=config["netid"]["neighbors"],
         tracking=tracking_args,
     shell:
         "OMP_NUM_THREADS={threads} {params.bsym} netid --embeddings {input.embeddings}"

@@ -26,13 +26,11 @@ rule pretrain_split:
         runtime=10,
     params:
         bsym=BSYM,
-        fraction=lambda wildcards: dataset_config(wildcards).get(
-            "pretrain_fraction", PRETRAIN.get("fraction", 0.3)
-        ),
-        seed=PRETRAIN.get("split_seed", 0),
-        group_by=SPLITS.get("group_by", "subject"),
-        stratify=(f"--task {PRETRAIN['stratify']}" if PRETRAIN.get("stratify") else ""),
-        validation=PRETRAIN.get("val_subjects", 16),
+        fraction=pretrain_fraction,
+        seed=PRETRAIN["split_seed"],
+        group_by=SPLITS["group_by"],
+        stratify=options.stratify_option(PRETRAIN),
+        validation=PRETRAIN["val_subjects"],
     shell:
         "{params.bsym} splits --data {input.store} --pretrain-fraction {params.fraction}"
         " --seed {params.seed} --group-by {params.group_by} {params.stratify}"
@@ -59,18 +57,18 @@ rule pretrain:
     priority: 10
     conda:
         "../envs/bsym.yaml"
-    threads: PRETRAIN.get("threads", 1)
+    threads: PRETRAIN["threads"]
     resources:
-        gpu=gpus(PRETRAIN.get("device", "auto")),
-        mem_mb=PRETRAIN.get("mem_mb", 8000),
-        runtime=PRETRAIN.get("runtime", 120),
+        gpu=gpus(PRETRAIN["device"]),
+        mem_mb=PRETRAIN["mem_mb"],
+        runtime=PRETRAIN["runtime"],
     params:
         bsym=BSYM,
         args=pretrain_args,
         tracking=tracking_args,
         validation=lambda wildcards, input: (
             f"--val-subjects-file {input.validation}"
-            if PRETRAIN.get("val_subjects", 16)
+            if PRETRAIN["val_subjects"]
             else ""
         ),
     shell:

@@ -16,7 +16,7 @@ rule report:
         ),
         netid=lambda wildcards: expand(
             f"{RESULTS}/netid/{wildcards.dataset}/{{model}}.png",
-            model=SSL_MODELS if has_networks(wildcards.dataset) else [],
+            model=PLAN.netid_models(wildcards.dataset),
         ),
         attention=attention_outputs,
     output:

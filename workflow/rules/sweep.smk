@@ -16,15 +16,14 @@ rule sweep:
         f"{RESULTS}/benchmarks/rules/sweep/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.tsv"
     conda:
         "../envs/bsym.yaml"
-    threads: SUPERVISED.get("threads", 1)
+    threads: SUPERVISED["threads"]
     resources:
-        gpu=gpus(SUPERVISED.get("training", {}).get("device", "cpu")),
-        mem_mb=SUPERVISED.get("mem_mb", 4000),
-        runtime=2 * SUPERVISED.get("runtime", 60),
+        gpu=gpus(SUPERVISED["training"]["device"]),
+        mem_mb=SUPERVISED["mem_mb"],
+        runtime=2 * SUPERVISED["runtime"],
     params:
         bsym=BSYM,
-        task=lambda wildcards: f"--task {task_config(wildcards).get('label', wildcards.task)}"
-        f" --task-type {task_config(wildcards)['type']}",
+        task=task_args,
         args=baseline_args,
         search=sweep_args,
         storage=lambda wildcards, output: f"{os.path.splitext(output[0])[0]}.journal",

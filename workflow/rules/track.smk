@@ -15,8 +15,8 @@ rule tracking_experiment:
         runtime=10,
     params:
         bsym=BSYM,
-        uri=tracking_uri(),
-        experiment=TRACKING.get("experiment", "bsym"),
+        uri=options.tracking_uri(config),
+        experiment=TRACKING["experiment"],
     shell:
         "{params.bsym} tracking init --tracking-uri {params.uri}"
         " --experiment {params.experiment} --out {output} > {log} 2>&1"
@@ -46,8 +46,8 @@ rule tracking_leaderboard:
         runtime=10,
     params:
         bsym=BSYM,
-        uri=tracking_uri(),
-        experiment=TRACKING.get("experiment", "bsym"),
+        uri=options.tracking_uri(config),
+        experiment=TRACKING["experiment"],
         report=lambda wildcards, input: os.path.dirname(input.html),
     shell:
         "{params.bsym} tracking leaderboard --results {input.table}"
