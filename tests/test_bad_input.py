@@ -557,5 +557,5 @@ def test_bids_default_confounds_are_documented(capsys):
         main(["data", "import", "bids", "--help"])
     listed = ", ".join(DEFAULT_CONFOUNDS)
     assert f"(default: {listed})" in re.sub(r"\s+", " ", capsys.readouterr().out)
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert f"`{listed}`" in re.sub(r"\s+", " ", readme)
+    data_docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    assert f"`{listed}`" in re.sub(r"\s+", " ", data_docs)
