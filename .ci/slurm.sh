@@ -2,7 +2,7 @@
 # CI: the workflow on a real single-node SLURM cluster. Installs Debian's SLURM (slurm-wlm),
 # munge, slurmdbd and MariaDB; starts munged, MariaDB, slurmdbd (job accounting), slurmctld
 # and slurmd (one node with this machine's CPUs and memory, one CPU partition, no GPU); runs
-# the README's cluster command on the test config from a copy of the checkout:
+# the cluster command of docs/workflow.md on the test config from a copy of the checkout:
 #   snakemake --profile workflow/profiles/slurm --configfile workflow/config/test.yaml
 # cancels one running pretraining job on the way (the profile's `retries` must resubmit it),
 # checks with sacct that every job COMPLETED (the cancelled one: CANCELLED, then COMPLETED on

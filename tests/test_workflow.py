@@ -295,7 +295,7 @@ def test_slurm_profile_takes_sizes_from_the_config_and_site_settings_from_the_co
     cuda = _config_variant(tmp_path, pretrain={"device": "cuda", "mem_mb": 1234, "runtime": 7})
     proc = _run(["-n", "--profile", str(ROOT / "workflow/profiles/slurm"),
                  "--configfile", str(cuda),
-                 # the README's site settings: they must not replace the rules' sizes
+                 # the site settings of docs/workflow.md: they must not replace the rules' sizes
                  "--default-resources", "slurm_account=mylab", "slurm_partition=short",
                  "--set-resources", "pretrain:slurm_partition=gpu"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
