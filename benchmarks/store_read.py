@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _provenance import commit, load_average
 
 from bsym.data import CohortWriter, open_cohort
 from bsym.data.dataset import WindowDataset
@@ -116,7 +117,8 @@ def main(argv=None):
     report = {
         "benchmark": "store_read",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "numpy": np.__version__},
+                    "python": platform.python_version(), "numpy": np.__version__,
+                    **commit(), "load_average_1min": load_average()},
         "setup": {"scans": args.scans, "rois": args.rois, "timepoints": args.timepoints,
                   "window": w, "reads": args.reads, "page_cache": "warm"},
         "store_write_s": write_s,

@@ -159,3 +159,66 @@ def test_datasets_of_one_store_share_the_preprocessed_series(toy_store_factory, 
     assert len(calls) == len(store.scans) + 1
     with pytest.raises(ValueError):
         first.series(store.scans[0])[0, 0] = 1.0           # shared: read-only
+
+
+def test_a_dataset_larger_than_the_cache_keeps_only_its_last_scan(toy_store_factory,
+                                                                  monkeypatch):
+    import bsym.data.dataset as dataset_module
+
+    store = toy_store_factory(trs=(2.0, 0.8))
+    calls = []
+    real = dataset_module.resample_tr
+    monkeypatch.setattr(dataset_module, "resample_tr",
+                        lambda *args: calls.append(1) or real(*args))
+    dataset_module._SERIES.clear()
+    big = WindowDataset(store, 10, target_tr=1.0, cache_mb=1e-3)  # 6 scans do not fit
+    scan = store.scans[0]
+    first = big.series(scan)
+    assert big.series(scan) is first and len(calls) == 1          # the last one is kept
+    big.series(store.scans[1])
+    big.series(scan)
+    assert len(calls) == 3 and not dataset_module._SERIES._items  # nothing else is kept
+    fits = WindowDataset(store, 10, target_tr=1.0)
+    np.testing.assert_array_equal(fits.series(scan), first)
+
+
+def test_percentiles_of_many_tables_equal_numpy_on_their_concatenation():
+    from bsym.data.quantiles import column_percentiles, key_values, sortable_keys
+
+    rng = np.random.default_rng(0)
+    makers = [lambda shape: rng.normal(size=shape),
+              lambda shape: rng.integers(-3, 4, size=shape).astype(float),  # many ties
+              lambda shape: rng.standard_cauchy(size=shape) * 1e6,          # heavy tails
+              lambda shape: rng.normal(size=shape) * 1e-30]                 # tiny values
+    for trial in range(40):
+        n_columns = int(rng.integers(1, 5))
+        tables = [makers[trial % 4]((int(rng.integers(1, 300)), n_columns)).astype(np.float32)
+                  for _ in range(int(rng.integers(1, 5)))]
+        q = [float(rng.uniform(0, 50)), 50.0, float(rng.uniform(50, 100))]
+        n, got = column_percentiles(tables.__iter__, q, n_columns)
+        stacked = np.concatenate(tables)
+        assert n == len(stacked)
+        np.testing.assert_array_equal(got, np.percentile(stacked, q, axis=0))
+    values = np.array([-np.inf, -3.5, -1e-40, 0.0, 1e-40, 2.0, np.inf], dtype=np.float32)
+    keys = sortable_keys(values)
+    assert (np.diff(keys.astype(np.int64)) > 0).all()
+    np.testing.assert_array_equal(key_values(keys), values)
+
+
+def test_scaler_reads_lazy_scans_one_at_a_time():
+    from bsym.data.preprocess import LazyScans
+
+    scans = [np.random.default_rng(s).normal(size=(50 + s, 3)).astype(np.float32)
+             for s in range(4)]
+    reads = []
+
+    def read(i):
+        reads.append(i)
+        return scans[i]
+
+    lazy = RobustScaler().fit(LazyScans(len(scans), read))
+    listed = RobustScaler().fit(scans)
+    np.testing.assert_array_equal(lazy.center_, listed.center_)
+    np.testing.assert_array_equal(lazy.scale_, listed.scale_)
+    assert lazy.n_scans_ == 4 and lazy.n_features_in_ == 3
+    assert reads == [0] + 3 * [0, 1, 2, 3]  # the first to learn the shape, then three passes

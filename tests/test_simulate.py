@@ -113,6 +113,46 @@ def test_existing_store_is_not_replaced_without_overwrite(store):
         simulate_cohort(store.path, **SMALL)
 
 
+def test_store_holds_the_cohort_simulated_in_memory(store):
+    sim = simulate(seed=3, **SMALL)
+    cohort = open_cohort(store.path)
+    order = cohort.rois["source_index"].to_numpy()
+    for scan, bold in zip(cohort.scans, sim.bold):
+        np.testing.assert_array_equal(cohort.bold(scan), bold[order])
+    for subject, sc in zip(sim.subjects["subject"], sim.sc):
+        np.testing.assert_array_equal(cohort.sc(subject), sc[np.ix_(order, order)])
+    assert not list(store.path.parent.glob(".*coupling*"))  # the scratch file is gone
+
+
+def test_batches_integrated_together_or_apart_give_the_same_scans():
+    import torch
+
+    from bsym.data.dynamics import Group, integrate
+
+    config = SimulationConfig()
+    rng = np.random.default_rng(0)
+
+    def groups():  # three sites: different steps, lengths and batch sizes
+        made = []
+        for k, (tr, n) in enumerate(((0.72, 3), (2.0, 2), (0.8, 4))):
+            coupling = rng.random((n, 10, 10)) / 10
+            made.append(Group(torch.as_tensor(coupling + coupling.transpose(0, 2, 1),
+                                              dtype=torch.float32),
+                              torch.full((n, 10), -0.02), torch.full((n, 10), 0.3), tr,
+                              torch.Generator().manual_seed(k)))
+        return made
+
+    state = rng.bit_generator.state
+    apart = [integrate([g], n_timepoints=40, config=config, threads=False)[0] for g in groups()]
+    rng.bit_generator.state = state
+    together = integrate(groups(), n_timepoints=40, config=config)
+    for a, b in zip(apart, together):
+        np.testing.assert_array_equal(a, b)
+    one = simulate(seed=9, sessions=1, threads=False, **SMALL)
+    assert all(np.array_equal(a, b) for a, b in zip(one.bold, simulate(seed=9, sessions=1,
+                                                                        **SMALL).bold))
+
+
 def test_one_session_sites_and_trs():
     sim = simulate(sessions=1, n_sites=2, site_trs=(1.0, 2.5), **SMALL)
     assert list(sim.scans["condition"].unique()) == ["pre"]

@@ -245,3 +245,34 @@ def test_a_folder_appearing_during_the_write_is_kept(tmp_path):
             (out / "notes.txt").write_text("mine")
     assert [p.name for p in tmp_path.iterdir()] == ["store"]
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_scans_placed_out_of_order_give_the_store_added_in_order(tmp_path):
+    rng = np.random.default_rng(0)
+    scans = [(f"sub-{i}", rng.standard_normal((4, 30)).astype(np.float32)) for i in range(5)]
+
+    def write(path, order):
+        with CohortWriter(path, source={"name": "test"}, atlas="toy") as writer:
+            for i in order:
+                subject, bold = scans[i]
+                writer.place_scan(i, subject=subject, tr=2.0, bold=bold, age=float(i))
+        return open_cohort(path)
+
+    in_order = write(tmp_path / "a", range(5))
+    shuffled = write(tmp_path / "b", [3, 0, 4, 1, 2])
+    assert shuffled.manifest["arrays"] == in_order.manifest["arrays"]
+    assert shuffled.manifest["tables"] == in_order.manifest["tables"]
+    assert shuffled.scans == [f"sub-{i}_ses-1" for i in range(5)]
+
+
+def test_placed_scans_must_fill_every_row_once(tmp_path):
+    bold = np.random.default_rng(0).standard_normal((4, 30)).astype(np.float32)
+    with pytest.raises(CohortError, match=r"no scan was placed at row\(s\) \[1\]"):
+        with CohortWriter(tmp_path / "gap", source={"name": "test"}, atlas="toy") as writer:
+            writer.place_scan(0, subject="a", tr=2.0, bold=bold)
+            writer.place_scan(2, subject="b", tr=2.0, bold=bold)
+    assert not (tmp_path / "gap").exists()
+    with pytest.raises(ValueError, match="received 0 \\(taken\\)"):
+        with CohortWriter(tmp_path / "twice", source={"name": "test"}, atlas="toy") as writer:
+            writer.place_scan(0, subject="a", tr=2.0, bold=bold)
+            writer.place_scan(0, subject="b", tr=2.0, bold=bold)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bsym.data.errors import CohortError
-from bsym.data.preprocess import SignalCleaning, resample_tr, resampled_length
+from bsym.data.preprocess import LazyScans, SignalCleaning, resample_tr, resampled_length
 
 SC_TRANSFORMS = ("log1p", "none")
 
@@ -94,8 +94,10 @@ class WindowDataset(Dataset):
         resampling; least recently used scans are dropped first). The cache is shared by
         every dataset of the process that reads the same store with the same cleaning and
         TR (the folds of a cross-validation read the same scans again), and holds up to the
-        largest ``cache_mb`` asked for. Shuffled training reads every scan many times, so a
-        cache smaller than the training set recomputes the resampling on most reads.
+        largest ``cache_mb`` asked for. It is used only by a dataset whose preprocessed
+        scans all fit in it: shuffled reads of a larger set would mostly miss, so such a
+        dataset keeps just the scan it read last, and its memory does not grow with the
+        cohort.
     """
 
     def __init__(self, cohort, window, *, scans=None, stride=None, max_windows=None,
@@ -141,6 +143,8 @@ class WindowDataset(Dataset):
                                   fix="drop those scans from this task")
         self._check_tr()
         self.index = self._build_index()
+        self._cached = self._series_bytes() <= float(cache_mb) * 2**20
+        self._last = (None, None)  # (key, series) of the last scan read, when not cached
 
     # -- construction -------------------------------------------------------------
     def _check_tr(self):
@@ -159,6 +163,11 @@ class WindowDataset(Dataset):
         if self.target_tr is None:
             return int(row["n_timepoints"])
         return resampled_length(int(row["n_timepoints"]), float(row["tr"]), self.tr)
+
+    def _series_bytes(self):
+        """Memory the preprocessed (float32) scans of this dataset take together."""
+        points = sum(self._length(row) for row in self.table.to_dict("records"))
+        return 4 * points * self.cohort.n_rois
 
     def _build_index(self):
         index = []
@@ -206,7 +215,7 @@ class WindowDataset(Dataset):
             return self.cohort.bold(scan)
         key = (self.cohort.manifest_hash, str(self.cohort.path), scan, self.tr,
                self.target_tr is not None, json.dumps(self.cleaning.to_dict(), sort_keys=True))
-        found = _SERIES.get(key)
+        found = self._kept(key)
         if found is not None:
             return found
         row = self.cohort.row(scan)
@@ -215,8 +224,18 @@ class WindowDataset(Dataset):
         if self.target_tr is not None:
             bold = resample_tr(bold, float(row["tr"]), self.tr)
         bold.setflags(write=False)  # shared between datasets: never modified in place
-        _SERIES.put(key, bold, self.cache_mb)
+        if self._cached:
+            _SERIES.put(key, bold, self.cache_mb)
+        else:
+            self._last = (key, bold)
         return bold
+
+    def _kept(self, key):
+        """The preprocessed scan ``key`` if this process still holds it, else None."""
+        if self._cached:
+            return _SERIES.get(key)
+        last_key, last = self._last
+        return last if last_key == key else None
 
     def iter_series(self):
         """Yield every served scan's preprocessed series (for fitting a scaler)."""
@@ -228,9 +247,12 @@ class WindowDataset(Dataset):
 
         Call on the training dataset only, then pass the fitted scaler to the
         validation and test datasets. The scaler takes (time x ROIs) tables, so the
-        scans (ROIs x time) are passed transposed.
+        scans (ROIs x time) are passed transposed, as a :class:`LazyScans` that reads
+        (and preprocesses) one scan at a time: a :class:`RobustScaler` never holds them
+        all.
         """
-        self.scaler = scaler.fit([series.T for series in self.iter_series()])
+        scans = self.table["scan"].tolist()
+        self.scaler = scaler.fit(LazyScans(len(scans), lambda i: self.series(scans[i]).T))
         return self.scaler
 
     # -- Dataset protocol ----------------------------------------------------------

@@ -7,6 +7,7 @@ is a scikit-learn transformer of (time x ROIs) tables fitted on training scans o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
@@ -14,6 +15,8 @@ import numpy as np
 from scipy.signal import resample_poly
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from bsym.data.quantiles import column_percentiles
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,29 @@ def resample_tr(bold, tr, target_tr):
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+class LazyScans(Sequence):
+    """Scans made one at a time when read: the input of :meth:`RobustScaler.fit` for more
+    scans than fit in memory together.
+
+    Parameters
+    ----------
+    n_scans : int
+    read : callable
+        ``read(i)`` returns scan ``i`` as a (n_timepoints, n_rois) table.
+    """
+
+    def __init__(self, n_scans, read):
+        self.n_scans, self.read = int(n_scans), read
+
+    def __len__(self):
+        return self.n_scans
+
+    def __getitem__(self, i):
+        if not -self.n_scans <= i < self.n_scans:
+            raise IndexError(f"scan {i} of {self.n_scans}")
+        return self.read(i % self.n_scans)
+
+
 class RobustScaler(TransformerMixin, BaseEstimator):
     """Per-ROI robust scaling, ``(x - median) / IQR``, fitted on training scans.
 
@@ -143,10 +169,14 @@ class RobustScaler(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Compute the per-ROI median and spread of the training scans.
 
+        The percentiles are exact (those of every time point pooled) but the scans are
+        never pooled: memory does not grow with their number. A :class:`LazyScans` is
+        read three times, one scan at a time.
+
         Parameters
         ----------
-        X : array-like (n_timepoints, n_rois), list of such arrays, or array of shape
-            (n_scans, n_timepoints, n_rois)
+        X : array-like (n_timepoints, n_rois), list of such arrays, array of shape
+            (n_scans, n_timepoints, n_rois), or LazyScans
             The training scans only (their lengths may differ).
         y : None
             Ignored.
@@ -158,12 +188,11 @@ class RobustScaler(TransformerMixin, BaseEstimator):
         lo, hi = self.quantile_range
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"quantile_range must satisfy 0 <= lo < hi <= 100, got {self.quantile_range}")
-        tables, _ = self._tables(X, reset=True)
-        stacked = np.concatenate(tables, axis=0)
-        if len(stacked) < 2:
+        tables, n_scans = self._fit_tables(X)
+        n_timepoints, q = column_percentiles(tables, [lo, 50.0, hi], self.n_features_in_)
+        if n_timepoints < 2:
             raise ValueError("RobustScaler needs at least 2 time points to measure a spread; "
                              "received 1 sample")
-        q = np.percentile(stacked, [lo, 50.0, hi], axis=0)
         scale = q[2] - q[0]
         tiny = scale <= np.finfo(np.float32).eps * np.maximum(np.abs(q[1]), 1.0)
         if tiny.any():
@@ -173,8 +202,21 @@ class RobustScaler(TransformerMixin, BaseEstimator):
             )
         self.center_ = q[1].astype(np.float32)
         self.scale_ = scale.astype(np.float32)
-        self.n_scans_ = len(tables)
+        self.n_scans_ = n_scans
         return self
+
+    def _fit_tables(self, X):
+        """``(tables, n_scans)``: a callable giving the validated tables anew on each call
+        (the percentiles read them three times), and how many there are."""
+        if not isinstance(X, LazyScans):
+            tables, _ = self._tables(X, reset=True)
+            return (lambda: iter(tables)), len(tables)
+        if not len(X):
+            raise ValueError("received no scans; expected at least one (n_timepoints, n_rois) "
+                             "table")
+        validate_data(self, X[0], reset=True, dtype=np.float32)
+        return (lambda: (validate_data(self, scan, reset=False, dtype=np.float32)
+                         for scan in X)), len(X)
 
     def transform(self, X):
         """Scale scans; returns the input's form (a table, a stack or a list), float32.

@@ -10,11 +10,14 @@ The cohort is made in four steps, each a function of its own:
 3. :func:`subject_connectomes`: each subject's biological SC (the group connectome
    with individual variation and the planted effects) and its measurement
    (streamline counts: subject scale, measurement noise, rounding).
-4. :func:`simulate_bold`: Stuart-Landau (Hopf normal form) oscillators coupled by the
-   biological SC, integrated by Euler-Maruyama (the uncoupled linear part exactly)
-   for a batch of scans at once (one thread; batched matmul), feeding a Balloon-Windkessel hemodynamic model
-   integrated alongside and sampled at the site's TR after a burn-in; then site
-   noise and scale are applied.
+4. :func:`bsym.data.dynamics.integrate`: Stuart-Landau (Hopf normal form) oscillators
+   coupled by the biological SC, integrated by Euler-Maruyama (the uncoupled linear part
+   exactly) for batches of scans at once (batched matmul), feeding a Balloon-Windkessel
+   hemodynamic model integrated alongside and sampled at the site's TR after a burn-in;
+   then site noise and scale are applied.
+
+A store is written subject by subject and batch by batch (:func:`simulate_cohort`), so
+the memory it takes does not grow with the number of subjects.
 
 Planted effects (effect sizes in :class:`SimulationConfig`):
 
@@ -56,7 +59,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from contextlib import contextmanager
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +69,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from bsym.data.dynamics import (  # noqa: F401  (BalloonWindkessel, simulate_bold: public)
+    BalloonWindkessel,
+    Group,
+    integrate,
+    integration_schedule,
+    simulate_bold,
+)
 from bsym.errors import UsageError
 
 YEO7_NETWORKS = ("Visual", "Somatomotor", "DorsalAttention", "VentralAttention", "Limbic",
@@ -413,6 +424,47 @@ def draw_subjects(n_subjects, n_sites, rng, config=None) -> pd.DataFrame:
 
 # -- 3. subject SC ------------------------------------------------------------------------
 
+def connectome_stream(group, subjects, rng, config=None):
+    """Biological and measured SC of each subject in turn (what :func:`subject_connectomes`
+    stacks); one subject in memory at a time.
+
+    Yields
+    ------
+    true_sc : ndarray, shape (n_rois, n_rois)
+        Biological weights (what the dynamics see), float64.
+    counts : ndarray, shape (n_rois, n_rois)
+        Measured streamline counts (rounded, non-negative), float32.
+    lengths : ndarray, shape (n_rois, n_rois)
+        Fibre lengths (mm) where a streamline was counted, float32.
+    """
+    config = config or SimulationConfig()
+    n_rois = group.n_rois
+    edges = group.edges
+    log_w = np.log(np.where(edges, group.weights, 1.0))
+    long_range = group.distance / group.distance[edges].max()
+    weak = group.weights < np.quantile(group.weights[edges], config.score_edge_quantile)
+    pattern = strength_neutral_pattern(np.where(weak, group.weights, 0.0), rng)
+    dx_net = _network_index(config.diagnosis_network, len(group.network_names),
+                            "diagnosis_network")
+    within = group.network[:, None] == group.network[None]
+    dx_edges = within & (group.network[:, None] == dx_net)
+    n_net = len(group.network_names)
+    for row in subjects.itertuples(index=False):
+        net_offset = config.sc_network_sd * rng.standard_normal(n_net)
+        log_s = (log_w + config.sc_individual_sd * _symmetric_normal(rng, n_rois)
+                 + np.where(within, net_offset[group.network][:, None], 0.0)
+                 - config.age_sc_loss * row.age_sc * long_range
+                 + config.score_sc * row.score_sc * pattern
+                 - config.diagnosis_sc_loss * row.severity * dx_edges)
+        true_sc = np.where(edges, np.exp(log_s), 0.0)
+        measured = true_sc * np.exp(config.sc_scale_sd * rng.standard_normal()
+                                    + config.sc_measurement_sd * _symmetric_normal(rng, n_rois))
+        counts = _mirror_upper(np.round(measured)).astype(np.float32)
+        jitter = np.exp(0.03 * _symmetric_normal(rng, n_rois))
+        lengths = _mirror_upper(np.where(counts > 0, group.lengths * jitter, 0.0))
+        yield true_sc, counts, lengths.astype(np.float32)
+
+
 def subject_connectomes(group, subjects, rng, config=None):
     """Biological and measured SC of every subject.
 
@@ -433,259 +485,175 @@ def subject_connectomes(group, subjects, rng, config=None):
     lengths : ndarray, shape (n_subjects, n_rois, n_rois)
         Fibre lengths (mm) where a streamline was counted, float32.
     """
-    config = config or SimulationConfig()
-    n, n_rois = len(subjects), group.n_rois
-    edges = group.edges
-    log_w = np.log(np.where(edges, group.weights, 1.0))
-    long_range = group.distance / group.distance[edges].max()
-    weak = group.weights < np.quantile(group.weights[edges], config.score_edge_quantile)
-    pattern = strength_neutral_pattern(np.where(weak, group.weights, 0.0), rng)
-    dx_net = _network_index(config.diagnosis_network, len(group.network_names),
-                            "diagnosis_network")
-    within = group.network[:, None] == group.network[None]
-    dx_edges = within & (group.network[:, None] == dx_net)
-    n_net = len(group.network_names)
-    true_sc = np.empty((n, n_rois, n_rois))
-    counts = np.empty((n, n_rois, n_rois), dtype=np.float32)
-    lengths = np.empty((n, n_rois, n_rois), dtype=np.float32)
-    for s, row in enumerate(subjects.itertuples(index=False)):
-        net_offset = config.sc_network_sd * rng.standard_normal(n_net)
-        log_s = (log_w + config.sc_individual_sd * _symmetric_normal(rng, n_rois)
-                 + np.where(within, net_offset[group.network][:, None], 0.0)
-                 - config.age_sc_loss * row.age_sc * long_range
-                 + config.score_sc * row.score_sc * pattern
-                 - config.diagnosis_sc_loss * row.severity * dx_edges)
-        true_sc[s] = np.where(edges, np.exp(log_s), 0.0)
-        measured = true_sc[s] * np.exp(config.sc_scale_sd * rng.standard_normal()
-                                       + config.sc_measurement_sd
-                                       * _symmetric_normal(rng, n_rois))
-        counts[s] = _mirror_upper(np.round(measured))
-        jitter = np.exp(0.03 * _symmetric_normal(rng, n_rois))
-        lengths[s] = _mirror_upper(np.where(counts[s] > 0, group.lengths * jitter, 0.0))
-    return true_sc, counts, lengths
+    parts = list(zip(*connectome_stream(group, subjects, rng, config)))
+    n_rois = group.n_rois
+    if not parts:
+        return (np.empty((0, n_rois, n_rois)),
+                *(np.empty((0, n_rois, n_rois), dtype=np.float32) for _ in range(2)))
+    return tuple(np.stack(p) for p in parts)
 
 
-# -- 4. dynamics and hemodynamics -----------------------------------------------------------
+# -- 4. dynamics --------------------------------------------------------------------------
 
-def integration_schedule(tr, n_timepoints, max_strength, config):
-    """Step size and step counts for one batch of scans.
+@dataclass
+class _Dynamics:
+    """What the dynamics of every scan need besides the SC, drawn before it.
 
-    The step is the largest that divides the TR, is at most ``config.dt_max`` and
-    keeps Euler stable on the coupling (``dt <= 0.5 / max_i sum_j K_ij``).
-
-    Returns
-    -------
-    dt : float
-        Step (s).
-    per_tr : int
-        Steps per sample.
-    burn : int
-        Steps discarded before the first sample.
-    """
-    dt_max = min(config.dt_max, 0.5 / max(float(max_strength), 1e-12))
-    per_tr = max(1, math.ceil(tr / dt_max - 1e-9))
-    dt = tr / per_tr
-    return dt, per_tr, math.ceil(config.burn_in_s / dt)
-
-
-class BalloonWindkessel:
-    """Balloon-Windkessel hemodynamics (Friston 2003, Stephan 2007), log states.
-
-    ``s`` vasodilatory signal, ``f`` flow, ``v`` volume, ``q`` deoxyhaemoglobin; flow,
-    volume and deoxyhaemoglobin are kept as logs so they stay positive.
-
-    Parameters
-    ----------
-    shape : tuple
-        Shape of the neural input.
-    config : SimulationConfig
-    dt : float
-        Integration step (s).
+    ``gain`` is each subject's global coupling times the local gain of each ROI (the
+    coupling of a subject is ``gain[:, None] * true_sc / norm``); ``bifurcation`` is per
+    scan, ``omega`` per subject (float32, as integrated).
     """
 
-    def __init__(self, shape, config, dt):
-        self.config, self.dt = config, dt
-        self.s = torch.zeros(shape)
-        self.log_f, self.log_v, self.log_q = (torch.zeros(shape) for _ in range(3))
+    gain: np.ndarray
+    norm: float
+    omega: np.ndarray
+    bifurcation: np.ndarray
+    subject_of_scan: np.ndarray
 
-    def step(self, u):
-        """Advance by one Euler step driven by neural activity ``u``."""
-        c, dt = self.config, self.dt
-        f, inv_v = torch.exp(self.log_f), torch.exp(-self.log_v)
-        v_alpha = torch.exp(self.log_v / c.hrf_alpha)
-        extraction = 1.0 - torch.exp(math.log(1.0 - c.hrf_rho) / f)
-        d_log_f = self.s / f
-        d_log_v = (f - v_alpha) * inv_v / c.hrf_tau
-        d_log_q = (f * extraction * torch.exp(-self.log_q) / c.hrf_rho
-                   - v_alpha * inv_v) / c.hrf_tau
-        self.s.add_((u - c.hrf_kappa * self.s - c.hrf_gamma * (f - 1.0)) * dt)
-        self.log_f.add_(d_log_f * dt)
-        self.log_v.add_(d_log_v * dt)
-        self.log_q.add_(d_log_q * dt)
-
-    def bold(self):
-        """BOLD signal change (fraction)."""
-        rho = self.config.hrf_rho
-        k1, k2, k3 = 7.0 * rho, 2.0, 2.0 * rho - 0.2
-        v, q = torch.exp(self.log_v), torch.exp(self.log_q)
-        return self.config.hrf_v0 * (k1 * (1.0 - q) + k2 * (1.0 - q / v) + k3 * (1.0 - v))
+    def coupling(self, s, true_sc):
+        """Coupling weights of subject ``s`` (float32, as integrated)."""
+        return (self.gain[s][:, None] * true_sc / self.norm).astype(np.float32)
 
 
-def _hopf_step(z, coupling_t, strength, cos, sin, noise, dt):
-    """One step of the coupled Stuart-Landau oscillators; ``z`` is (batch, 2, n_rois)."""
-    x, y = z[:, 0], z[:, 1]
-    new = torch.bmm(z, coupling_t)  # sum_j K_ij z_j; (2, N) @ (N, N) is the fast layout
-    new.sub_(((x * x + y * y).unsqueeze(1) + strength) * z).mul_(dt).add_(noise)
-    new[:, 0].addcmul_(cos, x).addcmul_(sin, y, value=-1.0)
-    new[:, 1].addcmul_(sin, x).addcmul_(cos, y)
-    return new
-
-
-def simulate_bold(coupling, bifurcation, omega, *, tr, n_timepoints, generator,
-                  config=None, progress=None):
-    """Integrate coupled Stuart-Landau oscillators and the balloon model for a batch.
-
-    For ROI ``i`` of one scan, with ``z = x + iy``,
-    ``dz_i = [(a_i + i w_i - |z_i|^2) z_i + sum_j K_ij (z_j - z_i)] dt + sigma dW``;
-    the uncoupled linear part (``a_i + i w_i``) is applied exactly, the rest by
-    Euler-Maruyama (keeping the synchronous mode of the diffusive coupling neutral).
-    ``hrf_input_scale * x_i`` drives a :class:`BalloonWindkessel` model integrated
-    with the same step; its BOLD signal is sampled once per TR after the burn-in.
-
-    Parameters
-    ----------
-    coupling : Tensor, shape (batch, n_rois, n_rois)
-        ``K``: coupling weights (row i: inputs to ROI i), 1/s.
-    bifurcation, omega : Tensor, shape (batch, n_rois)
-        Hopf parameter ``a`` (1/s) and angular frequency (rad/s).
-    tr : float
-        Sampling interval (s).
-    n_timepoints : int
-        Samples to return.
-    generator : torch.Generator
-        Source of the neural noise.
-    config : SimulationConfig, optional
-    progress : callable, optional
-        Called with the number of integration steps done since the last call.
-
-    Returns
-    -------
-    ndarray, shape (batch, n_rois, n_timepoints), float32
-        BOLD signal change in percent, without measurement noise.
-    """
-    config = config or SimulationConfig()
-    batch, n_rois = bifurcation.shape
-    strength = coupling.sum(2).unsqueeze(1)
-    dt, per_tr, burn = integration_schedule(tr, n_timepoints, strength.max(), config)
-    total = burn + per_tr * n_timepoints
-    coupling_t = coupling.transpose(1, 2).contiguous()
-    decay = torch.exp(bifurcation * dt)
-    cos, sin = decay * torch.cos(omega * dt), decay * torch.sin(omega * dt)
-    sigma = config.noise_sd * math.sqrt(dt)
-
-    stationary = config.noise_sd / math.sqrt(2 * abs(config.bifurcation) + 1e-3)
-    z = stationary * torch.randn(batch, 2, n_rois, generator=generator)
-    balloon = BalloonWindkessel((batch, n_rois), config, dt)
-    out = torch.empty(batch, n_rois, n_timepoints)
-    chunk = per_tr * max(1, 200 // per_tr)
-    flush = torch.set_flush_denormal(True)  # decaying balloon states would slow every step
-    try:
-        for first in range(0, total, chunk):
-            size = min(chunk, total - first)
-            noise = torch.randn(size, batch, 2, n_rois, generator=generator).mul_(sigma)
-            for k in range(size):
-                balloon.step(config.hrf_input_scale * z[:, 0])
-                z = _hopf_step(z, coupling_t, strength, cos, sin, noise[k], dt)
-                sample, rest = divmod(first + k + 1 - burn, per_tr)
-                if sample > 0 and rest == 0:
-                    out[:, :, sample - 1] = balloon.bold()
-            if progress is not None:
-                progress(size)
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
-    if not torch.isfinite(out).all():
-        raise RuntimeError("the hemodynamic model diverged (non-finite BOLD); lower "
-                           "SimulationConfig.hrf_input_scale or dt_max, or keep the Hopf "
-                           "parameter a of every ROI well below 0.3")
-    return (100.0 * out).numpy()
-
-
-def _dynamics_parameters(group, subjects, scans, true_sc, rng, config):
-    """Coupling matrices, Hopf parameters and frequencies of every scan."""
-    n_net = len(group.network_names)
-    net = group.network
+def _draw_dynamics(group, subjects, scans, rng, config):
+    """Coupling gain, Hopf parameters and frequencies: every subject, then every scan."""
+    n_net, net = len(group.network_names), group.network
     roi_freq = config.frequency_hz + config.frequency_roi_sd_hz * rng.standard_normal(len(net))
-    norm = group.weights.sum(1).mean()
     sex_nets = [_network_index(k, n_net, "sex_networks") for k in config.sex_networks]
     dx_net = _network_index(config.diagnosis_network, n_net, "diagnosis_network")
     cond_net = _network_index(config.condition_network, n_net, "condition_network")
-    per_subject = {}
+    shape = (len(subjects), len(net))
+    gain, a_subject, omega = np.empty(shape), np.empty(shape), np.empty(shape, np.float32)
+    response = np.empty(len(subjects))
     for s, row in enumerate(subjects.itertuples(index=False)):
         freq = (roi_freq + config.frequency_subject_sd_hz * rng.standard_normal(len(net))
                 + config.frequency_network_sd_hz * rng.standard_normal(n_net)[net])
         if row.sex == "M":
             freq = freq + config.sex_frequency_hz * (
                 (net == sex_nets[0]).astype(float) - (net == sex_nets[-1]).astype(float))
-        a = config.bifurcation + config.excitability_network_sd * rng.standard_normal(n_net)[net]
+        a_subject[s] = (config.bifurcation
+                        + config.excitability_network_sd * rng.standard_normal(n_net)[net])
         g = config.coupling * math.exp(config.coupling_sd * rng.standard_normal()
                                        - config.age_coupling * row.age_fmri)
-        gain = 1.0 - config.diagnosis_gain * row.severity * (net == dx_net)
-        response = config.condition_excitability * max(
+        gain[s] = g * (1.0 - config.diagnosis_gain * row.severity * (net == dx_net))
+        response[s] = config.condition_excitability * max(
             0.0, 1.0 + config.condition_response_sd * rng.standard_normal())
-        per_subject[row.subject] = (g * gain[:, None] * true_sc[s] / norm, a,
-                                    2 * math.pi * freq, response)
-    coupling, a, omega = [], [], []
-    for row in scans.itertuples(index=False):
-        k, a_s, w, response = per_subject[row.subject]
-        a_scan = a_s + config.excitability_session_sd * rng.standard_normal(n_net)[net]
-        if row.condition == "post":
-            a_scan = a_scan + response * (net == cond_net)
-        coupling.append(k)
-        a.append(a_scan)
-        omega.append(w)
-    return np.array(coupling), np.array(a), np.array(omega)
+        omega[s] = 2 * math.pi * freq
+    index = {subject: s for s, subject in enumerate(subjects["subject"])}
+    subject_of_scan = scans["subject"].map(index).to_numpy()
+    bifurcation = np.empty((len(scans), len(net)), dtype=np.float32)
+    for j, (s, condition) in enumerate(zip(subject_of_scan, scans["condition"])):
+        a_scan = a_subject[s] + config.excitability_session_sd * rng.standard_normal(n_net)[net]
+        if condition == "post":
+            a_scan = a_scan + response[s] * (net == cond_net)
+        bifurcation[j] = a_scan
+    return _Dynamics(gain=gain, norm=group.weights.sum(1).mean(), omega=omega,
+                     bifurcation=bifurcation, subject_of_scan=subject_of_scan)
 
 
-@contextmanager
-def _one_thread():
-    # The tensors are too small for intra-op threads to pay (they cost time, more so on a
-    # busy machine); one thread also keeps the arrays identical on every machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+class _Couplings:
+    """Each subject's coupling matrix, kept in memory or in an open scratch file."""
+
+    def __init__(self, n_subjects, n_rois, scratch=None):
+        self.shape = (n_subjects, n_rois, n_rois)
+        self.scratch = scratch
+        self.array = None if scratch is not None else np.empty(self.shape, dtype=np.float32)
+        self.n = 0
+        self.strength = np.empty(n_subjects)
+
+    def append(self, coupling):
+        if self.scratch is not None:
+            self.scratch.write(coupling.tobytes())
+        else:
+            self.array[self.n] = coupling
+        self.strength[self.n] = float(torch.as_tensor(coupling).sum(1).max())
+        self.n += 1
+
+    def take(self, subjects):
+        """The coupling matrices of ``subjects`` (indices), as one float32 array."""
+        if self.scratch is None:
+            return self.array[subjects]
+        self.scratch.flush()
+        mapped = np.memmap(self.scratch, dtype=np.float32, mode="r", shape=self.shape)
+        try:
+            return np.array(mapped[subjects])
+        finally:
+            del mapped  # unmapped: the pages read do not stay in this process's memory
+
+
+def _usable_cores():
+    """Cores this process may run on (its CPU affinity where the platform tells)."""
     try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
-def _acquire(site_of_scan, site_trs, coupling, a, omega, *, n_timepoints, seed, rng, config,
-             progress):
-    """BOLD of every scan: integrate each site's scans in batches, add site noise and scale."""
+def _batches(site_of_scan, n_sites, max_batch):
+    """``(site, part, scans)`` of every batch: each site's scans, ``max_batch`` at a time."""
     batches = []
-    for k, tr in enumerate(site_trs):
+    for k in range(n_sites):
         index = np.flatnonzero(site_of_scan == k)
-        for part, start in enumerate(range(0, len(index), config.max_batch)):
-            rows = index[start:start + config.max_batch]
-            tensors = [torch.as_tensor(v[rows], dtype=torch.float32) for v in (coupling, a, omega)]
-            _, per_tr, burn = integration_schedule(tr, n_timepoints,
-                                                   tensors[0].sum(2).max(), config)
-            batches.append((k, part, rows, tensors, burn + per_tr * n_timepoints))
-    bold = [None] * len(site_of_scan)
-    with tqdm(total=sum(b[-1] for b in batches), desc="simulating BOLD", unit="step",
-              disable=not progress, mininterval=0.5) as bar, _one_thread():
-        for k, part, rows, tensors, _ in batches:
-            state = np.random.SeedSequence(seed, spawn_key=(5, k, part)).generate_state(1)
-            clean = simulate_bold(*tensors, tr=site_trs[k], n_timepoints=n_timepoints,
-                                  generator=torch.Generator().manual_seed(int(state[0])),
-                                  config=config, progress=bar.update)
-            noise = config.site_noise[k % len(config.site_noise)]
-            scale = config.site_scale[k % len(config.site_scale)]
-            reference = float(np.median(clean.std(axis=2)))
-            for j, i in enumerate(rows):
-                noisy = clean[j] + noise * reference * rng.standard_normal(clean[j].shape)
-                bold[i] = (scale * noisy).astype(np.float32)
-    return bold
+        for part, start in enumerate(range(0, len(index), max_batch)):
+            batches.append((k, part, index[start:start + max_batch]))
+    return batches
+
+
+def _waves(batches, max_scans):
+    """Consecutive batches integrated together, at most ``max_scans`` scans per wave."""
+    waves, size = [], 0
+    for batch in batches:
+        if waves and size + len(batch[2]) <= max_scans:
+            waves[-1].append(batch)
+            size += len(batch[2])
+        else:
+            waves.append([batch])
+            size = len(batch[2])
+    return waves
+
+
+def _acquire(plan, couplings, *, progress, threads=None):
+    """Yield ``(scan index, BOLD)`` of every scan: integrate the batches (several at once
+    while they fit in ``max_batch`` scans), add site noise and scale, batch after batch."""
+    config, dyn = plan.config, plan.dynamics
+    if threads is None:
+        threads = _usable_cores() >= 2
+    batches = _batches(plan.scans["site_index"].to_numpy(), len(plan.site_trs), config.max_batch)
+    steps = sum(_batch_steps(plan, couplings, k, rows) for k, _, rows in batches)
+    with tqdm(total=steps, desc="simulating BOLD", unit="step", disable=not progress,
+              mininterval=0.5) as bar:
+        for wave in _waves(batches, config.max_batch):
+            groups = []
+            for k, part, rows in wave:
+                state = np.random.SeedSequence(plan.seed, spawn_key=(5, k, part)).generate_state(1)
+                subjects = dyn.subject_of_scan[rows]
+                groups.append(Group(coupling=torch.from_numpy(couplings.take(subjects)),
+                                    bifurcation=torch.from_numpy(dyn.bifurcation[rows]),
+                                    omega=torch.from_numpy(dyn.omega[subjects]),
+                                    tr=plan.site_trs[k],
+                                    generator=torch.Generator().manual_seed(int(state[0]))))
+            clean = integrate(groups, n_timepoints=plan.n_timepoints, config=config,
+                              progress=bar.update, threads=threads)
+            for (k, _, rows), batch in zip(wave, clean):
+                yield from _site_noise(batch, rows, k, plan.rng_acq, config)
+
+
+def _batch_steps(plan, couplings, k, rows):
+    """Integration steps of one batch (for the progress bar)."""
+    strength = couplings.strength[plan.dynamics.subject_of_scan[rows]].max()
+    _, per_tr, burn = integration_schedule(plan.site_trs[k], plan.n_timepoints, strength,
+                                           plan.config)
+    return burn + per_tr * plan.n_timepoints
+
+
+def _site_noise(clean, rows, site, rng, config):
+    """Yield ``(scan index, BOLD)``: ``clean`` with the site's noise and scale."""
+    noise = config.site_noise[site % len(config.site_noise)]
+    scale = config.site_scale[site % len(config.site_scale)]
+    reference = float(np.median(clean.std(axis=2)))
+    for j, i in enumerate(rows):
+        noisy = clean[j] + noise * reference * rng.standard_normal(clean[j].shape)
+        yield int(i), (scale * noisy).astype(np.float32)
 
 
 # -- the cohort ---------------------------------------------------------------------------
@@ -713,9 +681,27 @@ def _check_arguments(n_subjects, n_rois, n_timepoints, n_networks, n_sites, site
     return n_subjects, n_rois, n_timepoints, n_networks, n_sites, site_trs
 
 
-def simulate(*, n_subjects=200, n_rois=100, n_timepoints=1200, n_networks=7, n_sites=3,
-             site_trs=None, sessions=2, seed=0, config=None, progress=True) -> SimulatedCohort:
-    """Simulate a cohort in memory; see :func:`simulate_cohort` for the parameters."""
+
+
+@dataclass
+class _Plan:
+    """Everything drawn before the SC and the dynamics, and the streams left to draw."""
+
+    group: GroupConnectome
+    subjects: pd.DataFrame
+    scans: pd.DataFrame
+    dynamics: _Dynamics
+    site_trs: tuple
+    n_timepoints: int
+    seed: int
+    config: SimulationConfig
+    source: dict
+    rng_sc: np.random.Generator
+    rng_acq: np.random.Generator
+
+
+def _plan(*, n_subjects, n_rois, n_timepoints, n_networks, n_sites, site_trs, sessions, seed,
+          config):
     config = config or SimulationConfig()
     n_subjects, n_rois, n_timepoints, n_networks, n_sites, site_trs = _check_arguments(
         n_subjects, n_rois, n_timepoints, n_networks, n_sites, site_trs, sessions)
@@ -724,8 +710,6 @@ def simulate(*, n_subjects=200, n_rois=100, n_timepoints=1200, n_networks=7, n_s
                                                          for s in streams[:5])
     group = make_group_connectome(n_rois, n_networks, rng_group, config)
     subjects = draw_subjects(n_subjects, n_sites, rng_subjects, config)
-    true_sc, counts, lengths = subject_connectomes(group, subjects, rng_sc, config)
-
     site_names = [f"site-{k + 1}" for k in range(n_sites)]
     conditions = ("pre", "post")[:sessions]
     scans = pd.DataFrame([
@@ -734,24 +718,49 @@ def simulate(*, n_subjects=200, n_rois=100, n_timepoints=1200, n_networks=7, n_s
          "score": row.score, "diagnosis": int(row.diagnosis), "condition": condition}
         for row in subjects.itertuples(index=False) for k, condition in enumerate(conditions)
     ])
-    coupling, a, omega = _dynamics_parameters(group, subjects, scans, true_sc, rng_dyn, config)
-
-    bold = _acquire(scans["site_index"].to_numpy(), site_trs, coupling, a, omega,
-                    n_timepoints=n_timepoints, seed=seed, rng=rng_acq, config=config,
-                    progress=progress)
-    scans = scans.drop(columns="site_index")
+    dynamics = _draw_dynamics(group, subjects, scans, rng_dyn, config)
     source = {"name": "simulated", "generator": "bsym.data.simulate", "seed": int(seed),
               "n_subjects": n_subjects, "n_rois": n_rois, "n_timepoints": n_timepoints,
               "n_networks": n_networks, "n_sites": n_sites, "site_trs": list(site_trs),
               "sessions": sessions, "config": config.to_dict()}
-    return SimulatedCohort(scans=scans, bold=bold, subjects=subjects, sc=counts,
-                           lengths=lengths, group=group, config=config, source=source)
+    return _Plan(group=group, subjects=subjects, scans=scans, dynamics=dynamics,
+                 site_trs=site_trs, n_timepoints=n_timepoints, seed=seed, config=config,
+                 source=source, rng_sc=rng_sc, rng_acq=rng_acq)
+
+
+def _connectomes(plan, couplings):
+    """Yield each subject's measured counts and lengths; keep its coupling in ``couplings``."""
+    stream = connectome_stream(plan.group, plan.subjects, plan.rng_sc, plan.config)
+    for s, (true_sc, counts, lengths) in enumerate(stream):
+        couplings.append(plan.dynamics.coupling(s, true_sc))
+        yield counts, lengths
+
+
+def simulate(*, n_subjects=200, n_rois=100, n_timepoints=1200, n_networks=7, n_sites=3,
+             site_trs=None, sessions=2, seed=0, config=None, progress=True,
+             threads=None) -> SimulatedCohort:
+    """Simulate a cohort in memory; see :func:`simulate_cohort` for the parameters."""
+    plan = _plan(n_subjects=n_subjects, n_rois=n_rois, n_timepoints=n_timepoints,
+                 n_networks=n_networks, n_sites=n_sites, site_trs=site_trs, sessions=sessions,
+                 seed=seed, config=config)
+    couplings = _Couplings(len(plan.subjects), plan.group.n_rois)
+    counts, lengths = (np.stack(m) for m in zip(*_connectomes(plan, couplings)))
+    bold = [None] * len(plan.scans)
+    for i, series in _acquire(plan, couplings, progress=progress, threads=threads):
+        bold[i] = series
+    return SimulatedCohort(scans=plan.scans.drop(columns="site_index"), bold=bold,
+                           subjects=plan.subjects, sc=counts, lengths=lengths, group=plan.group,
+                           config=plan.config, source=plan.source)
 
 
 def simulate_cohort(out, *, n_subjects=200, n_rois=100, n_timepoints=1200, n_networks=7,
                     n_sites=3, site_trs=None, sessions=2, seed=0, config=None,
-                    overwrite=False, progress=True, roi_order="original", roi_seed=0):
+                    overwrite=False, progress=True, roi_order="original", roi_seed=0,
+                    threads=None):
     """Simulate the built-in cohort and write it as a cohort store.
+
+    Subjects are written as they are simulated: memory does not grow with the cohort
+    (the coupling matrices wait in a scratch file beside ``out``, deleted afterwards).
 
     Parameters
     ----------
@@ -785,6 +794,10 @@ def simulate_cohort(out, *, n_subjects=200, n_rois=100, n_timepoints=1200, n_net
         ``roi_seed`` (recorded in the manifest; see :class:`bsym.data.store.CohortWriter`).
     roi_seed : int
         Seed of the shuffled order.
+    threads : bool, optional
+        Draw the neural noise and integrate the hemodynamics in two worker threads beside
+        the oscillators (faster on two or more free cores; the same numbers either way).
+        Default: when this process may run on two or more cores.
 
     Returns
     -------
@@ -801,22 +814,24 @@ def simulate_cohort(out, *, n_subjects=200, n_rois=100, n_timepoints=1200, n_net
 
     out = Path(out)
     check_store_output(out, overwrite=overwrite)  # before minutes of simulation
-    sim = simulate(n_subjects=n_subjects, n_rois=n_rois, n_timepoints=n_timepoints,
-                   n_networks=n_networks, n_sites=n_sites, site_trs=site_trs,
-                   sessions=sessions, seed=seed, config=config, progress=progress)
-    rois = sim.group.rois_table()
+    plan = _plan(n_subjects=n_subjects, n_rois=n_rois, n_timepoints=n_timepoints,
+                 n_networks=n_networks, n_sites=n_sites, site_trs=site_trs, sessions=sessions,
+                 seed=seed, config=config)
+    rois = plan.group.rois_table()
     preprocessing = {"units": "percent signal change x site scale",
                      "sc": "streamline counts", "lengths": "mm"}
-    with CohortWriter(out, source=sim.source, atlas=f"simulated-{n_rois}",
+    with CohortWriter(out, source=plan.source, atlas=f"simulated-{plan.group.n_rois}",
                       preprocessing=preprocessing, overwrite=overwrite, roi_order=roi_order,
-                      roi_seed=roi_seed) as writer:
+                      roi_seed=roi_seed) as writer, \
+            tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.coupling-") as scratch:
         writer.set_rois(rois["name"], networks=rois["network"],
                         coords=rois[["x", "y", "z"]].to_numpy())
-        for row, bold in zip(sim.scans.itertuples(index=False), sim.bold):
-            writer.add_scan(subject=row.subject, session=row.session, site=row.site,
-                            tr=row.tr, bold=bold, age=row.age, sex=row.sex, score=row.score,
-                            diagnosis=row.diagnosis, condition=row.condition)
-        for s, subject in enumerate(sim.subjects["subject"]):
-            writer.add_matrix("sc", subject, sim.sc[s])
-            writer.add_matrix("lengths", subject, sim.lengths[s])
+        couplings = _Couplings(len(plan.subjects), plan.group.n_rois, scratch)
+        for subject, (counts, lengths) in zip(plan.subjects["subject"],
+                                              _connectomes(plan, couplings)):
+            writer.add_matrix("sc", subject, counts)
+            writer.add_matrix("lengths", subject, lengths)
+        rows = plan.scans.drop(columns="site_index").to_dict("records")
+        for i, bold in _acquire(plan, couplings, progress=progress, threads=threads):
+            writer.place_scan(i, bold=bold, **rows[i])
     return open_cohort(out)

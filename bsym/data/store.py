@@ -213,7 +213,7 @@ class CohortWriter:
         self._permutation = None
         check_store_output(self.path, overwrite=overwrite)
         self._tmp = None
-        self._rows = []
+        self._rows = {}  # table position -> row
         self._scan_ids = set()
         self._matrices = {kind: {} for kind in MATRIX_KINDS}
         self._arrays = {}
@@ -321,6 +321,23 @@ class CohortWriter:
         related subjects for group-aware splits; ``origin`` names the raw file
         for error messages.
         """
+        return self.place_scan(len(self._rows), scan, subject=subject, bold=bold, tr=tr,
+                               session=session, site=site, family=family,
+                               confounds=confounds, origin=origin, **labels)
+
+    def place_scan(self, position, scan=None, *, subject, bold, tr, session="1",
+                   site="unknown", family=None, confounds=None, origin=None, **labels):
+        """Add one scan as row ``position`` of the subjects table (0-based).
+
+        For scans that become ready out of order (the simulator finishes them site by
+        site): each is written at once, and by the commit the positions must be
+        exactly 0 .. n_scans - 1. Otherwise as :meth:`add_scan`.
+        """
+        position = int(position)
+        if position < 0 or position in self._rows:
+            raise ValueError(f"scan position must be a new row index >= 0, received {position} "
+                             f"({'taken' if position >= 0 else 'negative'}); give each scan "
+                             "its own position")
         subject, session = str(subject), str(session)
         scan = str(scan) if scan is not None else f"{subject}_ses-{session}"
         origin = origin or f"scan {scan}"
@@ -346,8 +363,7 @@ class CohortWriter:
                 raise CohortError(f"label name {key!r} is reserved", file=origin,
                                   subject=subject, fix="rename the column")
         row.update(labels)
-        index = len(self._rows)
-        row["bold_file"] = self._save("bold", index, bold)
+        row["bold_file"] = self._save("bold", position, bold)
         if confounds is not None:
             confounds = np.asarray(confounds, dtype=np.float32)
             if confounds.ndim == 1:
@@ -364,8 +380,8 @@ class CohortWriter:
                     "confounds contain NaN/Inf", file=origin, subject=subject,
                     fix="fill the first rows of derivative confounds with 0",
                 )
-            row["confounds_file"] = self._save("confounds", index, confounds)
-        self._rows.append(row)
+            row["confounds_file"] = self._save("confounds", position, confounds)
+        self._rows[position] = row
         self._scan_ids.add(scan)
         return scan
 
@@ -393,7 +409,12 @@ class CohortWriter:
         if not self._rows:
             raise CohortError("no scans were added", file=self.path,
                               fix="check the input folder holds fMRI files")
-        subjects = pd.DataFrame(self._rows)
+        gaps = sorted(set(range(len(self._rows))) - set(self._rows))
+        if gaps:
+            raise CohortError(f"no scan was placed at row(s) {gaps[:5]} of {len(self._rows)}",
+                              file=self.path, fix="place one scan at every position "
+                              "0 .. n_scans - 1 (or add the scans in order with add_scan)")
+        subjects = pd.DataFrame([self._rows[i] for i in range(len(self._rows))])
         for kind, files in self._matrices.items():
             if not files:
                 continue
@@ -574,7 +595,8 @@ class Cohort:
         """Array file -> the subject it belongs to."""
         owners = {}
         for column in [c for c in self.subjects.columns if c.endswith("_file")]:
-            for rel, subject in zip(self.subjects[column], self.subjects["subject"]):
+            subjects = self.subjects["subject"].tolist()
+            for rel, subject in zip(self.subjects[column].tolist(), subjects):
                 if isinstance(rel, str):
                     owners.setdefault(rel, subject)
         return owners
@@ -707,7 +729,7 @@ class Cohort:
         check_unique(subjects["scan"], what="scan id", file=table)
         arrays = self.manifest["arrays"]
         for column in [c for c in subjects.columns if c.endswith("_file")]:
-            for rel, scan in zip(subjects[column], subjects["scan"]):
+            for rel, scan in zip(subjects[column].tolist(), subjects["scan"].tolist()):
                 if rel is None or (isinstance(rel, float) and np.isnan(rel)):
                     continue
                 if rel not in arrays:
