@@ -873,11 +873,11 @@ class Cohort:
         for label in m["labels"]:
             col = t[label]
             if pd.api.types.is_numeric_dtype(col) and col.nunique() > 5:
-                lines.append(f"label {label:<8}mean {col.mean():.3g}  sd {col.std():.3g}  "
+                lines.append(f"label {label + ' ':<8}mean {col.mean():.3g}  sd {col.std():.3g}  "
                              f"range {col.min():.3g}..{col.max():.3g}  missing {int(col.isna().sum())}")
             else:
                 counts = col.value_counts(dropna=False).sort_index()
-                lines.append(f"label {label:<8}" + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+                lines.append(f"label {label + ' ':<8}" + ", ".join(f"{k}: {v}" for k, v in counts.items()))
         lines.append(f"manifest      sha256 {self.manifest_hash}")
         return "\n".join(lines)
 
