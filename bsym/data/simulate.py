@@ -77,6 +77,7 @@ from bsym.data.dynamics import (  # noqa: F401  (BalloonWindkessel, simulate_bol
     simulate_bold,
 )
 from bsym.errors import UsageError
+from bsym.io import disk_error
 
 YEO7_NETWORKS = ("Visual", "Somatomotor", "DorsalAttention", "VentralAttention", "Limbic",
                  "Frontoparietal", "Default")
@@ -820,18 +821,21 @@ def simulate_cohort(out, *, n_subjects=200, n_rois=100, n_timepoints=1200, n_net
     rois = plan.group.rois_table()
     preprocessing = {"units": "percent signal change x site scale",
                      "sc": "streamline counts", "lengths": "mm"}
-    with CohortWriter(out, source=plan.source, atlas=f"simulated-{plan.group.n_rois}",
-                      preprocessing=preprocessing, overwrite=overwrite, roi_order=roi_order,
-                      roi_seed=roi_seed) as writer, \
-            tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.coupling-") as scratch:
-        writer.set_rois(rois["name"], networks=rois["network"],
-                        coords=rois[["x", "y", "z"]].to_numpy())
-        couplings = _Couplings(len(plan.subjects), plan.group.n_rois, scratch)
-        for subject, (counts, lengths) in zip(plan.subjects["subject"],
-                                              _connectomes(plan, couplings)):
-            writer.add_matrix("sc", subject, counts)
-            writer.add_matrix("lengths", subject, lengths)
-        rows = plan.scans.drop(columns="site_index").to_dict("records")
-        for i, bold in _acquire(plan, couplings, progress=progress, threads=threads):
-            writer.place_scan(i, bold=bold, **rows[i])
+    try:  # the coupling scratch file is written outside the store: its errors too
+        with CohortWriter(out, source=plan.source, atlas=f"simulated-{plan.group.n_rois}",
+                          preprocessing=preprocessing, overwrite=overwrite, roi_order=roi_order,
+                          roi_seed=roi_seed) as writer, \
+                tempfile.TemporaryFile(dir=out.parent, prefix=f".{out.name}.coupling-") as scratch:
+            writer.set_rois(rois["name"], networks=rois["network"],
+                            coords=rois[["x", "y", "z"]].to_numpy())
+            couplings = _Couplings(len(plan.subjects), plan.group.n_rois, scratch)
+            for subject, (counts, lengths) in zip(plan.subjects["subject"],
+                                                  _connectomes(plan, couplings)):
+                writer.add_matrix("sc", subject, counts)
+                writer.add_matrix("lengths", subject, lengths)
+            rows = plan.scans.drop(columns="site_index").to_dict("records")
+            for i, bold in _acquire(plan, couplings, progress=progress, threads=threads):
+                writer.place_scan(i, bold=bold, **rows[i])
+    except OSError as err:
+        raise disk_error(err, out, what="the cohort store") from err
     return open_cohort(out)

@@ -429,10 +429,10 @@ def _build_probe(subparsers):
                    help="row protocol (default linear_probe; supervised with --features)")
     add_row_names(p, model_help="model name in the rows (default from the file)",
                   dataset_help="dataset name (default the store's folder)")
-    p.add_argument("--permutations", type=int, default=20,
+    p.add_argument("--permutations", type=int, default=0,
                    help="the shuffled-labels control: refit the probe this many times on labels "
                    "permuted within each training fold (final weights and features only; "
-                   "0 turns it off; default 20, a permutation p down to 1/21)")
+                   "default 0; the workflow asks for 20, a permutation p down to 1/21)")
     add_fold_evaluation_options(p, pretrained_encoder=True)
     p.set_defaults(func=_probe)
     return p
