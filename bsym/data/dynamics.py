@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -333,26 +333,43 @@ def _per_scan_step(groups, shape):
 
 
 class _Inline:
-    """Runs submitted work at once, in the caller's thread (``integrate(threads=False)``)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    """Runs submitted work at once, in the caller's thread (``Workers(threads=False)``)."""
 
     def submit(self, fn, *args):
         future = Future()
         future.set_result(fn(*args))
         return future
 
-
-def _worker(threads):
-    """One worker thread (its tasks run in order), or the caller's thread."""
-    return ThreadPoolExecutor(1) if threads else _Inline()
+    def shutdown(self):
+        pass
 
 
-def integrate(groups, *, n_timepoints, config, progress=None, threads=True):
+class Workers:
+    """The two worker threads of :func:`integrate` (noise, hemodynamics), or none.
+
+    Use one for many integrations (``with Workers() as workers``): the same two threads
+    then serve them all, so the memory their allocations keep does not add up.
+
+    Parameters
+    ----------
+    threads : bool
+        False: run that work in the caller's thread (the same numbers).
+    """
+
+    def __init__(self, threads=True):
+        self.noise, self.hemodynamics = ((ThreadPoolExecutor(1), ThreadPoolExecutor(1))
+                                         if threads else (_Inline(), _Inline()))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.noise.shutdown()
+        self.hemodynamics.shutdown()
+        return False
+
+
+def integrate(groups, *, n_timepoints, config, progress=None, threads=True, workers=None):
     """Integrate every group's oscillators and hemodynamics; BOLD per group.
 
     For ROI ``i`` of one scan, with ``z = x + iy``,
@@ -373,6 +390,8 @@ def integrate(groups, *, n_timepoints, config, progress=None, threads=True):
     threads : bool
         Draw the noise and integrate the hemodynamics in two worker threads beside the
         oscillators (the numbers are the same either way).
+    workers : Workers, optional
+        Threads to use (then ``threads`` is ignored); default: new ones for this call.
 
     Returns
     -------
@@ -384,9 +403,9 @@ def integrate(groups, *, n_timepoints, config, progress=None, threads=True):
     order = sorted(groups, key=lambda g: -g.total)  # a finished group is the stacked tail
     total = order[0].total
     oscillators, hemodynamics = _Oscillators(order), _Hemodynamics(order, config)
-    with _worker(threads) as noise_pool, _worker(threads) as balloon_pool, \
+    with (nullcontext(workers) if workers else Workers(threads)) as workers, \
             one_thread_no_denormals():
-        noise = _NoiseBlocks(order, noise_pool)
+        noise = _NoiseBlocks(order, workers.noise)
         upcoming = noise.submit(0, min(BLOCK_STEPS, total))
         pending = deque()
         for first in range(0, total, BLOCK_STEPS):
@@ -395,7 +414,7 @@ def integrate(groups, *, n_timepoints, config, progress=None, threads=True):
             if last < total:
                 upcoming = noise.submit(last, min(last + BLOCK_STEPS, total))
             states = oscillators.advance(first, last, block)
-            pending.append(balloon_pool.submit(hemodynamics.run, first, states))
+            pending.append(workers.hemodynamics.submit(hemodynamics.run, first, states))
             while len(pending) > 1:  # at most one block waits: bounded memory
                 pending.popleft().result()
             if progress is not None:

@@ -72,6 +72,7 @@ from tqdm.auto import tqdm
 from bsym.data.dynamics import (  # noqa: F401  (BalloonWindkessel, simulate_bold: public)
     BalloonWindkessel,
     Group,
+    Workers,
     integrate,
     integration_schedule,
     simulate_bold,
@@ -622,7 +623,7 @@ def _acquire(plan, couplings, *, progress, threads=None):
     batches = _batches(plan.scans["site_index"].to_numpy(), len(plan.site_trs), config.max_batch)
     steps = sum(_batch_steps(plan, couplings, k, rows) for k, _, rows in batches)
     with tqdm(total=steps, desc="simulating BOLD", unit="step", disable=not progress,
-              mininterval=0.5) as bar:
+              mininterval=0.5) as bar, Workers(threads) as workers:
         for wave in _waves(batches, config.max_batch):
             groups = []
             for k, part, rows in wave:
@@ -634,7 +635,7 @@ def _acquire(plan, couplings, *, progress, threads=None):
                                     tr=plan.site_trs[k],
                                     generator=torch.Generator().manual_seed(int(state[0]))))
             clean = integrate(groups, n_timepoints=plan.n_timepoints, config=config,
-                              progress=bar.update, threads=threads)
+                              progress=bar.update, workers=workers)
             for (k, _, rows), batch in zip(wave, clean):
                 yield from _site_noise(batch, rows, k, plan.rng_acq, config)
 
@@ -833,9 +834,10 @@ def simulate_cohort(out, *, n_subjects=200, n_rois=100, n_timepoints=1200, n_net
                                                   _connectomes(plan, couplings)):
                 writer.add_matrix("sc", subject, counts)
                 writer.add_matrix("lengths", subject, lengths)
-            rows = plan.scans.drop(columns="site_index").to_dict("records")
+            columns = {name: values.tolist() for name, values in
+                       plan.scans.drop(columns="site_index").items()}
             for i, bold in _acquire(plan, couplings, progress=progress, threads=threads):
-                writer.place_scan(i, bold=bold, **rows[i])
+                writer.place_scan(i, bold=bold, **{k: v[i] for k, v in columns.items()})
     except OSError as err:
         raise disk_error(err, out, what="the cohort store") from err
     return open_cohort(out)

@@ -463,9 +463,11 @@ class CohortWriter:
             "matrices": [k for k, v in self._matrices.items() if v],
             "labels": labels,
             "tables": tables,
-            "arrays": self._arrays,
         }
+        # Plain JSON types for what callers gave (numpy numbers, paths); the array records
+        # are plain already and, one per file, too many to copy.
         manifest = json.loads(json.dumps(manifest, default=_json_default))
+        manifest["arrays"] = self._arrays
         manifest[CHECKSUM_FIELD] = json_sha256(manifest)
         tmp_manifest = self._tmp / (MANIFEST + ".tmp")
         with self._disk_errors():
