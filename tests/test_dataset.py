@@ -56,6 +56,31 @@ def test_scaler_is_fitted_on_training_scans_only(toy_store):
     np.testing.assert_array_equal(restored.scale_windows(raw), scaler.scale_windows(raw))
 
 
+def test_a_scaler_fitted_on_the_same_scans_is_copied_not_refitted(toy_store_factory,
+                                                                   monkeypatch):
+    import bsym.data.dataset as dataset_module
+
+    store = toy_store_factory(trs=(2.0, 0.8))
+    dataset_module._FITTED_SCALERS.clear()
+    fits = []
+    real_fit = RobustScaler.fit
+    monkeypatch.setattr(RobustScaler, "fit", lambda self, X: fits.append(1) or real_fit(self, X))
+    first = WindowDataset(store, 10, target_tr=1.0, scans=store.scans[:3]).fit_scaler(
+        RobustScaler())
+    again = RobustScaler()
+    fold = WindowDataset(store, 20, target_tr=1.0, scans=store.scans[:3])  # another window
+    assert fold.fit_scaler(again) is again and fold.scaler is again
+    assert len(fits) == 1
+    np.testing.assert_array_equal(again.center_, first.center_)
+    np.testing.assert_array_equal(again.scale_, first.scale_)
+    assert again.n_scans_ == 3 and again.center_ is not first.center_
+    WindowDataset(store, 10, target_tr=1.0, scans=store.scans[1:4]).fit_scaler(RobustScaler())
+    WindowDataset(store, 10, target_tr=0.5, scans=store.scans[:3]).fit_scaler(RobustScaler())
+    WindowDataset(store, 10, target_tr=1.0, scans=store.scans[:3]).fit_scaler(
+        RobustScaler(quantile_range=(10.0, 90.0)))
+    assert len(fits) == 4  # other scans, another TR, other settings: fitted
+
+
 def test_scaler_reads_checkpoints_written_before_it_was_an_estimator():
     # extra["scaler"] as stored by earlier versions (the same keys)
     state = {"quantile_range": [25.0, 75.0], "center": [1.0, -2.0], "scale": [2.0, 0.5],
@@ -195,17 +220,20 @@ def test_percentiles_of_many_tables_equal_numpy_on_their_concatenation():
         tables = [makers[trial % 4]((int(rng.integers(1, 300)), n_columns)).astype(np.float32)
                   for _ in range(int(rng.integers(1, 5)))]
         q = [float(rng.uniform(0, 50)), 50.0, float(rng.uniform(50, 100))]
-        n, got = column_percentiles(tables.__iter__, q, n_columns)
         stacked = np.concatenate(tables)
-        assert n == len(stacked)
-        np.testing.assert_array_equal(got, np.percentile(stacked, q, axis=0))
+        expected = np.percentile(stacked, q, axis=0)
+        for pool_limit in (stacked.size, stacked.size - 1):  # pooled, then radix passes
+            n, got = column_percentiles(tables.__iter__, q, n_columns, pool_limit=pool_limit)
+            assert n == len(stacked)
+            np.testing.assert_array_equal(got, expected)
     values = np.array([-np.inf, -3.5, -1e-40, 0.0, 1e-40, 2.0, np.inf], dtype=np.float32)
     keys = sortable_keys(values)
     assert (np.diff(keys.astype(np.int64)) > 0).all()
     np.testing.assert_array_equal(key_values(keys), values)
 
 
-def test_scaler_reads_lazy_scans_one_at_a_time():
+def test_scaler_reads_lazy_scans_one_at_a_time(monkeypatch):
+    from bsym.data import quantiles
     from bsym.data.preprocess import LazyScans
 
     scans = [np.random.default_rng(s).normal(size=(50 + s, 3)).astype(np.float32)
@@ -221,4 +249,11 @@ def test_scaler_reads_lazy_scans_one_at_a_time():
     np.testing.assert_array_equal(lazy.center_, listed.center_)
     np.testing.assert_array_equal(lazy.scale_, listed.scale_)
     assert lazy.n_scans_ == 4 and lazy.n_features_in_ == 3
-    assert reads == [0] + 3 * [0, 1, 2, 3]  # the first to learn the shape, then three passes
+    assert reads == [0] + [0, 1, 2, 3]  # the first to learn the shape, then pooled once
+    reads.clear()
+    monkeypatch.setattr(quantiles, "POOL_LIMIT", 2 * 3 * 51)  # past it: never pooled
+    radix = RobustScaler().fit(LazyScans(len(scans), read))
+    np.testing.assert_array_equal(radix.center_, listed.center_)
+    np.testing.assert_array_equal(radix.scale_, listed.scale_)
+    # the shape, a read stopped at the limit, then three radix passes
+    assert reads == [0] + [0, 1, 2] + 3 * [0, 1, 2, 3]

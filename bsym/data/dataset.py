@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import OrderedDict
 
@@ -43,6 +44,10 @@ class _SeriesCache:
 
 
 _SERIES = _SeriesCache()
+#: Scalers fitted in this process, by what they were fitted on (a sweep refits the same
+#: inner folds for every trial); the few most recent are kept.
+_FITTED_SCALERS = OrderedDict()
+_FITTED_KEPT = 32
 SAMPLINGS = ("grid", "random")
 
 
@@ -249,11 +254,29 @@ class WindowDataset(Dataset):
         validation and test datasets. The scaler takes (time x ROIs) tables, so the
         scans (ROIs x time) are passed transposed, as a :class:`LazyScans` that reads
         (and preprocesses) one scan at a time: a :class:`RobustScaler` never holds them
-        all.
+        all. A scaler of the same kind and settings fitted on the same preprocessed scans
+        earlier in this process is copied instead of fitted again (the same numbers).
         """
         scans = self.table["scan"].tolist()
-        self.scaler = scaler.fit(LazyScans(len(scans), lambda i: self.series(scans[i]).T))
+        key = self._scaler_key(scaler, scans)
+        if key in _FITTED_SCALERS:
+            _FITTED_SCALERS.move_to_end(key)
+            scaler.__dict__.update(copy.deepcopy(_FITTED_SCALERS[key].__dict__))
+        else:
+            scaler.fit(LazyScans(len(scans), lambda i: self.series(scans[i]).T))
+            _FITTED_SCALERS[key] = copy.deepcopy(scaler)
+            while len(_FITTED_SCALERS) > _FITTED_KEPT:
+                _FITTED_SCALERS.popitem(last=False)
+        self.scaler = scaler
         return self.scaler
+
+    def _scaler_key(self, scaler, scans):
+        """What a fitted scaler depends on: its kind and settings, and the preprocessed
+        scans (as :meth:`series` keys them)."""
+        settings = json.dumps(scaler.get_params(), sort_keys=True, default=str)
+        return (type(scaler).__qualname__, settings, self.cohort.manifest_hash,
+                str(self.cohort.path), self._preprocessed, self.tr, self.target_tr is not None,
+                json.dumps(self.cleaning.to_dict(), sort_keys=True), tuple(scans))
 
     # -- Dataset protocol ----------------------------------------------------------
     def __len__(self):

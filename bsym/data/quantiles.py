@@ -1,16 +1,19 @@
 """Exact per-column percentiles of many tables without holding them together.
 
 :func:`column_percentiles` gives, bit for bit, what ``np.percentile(np.concatenate(tables),
-q, axis=0)`` gives for float32 tables, reading the tables three times instead of
-concatenating them: the memory it takes does not grow with the number of rows (the robust
-scaler of a 10,000-subject cohort would otherwise pool gigabytes).
+q, axis=0)`` gives for float32 tables; past a fixed number of values it reads the tables
+three times instead of concatenating them, so the memory it takes stops growing with the
+number of rows (the robust scaler of a 10,000-subject cohort would otherwise pool
+gigabytes).
 
-How: a percentile only reads the order statistics next to its rank. Each is found by radix
-selection on the float32 bit patterns (mapped to integers in the order of the values),
-12, 10 and 10 bits per pass: a pass counts, per column, the values of the candidate bucket
-in each of its sub-buckets. numpy then computes the percentiles from a stand-in column of
-the same length holding those order statistics at their ranks, so its interpolation is
-used as it is.
+How: tables that hold at most ``pool_limit`` values in all are read once into one
+column-major array and numpy's percentile selects in place along each row. Larger inputs are
+never pooled: a percentile only reads the order statistics next to its rank, and each is
+found by radix selection on the float32 bit patterns (mapped to integers in the order of the
+values), 12, 10 and 10 bits per pass, reading the tables three times; a pass counts, per
+column, the values of the candidate bucket in each of its sub-buckets. numpy then computes
+the percentiles from a stand-in column of the same length holding those order statistics at
+their ranks, so its interpolation is used as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import numpy as np
 #: (shift, bits) of the key digits found in each pass, most significant first.
 _DIGITS = ((20, 12), (10, 10), (0, 10))
 _SIGN = np.uint32(0x80000000)
+#: Values (rows x columns, all tables) up to which the tables are pooled (256 MB of
+#: float32): the default cohort's training folds fit; a large cohort's do not.
+POOL_LIMIT = 1 << 26
 
 
 def sortable_keys(table):
@@ -90,17 +96,21 @@ def _unique_slots(prefix):
     return slots
 
 
-def column_percentiles(tables, percentiles, n_columns):
+def column_percentiles(tables, percentiles, n_columns, pool_limit=None):
     """``np.percentile(np.concatenate(tables()), percentiles, axis=0)``, in bounded memory.
 
     Parameters
     ----------
     tables : callable
         Returns a fresh iterable of float32 tables (rows x ``n_columns``, no NaN) each time
-        it is called; it is called three times (once per key digit).
+        it is called; it is called once when the tables hold at most ``pool_limit`` values,
+        else up to four times (the first read stops at the limit).
     percentiles : sequence of float
         In [0, 100].
     n_columns : int
+    pool_limit : int, optional
+        Most values pooled in memory (default :data:`POOL_LIMIT`); beyond, the radix
+        passes keep memory flat.
 
     Returns
     -------
@@ -108,6 +118,10 @@ def column_percentiles(tables, percentiles, n_columns):
         Rows in all tables.
     percentiles : ndarray, shape (len(percentiles), n_columns), float64
     """
+    limit = POOL_LIMIT if pool_limit is None else pool_limit
+    pooled = _pool_columns(tables(), n_columns, limit)
+    if pooled is not None:
+        return pooled.shape[1], np.percentile(pooled, percentiles, axis=1, overwrite_input=True)
     counts, slots = None, None
     for shift, bits in _DIGITS:
         counts = _count_digits(tables(), n_columns, slots, shift, bits)
@@ -119,9 +133,31 @@ def column_percentiles(tables, percentiles, n_columns):
         _select(counts, prefix, offset, slots, bits)
         slots = _unique_slots(prefix)
     values = key_values(prefix.astype(np.uint32))
+    return n, _from_order_statistics(values, ranks, n, percentiles)
+
+
+def _pool_columns(tables, n_columns, limit):
+    """The tables as one (n_columns, rows) float32 array, or None past ``limit`` values."""
+    kept, size = [], 0
+    for table in tables:
+        size += np.size(table)
+        if size > limit:
+            return None
+        kept.append(table)
+    pooled = np.empty((n_columns, size // n_columns), dtype=np.float32)
+    row = 0
+    for table in kept:
+        pooled[:, row:row + len(table)] = np.asarray(table).T
+        row += len(table)
+    pooled += np.float32(0.0)  # -0 as +0, as the radix keys
+    return pooled
+
+
+def _from_order_statistics(values, ranks, n, percentiles):
+    """numpy's percentiles of columns whose sorted values at ``ranks`` are ``values``."""
     lengths = np.diff(np.append(ranks[1:], n), prepend=0)
-    out = np.empty((len(percentiles), n_columns))
-    for c in range(n_columns):
+    out = np.empty((len(percentiles), len(values)))
+    for c in range(len(values)):
         stand_in = np.repeat(values[c], lengths)  # sorted, the true values at the ranks read
         out[:, c] = np.percentile(stand_in, percentiles)
-    return n, out
+    return out
