@@ -24,6 +24,23 @@ from bsym.models.layers import check_choice, check_float, check_int
 
 BRANCHES = ("both", "fmri", "sc")
 STAGES = ("encoders", "perceiver", "joint")
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _sc_runs(adjacency):
+    """Runs of bitwise-identical consecutive matrices in ``adjacency`` (B, R, R).
+
+    Returns
+    -------
+    first : LongTensor (n_runs,)
+        The sample that starts each run.
+    run : LongTensor (B,)
+        Each sample's run.
+    """
+    bits = adjacency.view(_SAME_SIZE_INT[adjacency.element_size()]).flatten(1)
+    starts = torch.ones(len(bits), dtype=torch.bool, device=bits.device)
+    starts[1:] = (bits[1:] != bits[:-1]).any(dim=1)
+    return starts.nonzero().squeeze(1), starts.cumsum(0) - 1
 
 
 class BrainSymphony(BrainModel):
@@ -304,6 +321,21 @@ class BrainSymphony(BrainModel):
         """SC ROI embeddings (B, R, d) of ``adjacency`` (B, R, R)."""
         return self.sc(adjacency)[0]
 
+    def _encode_sc_shared(self, adjacency, need_weights=False):
+        """``self.sc(adjacency, need_weights)``; on CPU, in eval mode without gradients, each
+        run of identical consecutive matrices (a scan's windows share their subject's SC) is
+        encoded once: there the encoder's output for a sample does not depend on the rest of
+        the batch, bit for bit (on CUDA the kernels may change with the batch size).
+        """
+        if (self.training or torch.is_grad_enabled() or adjacency.device.type != "cpu"
+                or torch.compiler.is_compiling()):
+            return self.sc(adjacency, need_weights)
+        first, run = _sc_runs(adjacency)
+        if len(first) == len(adjacency):
+            return self.sc(adjacency, need_weights)
+        h, maps = self.sc(adjacency[first], need_weights)
+        return h[run], None if maps is None else [m[run] for m in maps]
+
     def embed(self, batch):
         """Views ``fmri``, ``sc`` and ``fusion`` (those the model and batch allow).
 
@@ -315,7 +347,7 @@ class BrainSymphony(BrainModel):
         if x is not None:
             views["fmri"] = self.encode_fmri(x)
         if a is not None:
-            views["sc"] = self.encode_sc(a)
+            views["sc"] = self._encode_sc_shared(a)[0]
         if "fmri" in views and "sc" in views:
             views["fusion"] = self.gate(views["fmri"], views["sc"])[0]
         return {name: Embeddings(subject=e.mean(dim=1), roi=e) for name, e in views.items()}
@@ -343,7 +375,7 @@ class BrainSymphony(BrainModel):
             if latent:
                 maps["latent"] = torch.stack(latent)
         if a is not None:
-            h, sc_maps = self.sc(a, need_weights=True)
+            h, sc_maps = self._encode_sc_shared(a, need_weights=True)
             maps["sc"] = torch.stack(sc_maps)
             if x is not None:
                 maps["gate"] = self.gate(latents, h)[1]
