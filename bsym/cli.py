@@ -32,18 +32,25 @@ def build_parser():
     add_report_parser(sub)
     from bsym.track.cli import add_parser as add_tracking_parser
     add_tracking_parser(sub)
+    from bsym.batch import add_parser as add_batch_parser
+    add_batch_parser(sub)
     return parser
 
 
 def main(argv=None):
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args):
+    """Run one parsed command; return its exit status (0, 2 for bad input, 130 when
+    interrupted). An error the user can fix is one line on stderr, never a traceback."""
     from bsym.errors import BsymError
 
-    args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except BsymError as err:
         print(f"bsym: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return getattr(err, "exit_status", EXIT_BAD_INPUT)
     except OSError as err:
         # A location the user chose failed at the system level (full disk, permissions):
         # still one line naming the file, never a traceback.

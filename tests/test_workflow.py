@@ -206,12 +206,14 @@ def test_default_config_plans_every_model_task_and_the_baseline(tmp_path):
     assert _job_count(text, "health") == n_models * n_datasets
     assert _job_count(text, "health_table") == n_datasets
     assert _job_count(text, "netid") == n_models
-    assert _job_count(text, "probe_embeddings") == n_models * n_tasks * n_seeds
-    assert _job_count(text, "probe_connectome") == n_tasks * n_seeds
+    # one job per model (or baseline) and seed runs every task of the scored dataset
+    assert {d for t in cfg["tasks"].values() for d in t["datasets"]} == {"simulated"}
+    assert _job_count(text, "probe_embeddings") == n_models * n_seeds
+    assert _job_count(text, "probe_connectome") == n_seeds
     assert _job_count(text, "task_split") == n_tasks * n_seeds
     assert _job_count(text, "result_table") == 1
     assert _job_count(text, "report") == 1
-    assert _job_count(text, "supervised") == len(cfg["supervised"]["models"]) * n_tasks * n_seeds
+    assert _job_count(text, "supervised") == len(cfg["supervised"]["models"]) * n_seeds
     assert _job_count(text, "finetune") == len(cfg["finetune"]["models"]) * n_tasks * n_seeds
     assert _job_count(text, "attention") == len(cfg["attention"]["models"])
     assert _job_count(text, "sweep") == sum(len(s.get("tasks", cfg["tasks"])) * n_seeds
@@ -308,9 +310,11 @@ def test_slurm_profile_takes_sizes_from_the_config_and_site_settings_from_the_co
             assert part in block, (part, block)
     probe = _job_blocks(text, "probe_embeddings")
     assert probe
+    n_tasks = len(yaml.safe_load(cuda.read_text())["tasks"])
     for block in probe:
         assert "gpu=1" not in block and "slurm_partition=short" in block
-        assert "mem_mb=2000" in block and "runtime=20" in block
+        # 20 minutes per task: the job runs them one after the other
+        assert "mem_mb=2000" in block and f"runtime={20 * n_tasks}" in block
 
 
 def test_every_job_declares_its_memory_and_wall_time(tmp_path):
@@ -326,6 +330,44 @@ def test_every_job_declares_its_memory_and_wall_time(tmp_path):
         resources = re.search(r"^\s*resources: (.*)$", block, re.MULTILINE).group(1)
         assert re.search(r"\bmem_mb=\d+", resources) and re.search(r"\bruntime=\d+", resources), \
             block
+
+
+def test_one_job_runs_every_task_of_a_dataset_and_each_task_list_has_its_own_rule(
+        tmp_path):
+    # a second dataset with a task of its own: its jobs list other outputs, from a copy of
+    # each rule (a scan-level task is probed but not trained on)
+    cfg = yaml.safe_load((ROOT / "workflow/config/test.yaml").read_text())
+    cfg["datasets"]["tiny2"] = {**cfg["datasets"]["tiny"], "seed": 2}
+    cfg["tasks"] = {"sex": {"type": "classification", "datasets": ["tiny"]},
+                    "age": {"type": "regression"},
+                    "cond": {"label": "condition", "type": "classification",
+                             "level": "scan", "datasets": ["tiny2"]}}
+    cfg["sweeps"]["models"] = {}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # tasks run in config order
+    proc = _run(["-n", "-p", "--configfile", str(path)], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout + proc.stderr
+    outputs = {}
+    for rule in ("probe_embeddings", "probe_connectome", "supervised"):
+        for name in (rule, f"{rule}_2"):
+            for block in _job_blocks(text, name):
+                output = re.search(r"^\s*output: (.*)$", block, re.MULTILINE).group(1)
+                shell = re.search(r"^Shell command: (.*)$", block, re.MULTILINE).group(1)
+                assert shell.count("--command ") == len(output.split(", ")), block
+                outputs.setdefault(name, set()).add(output)
+    results = "results/test"
+    assert outputs["probe_embeddings"] == {
+        f"{results}/probe/tiny/{m}/sex/seed0.parquet, {results}/probe/tiny/{m}/age/seed0.parquet"
+        for m in cfg["models"]}
+    assert outputs["probe_connectome_2"] == {
+        f"{results}/probe/tiny2/connectome-fc/age/seed0.parquet, "
+        f"{results}/probe/tiny2/connectome-fc/cond/seed0.parquet"}
+    assert outputs["supervised"] == {
+        f"{results}/supervised/tiny/brainnetcnn/sex/seed0.parquet, "
+        f"{results}/supervised/tiny/brainnetcnn/age/seed0.parquet"}
+    assert outputs["supervised_2"] == {
+        f"{results}/supervised/tiny2/brainnetcnn/age/seed0.parquet"}
 
 
 def test_rules_read_the_validated_config_without_fallback_defaults():

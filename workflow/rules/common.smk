@@ -14,7 +14,7 @@ if workflow.basedir not in sys.path:
 
 from bsym.workflow import options
 from bsym.workflow.checks import check_config
-from bsym.workflow.plan import JobPlan, gpus
+from bsym.workflow.plan import JobPlan, gpus, rule_name
 from bsym.workflow.sources import prepare_arguments
 
 check_config(config)
@@ -127,3 +127,52 @@ def health_tables(wildcards):
 
 def attention_outputs(wildcards):
     return PLAN.attention_outputs(wildcards.dataset)
+
+
+# -- jobs running every task of a dataset: one `bsym batch` with a command per task --------
+def batch_commands(tasks, command):
+    """A params function: the `bsym batch` options of a rule running ``tasks``, with
+    ``command(wildcards, input, task, splits, results)`` per task."""
+
+    def commands(wildcards, input, output):
+        jobs = zip(tasks, input.splits, output)
+        return options.batch_options(command(wildcards, input, *job) for job in jobs)
+
+    return commands
+
+
+def probe_embeddings_command(wildcards, input, task, splits, results):
+    w = wildcards
+    source = options.embedding_source(w.model, model_config(w), input.embeddings)
+    return options.probe_command(
+        config, w.dataset, task, source, input.store, splits, results
+    )
+
+
+def probe_connectome_command(wildcards, input, task, splits, results):
+    source = f"--features {wildcards.features}"
+    return options.probe_command(
+        config, wildcards.dataset, task, source, input.store, splits, results
+    )
+
+
+def supervised_command(wildcards, input, task, splits, results):
+    w = wildcards
+    swept = PLAN.sweep_results(w.dataset, w.baseline, task, w.seed)
+    return options.supervised_command(
+        config, w.dataset, w.baseline, task, input.store, splits, results, swept
+    )
+
+
+def swept_results(tasks):
+    """An input function: the sweep results a supervised job of ``tasks`` reads."""
+
+    def sweeps(wildcards):
+        w = wildcards
+        return [
+            p
+            for t in tasks
+            for p in PLAN.sweep_results(w.dataset, w.baseline, t, w.seed)
+        ]
+
+    return sweeps

@@ -1,6 +1,6 @@
 # Evaluation: embeddings of every scan (final weights and kept snapshots), training health
 # of every pretraining run, task split files, linear probes (and the connectome baseline)
-# per model x task x split seed with their controls, fine-tuning of pretrained encoders,
+# per model x split seed (every task in one job) with their controls, fine-tuning of pretrained encoders,
 # supervised baselines trained per fold, network identification (with its controls) and
 # attention contrasts per model, and one long result table per dataset merged from the
 # per-job tables.
@@ -130,64 +130,76 @@ rule task_split:
         " --pretrain-split {input.pretrain} --splits {output} > {log} 2>&1"
 
 
-rule probe_embeddings:
-    input:
-        store=f"{RESULTS}/data/{{dataset}}",
-        embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}",
-        splits=f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
-        tracking=tracking_marker,
-    output:
-        f"{RESULTS}/probe/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.parquet",
-    log:
-        f"{RESULTS}/logs/probe/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/rules/probe/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.tsv"
-    conda:
-        "../envs/bsym.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
-    params:
-        bsym=BSYM,
-        task=probe_args,
-        view=view_args,
-        permutations=config["controls"]["permutations"],
-        tracking=tracking_args,
-    shell:
-        "OMP_NUM_THREADS={threads} {params.bsym} probe --embeddings {input.embeddings}"
-        " --data {input.store} {params.task} {params.view} --model {wildcards.model}"
-        " --dataset {wildcards.dataset} --splits {input.splits} --results {output}"
-        " --permutations {params.permutations} {params.tracking} --quiet > {log} 2>&1"
+# One job runs all the tasks of a dataset for one model (or baseline) and split seed, as one
+# `bsym batch` process: torch, scikit-learn and MLflow start once, not once per task. Each
+# task keeps its own table (a rerun resumes from the folds it holds). A rule lists its
+# tasks as outputs, so it is defined once per distinct task list of the datasets.
+for index, (datasets, tasks) in enumerate(PLAN.task_groups()):
 
+    rule:
+        name:
+            rule_name("probe_embeddings", index)
+        input:
+            store=f"{RESULTS}/data/{{dataset}}",
+            embeddings=f"{RESULTS}/embeddings/{{dataset}}/{{model}}",
+            splits=[
+                f"{RESULTS}/splits/{{dataset}}/{t}/seed{{seed}}.json" for t in tasks
+            ],
+            tracking=tracking_marker,
+        output:
+            [
+                f"{RESULTS}/probe/{{dataset}}/{{model}}/{t}/seed{{seed}}.parquet"
+                for t in tasks
+            ],
+        log:
+            f"{RESULTS}/logs/probe/{{dataset}}/{{model}}/seed{{seed}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/rules/probe/{{dataset}}/{{model}}/seed{{seed}}.tsv"
+        wildcard_constraints:
+            dataset=alternatives(datasets),
+        conda:
+            "../envs/bsym.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=20 * len(tasks),
+        params:
+            bsym=BSYM,
+            commands=batch_commands(tasks, probe_embeddings_command),
+        shell:
+            "OMP_NUM_THREADS={threads} {params.bsym} batch {params.commands} > {log} 2>&1"
 
-rule probe_connectome:
-    input:
-        store=f"{RESULTS}/data/{{dataset}}",
-        splits=f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
-        tracking=tracking_marker,
-    output:
-        f"{RESULTS}/probe/{{dataset}}/connectome-{{features}}/{{task}}/seed{{seed}}.parquet",
-    log:
-        f"{RESULTS}/logs/probe/{{dataset}}/connectome-{{features}}/{{task}}/seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/rules/probe/{{dataset}}/connectome-{{features}}/{{task}}/seed{{seed}}.tsv"
-    conda:
-        "../envs/bsym.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=20,
-    params:
-        bsym=BSYM,
-        task=probe_args,
-        permutations=config["controls"]["permutations"],
-        tracking=tracking_args,
-    shell:
-        "OMP_NUM_THREADS={threads} {params.bsym} probe --features {wildcards.features}"
-        " --data {input.store} {params.task} --dataset {wildcards.dataset}"
-        " --splits {input.splits} --results {output} --permutations {params.permutations}"
-        " {params.tracking} --quiet > {log} 2>&1"
+    rule:
+        name:
+            rule_name("probe_connectome", index)
+        input:
+            store=f"{RESULTS}/data/{{dataset}}",
+            splits=[
+                f"{RESULTS}/splits/{{dataset}}/{t}/seed{{seed}}.json" for t in tasks
+            ],
+            tracking=tracking_marker,
+        output:
+            [
+                f"{RESULTS}/probe/{{dataset}}/connectome-{{features}}/{t}/seed{{seed}}.parquet"
+                for t in tasks
+            ],
+        log:
+            f"{RESULTS}/logs/probe/{{dataset}}/connectome-{{features}}/seed{{seed}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/rules/probe/{{dataset}}/connectome-{{features}}/seed{{seed}}.tsv"
+        wildcard_constraints:
+            dataset=alternatives(datasets),
+        conda:
+            "../envs/bsym.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=20 * len(tasks),
+        params:
+            bsym=BSYM,
+            commands=batch_commands(tasks, probe_connectome_command),
+        shell:
+            "OMP_NUM_THREADS={threads} {params.bsym} batch {params.commands} > {log} 2>&1"
 
 
 rule finetune:
@@ -227,36 +239,42 @@ rule finetune:
         " --results {output} {params.tracking} --quiet > {log} 2>&1"
 
 
-rule supervised:
-    input:
-        store=f"{RESULTS}/data/{{dataset}}",
-        splits=f"{RESULTS}/splits/{{dataset}}/{{task}}/seed{{seed}}.json",
-        sweep=sweep_result,
-        tracking=tracking_marker,
-    output:
-        f"{RESULTS}/supervised/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.parquet",
-    log:
-        f"{RESULTS}/logs/supervised/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/rules/supervised/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.tsv"
-    conda:
-        "../envs/bsym.yaml"
-    threads: SUPERVISED["threads"]
-    resources:
-        gpu=gpus(SUPERVISED["training"]["device"]),
-        mem_mb=SUPERVISED["mem_mb"],
-        runtime=SUPERVISED["runtime"],
-    params:
-        bsym=BSYM,
-        task=task_args,
-        args=baseline_args,
-        swept=lambda wildcards, input: " ".join(f"--params {p}" for p in input.sweep),
-        tracking=tracking_args,
-    shell:
-        "OMP_NUM_THREADS={threads} {params.bsym} supervised --model {wildcards.baseline}"
-        " --data {input.store} {params.task} {params.args} {params.swept}"
-        " --dataset {wildcards.dataset} --splits {input.splits} --results {output}"
-        " {params.tracking} --quiet > {log} 2>&1"
+# supervised baselines: one job per dataset x baseline x split seed, every subject-level task
+for index, (datasets, tasks) in enumerate(PLAN.task_groups(subject_level=True)):
+
+    rule:
+        name:
+            rule_name("supervised", index)
+        input:
+            store=f"{RESULTS}/data/{{dataset}}",
+            splits=[
+                f"{RESULTS}/splits/{{dataset}}/{t}/seed{{seed}}.json" for t in tasks
+            ],
+            sweep=swept_results(tasks),
+            tracking=tracking_marker,
+        output:
+            [
+                f"{RESULTS}/supervised/{{dataset}}/{{baseline}}/{t}/seed{{seed}}.parquet"
+                for t in tasks
+            ],
+        log:
+            f"{RESULTS}/logs/supervised/{{dataset}}/{{baseline}}/seed{{seed}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/rules/supervised/{{dataset}}/{{baseline}}/seed{{seed}}.tsv"
+        wildcard_constraints:
+            dataset=alternatives(datasets),
+        conda:
+            "../envs/bsym.yaml"
+        threads: SUPERVISED["threads"]
+        resources:
+            gpu=gpus(SUPERVISED["training"]["device"]),
+            mem_mb=SUPERVISED["mem_mb"],
+            runtime=SUPERVISED["runtime"] * len(tasks),
+        params:
+            bsym=BSYM,
+            commands=batch_commands(tasks, supervised_command),
+        shell:
+            "OMP_NUM_THREADS={threads} {params.bsym} batch {params.commands} > {log} 2>&1"
 
 
 rule attention:
