@@ -5,12 +5,15 @@ Times :func:`bsym.data.simulate.simulate_cohort` at the default size (200 subjec
 temporary store. Target: one session in at most 10 s on 2 CPU cores. The oscillators are
 integrated in the calling thread while two worker threads draw the noise and integrate
 the hemodynamics (see ``bsym.data.dynamics``); the baseline of the ratios, measured in the
-same run, is the same simulation in one thread (``threads=False``: the same numbers). The
+same run, is the same simulation in one thread (``threads=False``: the same numbers).
+``--baseline DIR`` also times one session with the code of another checkout (e.g. a
+``git worktree`` of an earlier commit) in a subprocess, side by side in the same run. The
 load average is recorded because other work on the machine slows it.
 
 Usage::
 
     python benchmarks/simulate_speed.py [--subjects 200] [--rois 100] [--timepoints 1200]
+        [--baseline DIR]
 
 Writes ``results/benchmarks/simulate_speed.{json,png}``.
 """
@@ -21,6 +24,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +53,39 @@ def time_simulation(*, n_subjects, n_rois, n_timepoints, sessions, threads, seed
             "load_average_1min": load_average()}
 
 
+_IN_CHECKOUT = """
+import json, sys, tempfile, time
+from pathlib import Path
+import bsym
+from bsym.data.simulate import simulate_cohort
+size = json.loads(sys.argv[1])
+with tempfile.TemporaryDirectory() as tmp:
+    start, cpu = time.perf_counter(), time.process_time()
+    cohort = simulate_cohort(Path(tmp) / "sim", sessions=1, seed=0, progress=False, **size)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "bsym": bsym.__file__,
+                      "n_scans": cohort.manifest["n_scans"]}))
+"""
+
+
+def time_in_checkout(src, size):
+    """One session simulated by the code of the checkout ``src``, in a subprocess."""
+    src = Path(src).resolve()
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    done = subprocess.run([sys.executable, "-c", _IN_CHECKOUT, json.dumps(size)], env=env,
+                          capture_output=True, text=True, check=True, cwd=src)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not Path(result.pop("bsym")).resolve().is_relative_to(src):
+        raise RuntimeError(f"the baseline run imported bsym from outside {src}")
+    head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or None
+    return {**size, "sessions": 1, "threads": None, "code": "baseline", "commit": head,
+            "n_scans": result["n_scans"], "seconds": round(result["seconds"], 2),
+            "cpu_seconds": round(result["cpu_seconds"], 2),
+            "seconds_per_scan": round(result["seconds"] / result["n_scans"], 4),
+            "load_average_1min": load_average()}
+
+
 def _plot(report, path):
     import matplotlib
 
@@ -56,7 +94,8 @@ def _plot(report, path):
 
     runs = report["runs"]
     labels = [f"{r['sessions']} session{'s' if r['sessions'] > 1 else ''}\n"
-              f"{'threads' if r['threads'] else 'one thread'}" for r in runs]
+              + ("baseline code" if r.get("code") == "baseline"
+                 else "threads" if r["threads"] else "one thread") for r in runs]
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(labels, [r["seconds"] for r in runs], color="tab:blue", label="wall")
     ax.bar(labels, [r["cpu_seconds"] for r in runs], color="none", edgecolor="k",
@@ -78,6 +117,8 @@ def main(argv=None):
     parser.add_argument("--rois", type=int, default=100)
     parser.add_argument("--timepoints", type=int, default=1200)
     parser.add_argument("--out", default="results/benchmarks")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="a checkout of earlier code to time one session with, side by side")
     args = parser.parse_args(argv)
     size = dict(n_subjects=args.subjects, n_rois=args.rois, n_timepoints=args.timepoints)
     load_before = load_average()
@@ -87,13 +128,20 @@ def main(argv=None):
         print(f"{args.subjects} subjects x {args.rois} ROIs x {args.timepoints} time points, "
               f"sessions={sessions}, threads={threads}: {runs[-1]['seconds']:.1f} s "
               f"(CPU {runs[-1]['cpu_seconds']:.1f} s, {runs[-1]['n_scans']} scans)", flush=True)
+    if args.baseline:
+        runs.append(time_in_checkout(args.baseline, size))
+        print(f"baseline code ({runs[-1]['commit']}), sessions=1: {runs[-1]['seconds']:.1f} s",
+              flush=True)
     baseline = runs[1]["seconds"]
+    ratios = {"one_session_threads_vs_one_thread": round(runs[0]["seconds"] / baseline, 3),
+              "one_session_vs_target": round(runs[0]["seconds"] / TARGET_SECONDS, 3)}
+    if args.baseline:
+        ratios["one_session_vs_baseline_code"] = round(runs[0]["seconds"] / runs[-1]["seconds"], 3)
     report = {
         "benchmark": "simulate_speed",
         "runs": runs,
         "target_seconds": TARGET_SECONDS,
-        "ratios": {"one_session_threads_vs_one_thread": round(runs[0]["seconds"] / baseline, 3),
-                   "one_session_vs_target": round(runs[0]["seconds"] / TARGET_SECONDS, 3)},
+        "ratios": ratios,
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine(),
