@@ -116,6 +116,8 @@ rule task_split:
         f"{RESULTS}/logs/task_split/{{dataset}}/{{task}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/rules/task_split/{{dataset}}/{{task}}/seed{{seed}}.tsv"
+    # seconds long, and every probe, sweep and training job waits for it
+    priority: 10
     conda:
         "../envs/bsym.yaml"
     resources:
@@ -214,6 +216,8 @@ rule finetune:
         f"{RESULTS}/logs/finetune/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/rules/finetune/{{dataset}}/{{model}}/{{task}}/seed{{seed}}.tsv"
+    # long jobs first, so that the short ones (probes, netid, health) fill the last minutes
+    priority: 5
     conda:
         "../envs/bsym.yaml"
     threads: FINETUNE["threads"]
@@ -263,6 +267,8 @@ for index, (datasets, tasks) in enumerate(PLAN.task_groups(subject_level=True)):
             f"{RESULTS}/benchmarks/rules/supervised/{{dataset}}/{{baseline}}/seed{{seed}}.tsv"
         wildcard_constraints:
             dataset=alternatives(datasets),
+        # long jobs first, so that the short ones fill the last minutes
+        priority: 5
         conda:
             "../envs/bsym.yaml"
         threads: SUPERVISED["threads"]

@@ -14,6 +14,8 @@ rule sweep:
         f"{RESULTS}/logs/sweep/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/rules/sweep/{{dataset}}/{{baseline}}/{{task}}/seed{{seed}}.tsv"
+    # head of the chain sweep -> supervised -> result table: started as soon as ready
+    priority: 10
     conda:
         "../envs/bsym.yaml"
     threads: SUPERVISED["threads"]
