@@ -143,6 +143,20 @@ def test_model_without_roi_embeddings(store):
         emb.roi()
 
 
+def test_auto_device_embeds_where_training_would(store):
+    from bsym.train.devices import DeviceError
+
+    torch.manual_seed(0)
+    model = ToyMAE()
+    on_cpu = compute_embeddings(model, store, window=20, progress=False, device="cpu")
+    auto = compute_embeddings(model, store, window=20, progress=False, device="auto")
+    if not torch.cuda.is_available():
+        np.testing.assert_array_equal(auto.views["default"]["roi"],
+                                      on_cpu.views["default"]["roi"])
+    with pytest.raises(DeviceError, match="unknown device"):
+        compute_embeddings(model, store, window=20, progress=False, device="gpu0")
+
+
 def test_connectome_features_as_embeddings(store):
     fc = feature_embeddings(store, "fc")
     assert fc.views["fc"]["subject"].shape == (12, 28) and fc.roi().shape == (12, 8, 8)

@@ -402,7 +402,8 @@ def _build_embed(subparsers):
                    "e.g. those never pretrained on: only they are probed")
     p.add_argument("--stride", type=int, default=None, help="window step (default: the window)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="auto (CUDA when present), cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--no-roi", action="store_true", help="do not keep ROI embeddings")
     p.add_argument("--force", action="store_true", help="recompute even if the file is current "
                    "(also replaces an embeddings file that changed since bsym wrote it)")
@@ -537,7 +538,8 @@ def _build_attention(subparsers):
     p.add_argument("--alpha", type=float, default=0.05, help="FDR level (default 0.05)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="auto (CUDA when present), cpu, cuda, cuda:N (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_attention)
     return p
@@ -568,7 +570,8 @@ def _build_health(subparsers):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-windows", type=int, default=256,
                    help="held-out windows at most, evenly spread; 0 for all (default 256)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--device", default="cpu",
+                   help="auto (CUDA when present), cpu, cuda, cuda:N (default cpu)")
     add_pretrained_subjects_option(p)
     add_output_options(p, results=False)
     p.set_defaults(func=_health, features=None)

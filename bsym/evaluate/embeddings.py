@@ -402,6 +402,9 @@ def position_embeddings(model, item, *, device="cpu") -> dict:
     """
     import torch
 
+    from bsym.train.devices import select_device
+
+    device = select_device(device)
     batch = {key: torch.zeros_like(item[key])[None].to(device) for key in ("bold", "sc")
              if key in item}
     was_training = model.training
@@ -438,13 +441,14 @@ def window_means(model, dataset, outputs, *, batch_size, device, desc, progress)
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from bsym.train.devices import select_device
     from bsym.train.engine import to_device
 
     table = dataset.table.reset_index(drop=True)
     position = {s: i for i, s in enumerate(table["scan"])}
     n_windows = np.zeros(len(table), dtype=np.int64)
     sums, n_batches, seen = {}, 0, {}
-    device = torch.device(device)
+    device = select_device(device)
     was_training = model.training
     model.eval()
     model.to(device)

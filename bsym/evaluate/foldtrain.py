@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 
 from bsym.evaluate import EvaluationError
+from bsym.evaluate.config import FoldTraining
 from bsym.evaluate.loop import run_units
 from bsym.evaluate.probe import (
     CLASSIFICATION_METRICS,
@@ -48,7 +49,6 @@ from bsym.evaluate.probe import (
     encode_labels,
     regression_scores,
 )
-from bsym.evaluate.config import FoldTraining
 from bsym.evaluate.results import provenance
 
 BATCH_ONLY = ("scan", "subject", "start", "labels")

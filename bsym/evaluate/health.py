@@ -275,9 +275,10 @@ def collect_pretext(model, dataset, *, seed=0, batch_size=16, device="cpu", stag
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from bsym.train.devices import select_device
     from bsym.train.engine import to_device
 
-    device = torch.device(device)
+    device = select_device(device)
     model.eval().to(device)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     views, parts, sums, n_windows = {}, {}, {}, 0
