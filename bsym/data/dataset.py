@@ -218,8 +218,7 @@ class WindowDataset(Dataset):
         """One whole scan after cleaning and resampling, before scaling (ROIs x time)."""
         if not self._preprocessed:
             return self.cohort.bold(scan)
-        key = (self.cohort.manifest_hash, str(self.cohort.path), scan, self.tr,
-               self.target_tr is not None, json.dumps(self.cleaning.to_dict(), sort_keys=True))
+        key = (*self._preprocessing_key(), scan)
         found = self._kept(key)
         if found is not None:
             return found
@@ -253,9 +252,10 @@ class WindowDataset(Dataset):
         Call on the training dataset only, then pass the fitted scaler to the
         validation and test datasets. The scaler takes (time x ROIs) tables, so the
         scans (ROIs x time) are passed transposed, as a :class:`LazyScans` that reads
-        (and preprocesses) one scan at a time: a :class:`RobustScaler` never holds them
-        all. A scaler of the same kind and settings fitted on the same preprocessed scans
-        earlier in this process is copied instead of fitted again (the same numbers).
+        (and preprocesses) one scan at a time: a :class:`RobustScaler` holds them all only
+        while they fit its pooling limit. A scaler of the same kind and settings fitted on
+        the same preprocessed scans earlier in this process is copied instead of fitted
+        again (the same numbers).
         """
         scans = self.table["scan"].tolist()
         key = self._scaler_key(scaler, scans)
@@ -270,13 +270,17 @@ class WindowDataset(Dataset):
         self.scaler = scaler
         return self.scaler
 
+    def _preprocessing_key(self):
+        """What a preprocessed scan depends on besides its id: the store, TR and cleaning."""
+        return (self.cohort.manifest_hash, str(self.cohort.path), self.tr,
+                self.target_tr is not None, json.dumps(self.cleaning.to_dict(), sort_keys=True))
+
     def _scaler_key(self, scaler, scans):
-        """What a fitted scaler depends on: its kind and settings, and the preprocessed
-        scans (as :meth:`series` keys them)."""
+        """What a fitted scaler depends on: its kind and settings, and the scans as
+        :meth:`series` serves them."""
         settings = json.dumps(scaler.get_params(), sort_keys=True, default=str)
-        return (type(scaler).__qualname__, settings, self.cohort.manifest_hash,
-                str(self.cohort.path), self._preprocessed, self.tr, self.target_tr is not None,
-                json.dumps(self.cleaning.to_dict(), sort_keys=True), tuple(scans))
+        return (type(scaler).__qualname__, settings, self._preprocessed,
+                *self._preprocessing_key(), tuple(scans))
 
     # -- Dataset protocol ----------------------------------------------------------
     def __len__(self):

@@ -439,16 +439,10 @@ def simulate_bold(coupling, bifurcation, omega, *, tr, n_timepoints, generator,
 
     Parameters
     ----------
-    coupling : Tensor, shape (batch, n_rois, n_rois)
-        ``K``: coupling weights (row i: inputs to ROI i), 1/s.
-    bifurcation, omega : Tensor, shape (batch, n_rois)
-        Hopf parameter ``a`` (1/s) and angular frequency (rad/s).
-    tr : float
-        Sampling interval (s).
+    coupling, bifurcation, omega, tr, generator
+        As in :class:`Group`.
     n_timepoints : int
         Samples to return.
-    generator : torch.Generator
-        Source of the neural noise.
     config : SimulationConfig, optional
     progress : callable, optional
         Called with the number of integration steps done since the last call.

@@ -169,9 +169,11 @@ class RobustScaler(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         """Compute the per-ROI median and spread of the training scans.
 
-        The percentiles are exact (those of every time point pooled) but the scans are
-        never pooled: memory does not grow with their number. A :class:`LazyScans` is
-        read three times, one scan at a time.
+        The percentiles are exact (those of every time point pooled). Scans holding at
+        most :data:`bsym.data.quantiles.POOL_LIMIT` values in all are pooled once; more
+        are never pooled, so memory stops growing with their number: a
+        :class:`LazyScans` is then read one scan at a time, in four passes (the first
+        stops at the limit).
 
         Parameters
         ----------

@@ -122,6 +122,11 @@ def column_percentiles(tables, percentiles, n_columns, pool_limit=None):
     pooled = _pool_columns(tables(), n_columns, limit)
     if pooled is not None:
         return pooled.shape[1], np.percentile(pooled, percentiles, axis=1, overwrite_input=True)
+    return _radix_percentiles(tables, percentiles, n_columns)
+
+
+def _radix_percentiles(tables, percentiles, n_columns):
+    """:func:`column_percentiles` by radix selection, reading the tables three times."""
     counts, slots = None, None
     for shift, bits in _DIGITS:
         counts = _count_digits(tables(), n_columns, slots, shift, bits)
@@ -133,7 +138,12 @@ def column_percentiles(tables, percentiles, n_columns, pool_limit=None):
         _select(counts, prefix, offset, slots, bits)
         slots = _unique_slots(prefix)
     values = key_values(prefix.astype(np.uint32))
-    return n, _from_order_statistics(values, ranks, n, percentiles)
+    lengths = np.diff(np.append(ranks[1:], n), prepend=0)
+    out = np.empty((len(percentiles), n_columns))
+    for c in range(n_columns):
+        stand_in = np.repeat(values[c], lengths)  # sorted, the true values at the ranks read
+        out[:, c] = np.percentile(stand_in, percentiles)
+    return n, out
 
 
 def _pool_columns(tables, n_columns, limit):
@@ -151,13 +161,3 @@ def _pool_columns(tables, n_columns, limit):
         row += len(table)
     pooled += np.float32(0.0)  # -0 as +0, as the radix keys
     return pooled
-
-
-def _from_order_statistics(values, ranks, n, percentiles):
-    """numpy's percentiles of columns whose sorted values at ``ranks`` are ``values``."""
-    lengths = np.diff(np.append(ranks[1:], n), prepend=0)
-    out = np.empty((len(percentiles), len(values)))
-    for c in range(len(values)):
-        stand_in = np.repeat(values[c], lengths)  # sorted, the true values at the ranks read
-        out[:, c] = np.percentile(stand_in, percentiles)
-    return out

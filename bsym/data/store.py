@@ -595,9 +595,8 @@ class Cohort:
     @cached_property
     def _owners(self) -> dict:
         """Array file -> the subject it belongs to."""
-        owners = {}
+        owners, subjects = {}, self.subjects["subject"].tolist()
         for column in [c for c in self.subjects.columns if c.endswith("_file")]:
-            subjects = self.subjects["subject"].tolist()
             for rel, subject in zip(self.subjects[column].tolist(), subjects):
                 if isinstance(rel, str):
                     owners.setdefault(rel, subject)
