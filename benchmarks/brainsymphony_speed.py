@@ -26,16 +26,17 @@ over the card's dense bf16 peak).
 
     python benchmarks/brainsymphony_speed.py                      # everything, 2 threads
     python benchmarks/brainsymphony_speed.py --presets paper --branches both --batches 8 \\
-        --variants fp32,bf16 --public /tmp/BrainSymphony --fetch-public
+        --variants fp32,bf16,fp32+fused,bf16+fused --public /tmp/BrainSymphony --fetch-public
     python benchmarks/brainsymphony_speed.py --device cuda --batches 1,8,32 --compile
 
 ``--variants`` lists the settings of our model to time, comma-separated:
-``fp32`` or ``bf16`` (CPU or CUDA autocast), optionally with ``+compile``
-(``torch.compile``, inductor; compiled in the warm-up step, outside the timed
-ones). Without it a single variant comes from ``--precision``
+``fp32`` or ``bf16`` (CPU or CUDA autocast), optionally with ``+fused`` (the
+opt-in C++ CPU kernels, ``attention="fused"``; built or loaded in the warm-up step) and
+``+compile`` (``torch.compile``, inductor; compiled in the warm-up step, outside
+the timed ones). Without it a single variant comes from ``--precision``
 (``auto``: bf16 on CUDA, fp32 on CPU), ``--attention`` and ``--compile``.
 ``--attention factorised`` times the CPU kernel of the Perceiver on CUDA instead
-of SDPA. The model's defaults are fp32 and eager.
+of SDPA. The model's defaults are fp32, eager, no fused kernels.
 
 The workers run with ``OMP_WAIT_POLICY=PASSIVE`` (``--omp-wait active`` to
 change): on a CPU shared with other jobs, OpenMP threads that spin at every
@@ -303,11 +304,12 @@ def parse_variants(text, precision, compiled, attention):
     for item in text.split(","):
         parts = item.strip().split("+")
         extras = set(parts[1:])
-        if parts[0] not in ("fp32", "bf16", "auto") or not extras <= {"compile"} \
+        if parts[0] not in ("fp32", "bf16", "auto") or not extras <= {"fused", "compile"} \
                 or len(extras) != len(parts) - 1:
-            raise SystemExit(f"--variants: expected items like fp32, bf16, bf16+compile; "
-                             f"got {item!r}")
-        variants.append((parts[0], "compile" in extras, attention))
+            raise SystemExit(f"--variants: expected items like fp32, bf16, fp32+fused, "
+                             f"bf16+fused+compile; got {item!r}")
+        variants.append((parts[0], "compile" in extras,
+                         "fused" if "fused" in extras else attention))
     return variants
 
 
@@ -574,11 +576,11 @@ def build_parser():
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--variants", default=None,
-                        help="our settings to time, e.g. fp32,bf16,fp32+compile "
+                        help="our settings to time, e.g. fp32,bf16,bf16+fused,fp32+compile "
                         "(default: one, from --precision, --attention and --compile)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--attention", choices=("auto", "factorised", "sdpa", "naive"),
+    parser.add_argument("--attention", choices=("auto", "factorised", "fused", "sdpa", "naive"),
                         default="auto", help="Perceiver cross-attention (auto: SDPA on CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss")
     parser.add_argument("--public", type=Path, default=None,

@@ -27,7 +27,9 @@ def test_variants_parse(speed):
     assert speed.parse_variants(None, "fp32", False, "auto") == [("fp32", False, "auto")]
     assert speed.parse_variants("fp32,bf16,bf16+compile", "auto", False, "sdpa") == [
         ("fp32", False, "sdpa"), ("bf16", False, "sdpa"), ("bf16", True, "sdpa")]
-    for bad in ("fp16", "bf16+fast", "fp32+compile+compile"):
+    assert speed.parse_variants("bf16+fused,fp32+compile+fused", "auto", False, "auto") == [
+        ("bf16", False, "fused"), ("fp32", True, "fused")]
+    for bad in ("fp16", "bf16+fast", "fp32+fused+fused"):
         with pytest.raises(SystemExit, match="--variants"):
             speed.parse_variants(bad, "auto", False, "auto")
 

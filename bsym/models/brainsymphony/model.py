@@ -88,9 +88,13 @@ class BrainSymphony(BrainModel):
         Fraction of ROIs, of time points and of cells masked for fMRI pretraining.
     edge_mask_ratio : float
         Fraction of ROI pairs masked for SC pretraining.
-    attention : {"auto", "factorised", "sdpa", "naive"}
+    attention : {"auto", "factorised", "fused", "sdpa", "naive"}
         Perceiver cross-attention implementation (all exact; see
-        :mod:`~bsym.models.brainsymphony.perceiver`).
+        :mod:`~bsym.models.brainsymphony.perceiver`). "fused" (opt-in) uses C++
+        CPU kernels compiled on first use for the Perceiver and for the SC
+        branch's signed attention (:mod:`~bsym.models.brainsymphony.fused`); on
+        other devices, or where they cannot be built (with a warning), the model
+        runs the default kernels.
     chunk_elements : int
         Logits held at once by the factorised cross-attention.
 
@@ -168,7 +172,7 @@ class BrainSymphony(BrainModel):
         if self.has_sc:
             self.sc = SignedGraphTransformer(n_rois, dim, sc_layers, sc_heads, sc_mlp, dropout,
                                              sc_position, sc_position_dim, sc_structure,
-                                             sc_hops, sc_theta)
+                                             sc_hops, sc_theta, fused=attention == "fused")
             self.edge_head = EdgeHead(dim, edge_hidden)
         if self.branches == "both":
             self.gate = FusionGate(dim)
