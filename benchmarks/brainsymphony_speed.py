@@ -395,7 +395,8 @@ def compare(results):
 
     The public run of the same branch and batch is the reference; where it failed (at
     paper size its fusion step does not fit in 24 GB at batch 8), its best throughput
-    at any batch of that branch is, and ``public_batch`` says which.
+    at any batch of that branch is, and ``public_batch`` says which. Memory is only
+    compared at the same batch (``memory_share`` is None otherwise).
     """
     public = [r for r in results if r.get("implementation") == "public"]
     rows = []
@@ -404,8 +405,8 @@ def compare(results):
             continue
         same = [p for p in public if p["branch"] == r["branch"] and p["batch"] == r["batch"]]
         ran = [p for p in public if p["branch"] == r["branch"] and "error" not in p]
-        ref = same[0] if same and "error" not in same[0] else max(
-            ran, key=lambda p: p["samples_per_s"], default=None)
+        same_ok = bool(same) and "error" not in same[0]
+        ref = same[0] if same_ok else max(ran, key=lambda p: p["samples_per_s"], default=None)
         if ref is None:
             continue
         rows.append({"branch": r["branch"], "batch": r["batch"], "variant": r["variant"],
@@ -418,7 +419,7 @@ def compare(results):
                      "cpu_speedup": (ref["cpu_s_per_step"] / ref["batch"])
                      / (r["cpu_s_per_step"] / r["batch"]),
                      "ours_peak_mb": _peak_mb(r), "public_peak_mb": ref["peak_rss_mb"],
-                     "memory_share": _peak_mb(r) / ref["peak_rss_mb"]})
+                     "memory_share": _peak_mb(r) / ref["peak_rss_mb"] if same_ok else None})
     return rows
 
 
@@ -486,7 +487,7 @@ def _plot_side_by_side(axes, results, comparison):
             for bar, (b, n) in zip(bars, groups):
                 c = next((c for c in comparison if c["branch"] == b and c["batch"] == n
                           and c["variant"] == name), None)
-                if c is None:
+                if c is None or (ax is axes[1] and c["memory_share"] is None):
                     continue
                 label = (f"{c['speedup']:.1f}x" if ax is axes[0]
                          else f"{100 * c['memory_share']:.0f}%")
@@ -498,7 +499,7 @@ def _plot_side_by_side(axes, results, comparison):
                 title="throughput (label: speed-up over the public code;\n"
                 "*: over its best batch, where this batch failed)")
     axes[1].set(ylabel="peak memory (GB)", yscale="log",
-                title="peak RSS (label: share of the public code's)")
+                title="peak RSS (label: share of the public code's at the same batch)")
     for ax in axes:
         ax.set_xticks(range(len(groups)), labels)
         ax.grid(alpha=0.3, axis="y")
@@ -562,8 +563,9 @@ def report(comparison):
         print(f"  {row['branch']:<5} B={row['batch']} {row['variant']:<13}: "
               f"{row['ours_samples_per_s']:.2f} vs {row['public_samples_per_s']:.2f} samples/s "
               f"(public {against}): {row['speedup']:.1f}x faster, CPU time "
-              f"{row['cpu_speedup']:.1f}x; peak {row['ours_peak_mb'] / 1024:.2f} GB vs "
-              f"{row['public_peak_mb'] / 1024:.2f} GB ({100 * row['memory_share']:.0f}%)")
+              f"{row['cpu_speedup']:.1f}x; peak {row['ours_peak_mb'] / 1024:.2f} GB"
+              + (f" vs {row['public_peak_mb'] / 1024:.2f} GB ({100 * row['memory_share']:.0f}%)"
+                 if row["memory_share"] is not None else ""))
 
 
 def build_parser():
@@ -619,6 +621,7 @@ def main(argv=None):
     if args.public and not (args.public / "models" / "__init__.py").exists():
         raise SystemExit(f"--public {args.public}: no public BrainSymphony checkout there "
                          "(models/__init__.py missing); add --fetch-public to clone it")
+    meta = _meta(args)   # before the runs: the commit and state of the code that runs
     configs = configs_of(args)
     runs = {c: [] for c in configs}
     for round_ in range(args.repeat):
@@ -629,7 +632,6 @@ def main(argv=None):
             print(table([result]).splitlines()[-1] + tag, flush=True)
     results = [_best(runs[c]) for c in configs]
     comparison = compare(results)
-    meta = _meta(args)
     payload = {"meta": meta, "results": results, "comparison": comparison}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")

@@ -181,8 +181,10 @@ def plot(report, path):
         ax.set_title(title)
     wall.set_yscale("log")
     rss.legend()
+    machine = report["machine"]
     fig.suptitle(f"{report['setup']['model']} tiny, {report['setup']['steps']} steps; "
-                 f"{report['machine']['cpus']} CPUs, load {report['machine']['load_average_1min']}")
+                 f"{machine['cpus']} CPUs, load {machine['load_average_1min']}, "
+                 f"commit {str(machine['commit'])[:7]}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

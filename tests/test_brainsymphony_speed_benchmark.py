@@ -53,7 +53,7 @@ def test_a_failed_public_batch_falls_back_to_its_best_throughput_per_sample(spee
     assert ratio["public_batch"] == 1 and ratio["public_error_at_batch"] == "killed by SIGKILL"
     assert ratio["speedup"] == pytest.approx(2.0 / 0.25)
     assert ratio["cpu_speedup"] == pytest.approx((8.0 / 1) / (8.0 / 8))
-    assert ratio["memory_share"] == pytest.approx(1600 / 3000)
+    assert ratio["memory_share"] is None   # memory only at the same batch
 
 
 def test_failed_runs_of_ours_or_other_presets_are_not_compared(speed):
