@@ -7,7 +7,8 @@ the SC branch (``branches=sc``) and the fusion model (``branches=both``), at the
 
 With ``--public DIR`` the public code (github.com/Moein-Khajehnejad/BrainSymphony,
 checked out in DIR, outside this repository; ``--fetch-public`` clones it there)
-trains on the same inputs in the same run, for every ``paper`` configuration: its
+trains on the same inputs in the same run, on the same device (float32, as its
+``train.py`` does, on CUDA too), for every ``paper`` configuration: its
 own modules with its defaults (width 128, 6 layers, 4 heads, MLP 512, 6 signed
 layers, dropout 0.1), one step as its ``train.py`` takes it (fMRI: MSE of the
 reconstruction; SC: MSE on the edges its ``mask_random_edges`` hides, predicted by
@@ -231,11 +232,13 @@ def public_worker(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     n_rois, n_timepoints = _shape(args)
-    model = _public_model(args, n_rois, n_timepoints).train()
+    model = _public_model(args, n_rois, n_timepoints).to(device).train()
     from utils.graph_utils import mask_random_edges, weighted_mse_loss
 
-    data = _batch(n_rois, n_timepoints, args.batch, "cpu")
+    data = _batch(n_rois, n_timepoints, args.batch, device)
     bold, adj = data["bold"], data["sc"]
     batch = {"fmri": bold, "sc_adj": adj, "sc_feats": adj}
 
@@ -259,13 +262,21 @@ def public_worker(args):
         loss = loss_of(model({**batch, "sc_mask": mask}), mask)
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         return float(loss)
 
-    times, cpu, loss, base_rss = _time_steps(step, args, cuda=False)
+    base_alloc = torch.cuda.memory_allocated() if cuda else 0
+    times, cpu, loss, base_rss = _time_steps(step, args, cuda)
     result = _summary(args, times, cpu, loss, base_rss,
                       sum(p.numel() for p in model.parameters()))
+    # its train.py runs float32, without autocast, on CUDA too
     result.update(implementation="public", variant="public", precision="fp32", compile=False,
-                  attention=None, device=_cpu_name(), public_commit=_commit(args.public))
+                  attention=None, public_commit=_commit(args.public),
+                  device=torch.cuda.get_device_name(device) if cuda else _cpu_name())
+    if cuda:
+        result.update(peak_alloc_mb=torch.cuda.max_memory_allocated() / 2**20,
+                      alloc_rise_mb=(torch.cuda.max_memory_allocated() - base_alloc) / 2**20)
     print(json.dumps(result))
 
 
@@ -370,7 +381,7 @@ def configs_of(args):
         for branch in args.branches.split(","):
             for batch in map(int, args.batches.split(",")):
                 configs += [("bsym", preset, branch, batch, *v) for v in variants]
-                if args.public and preset == "paper" and args.device == "cpu":
+                if args.public and preset == "paper":
                     configs.append(("public", preset, branch, batch, "fp32", False, "auto"))
     return configs
 
@@ -418,8 +429,8 @@ def compare(results):
                      "speedup": r["samples_per_s"] / ref["samples_per_s"],
                      "cpu_speedup": (ref["cpu_s_per_step"] / ref["batch"])
                      / (r["cpu_s_per_step"] / r["batch"]),
-                     "ours_peak_mb": _peak_mb(r), "public_peak_mb": ref["peak_rss_mb"],
-                     "memory_share": _peak_mb(r) / ref["peak_rss_mb"] if same_ok else None})
+                     "ours_peak_mb": _peak_mb(r), "public_peak_mb": _peak_mb(ref),
+                     "memory_share": _peak_mb(r) / _peak_mb(ref) if same_ok else None})
     return rows
 
 

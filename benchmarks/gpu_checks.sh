@@ -7,6 +7,8 @@
 # writes its logs and JSON under OUT_DIR (default results/benchmarks/gpu) and a
 # failing part does not stop the next. Needs torch with CUDA, pandas, pyarrow,
 # scipy, scikit-learn, tqdm and pytest; bsym itself is read from this checkout.
+# BSYM_PUBLIC: a checkout of the public BrainSymphony code (never committed here), timed
+# beside ours by the speed part when set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-results/benchmarks/gpu}
@@ -53,7 +55,12 @@ print(torch.cuda.get_device_name(0), torch.cuda.get_device_properties(0))" ;;
         speed speed_paper_factorised --presets paper --branches fmri --batches 8 \
             --attention factorised
         speed speed_paper_compile --presets paper --branches fmri --batches 32 --compile
-        speed speed_tiny_bf16 --presets tiny --branches both --batches 8,32 ;;
+        speed speed_tiny_bf16 --presets tiny --branches both --batches 8,32
+        # the public code beside ours: BSYM_PUBLIC, a checkout of it carried to the machine
+        if [ -n "${BSYM_PUBLIC:-}" ]; then
+            speed speed_paper_public --presets paper --branches both --batches 8,32 \
+                --public "$BSYM_PUBLIC"
+        fi ;;
     learns)
         # LEARNS_ARGS e.g. "--steps 4000 --stage-steps encoders=1200,perceiver=800,joint=2000"
         run learns_d128 "${LEARNS_TIMEOUT:-560}" "$py" benchmarks/brainsymphony_learns.py \
