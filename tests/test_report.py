@@ -287,10 +287,10 @@ def test_cli_module_imports_nothing_heavy():
     assert out.stdout.strip() == "[]"
 
 
-def test_finetune_notes_name_every_metric_and_the_cause():
+def test_verdict_notes_name_every_metric_and_the_cause():
     import pandas as pd
 
-    from bsym.report.sections import finetune_notes
+    from bsym.report.sections import verdict_notes
 
     base = {"dataset": "sim", "model": "m", "view": "default", "label": "m"}
     verdict = pd.DataFrame([
@@ -305,11 +305,29 @@ def test_finetune_notes_name_every_metric_and_the_cause():
     ])
     results = pd.DataFrame({"protocol": ["finetune"] * 2, "model": ["m", "m"],
                             "task": ["diagnosis", "diagnosis"], "single_class": [True, False]})
-    notes = finetune_notes(verdict, results)
+    notes = verdict_notes(verdict, results)
     assert len(notes) == 2, notes
-    assert "single class on 1 fold" in notes[0]
+    assert notes[0].startswith("Fine-tuning of m on diagnosis") and "1 of 2 fold" in notes[0]
     assert "pearson_r 0.460" in notes[1] and "(0.600)" in notes[1]
     assert "did not learn" in notes[1]
+
+
+def test_supervised_single_class_predictions_are_noted_for_the_real_rows_only():
+    import pandas as pd
+
+    from bsym.report.sections import verdict_notes
+
+    results = pd.DataFrame({
+        "protocol": ["supervised"] * 5 + ["linear_probe"],
+        "control": ["none"] * 3 + ["random_init"] * 2 + ["none"],
+        "model": ["bnt"] * 5 + ["m"], "task": ["diagnosis"] * 6,
+        "single_class": [True, True, False, True, True, True]})
+    no_finetune = pd.DataFrame(columns=["dataset", "task", "metric", "model", "view",
+                                        "protocol", "mean"])
+    notes = verdict_notes(no_finetune, results)
+    assert notes == ["Supervised bnt on diagnosis predicted a single class on 2 of 3 fold(s): "
+                     "there its balanced accuracy is 0.5 whatever its AUROC (pred_counts in the "
+                     "result table)."]
 
 
 # --------------------------------------------------------------------------- at a glance

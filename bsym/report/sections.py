@@ -136,7 +136,7 @@ def verdict(doc, data):
                  f"subjects, or collapsed): {', '.join(failed)}. Their scores are shown, "
                  "marked, and never ranked unmarked.")
     doc.table(_verdict_shown(table))
-    for text in finetune_notes(table, data.results):
+    for text in verdict_notes(table, data.results):
         doc.note(text)
     for dataset, rows in table.groupby("dataset", sort=True):
         path = doc.figdir / f"verdict_{slug(dataset)}.png"
@@ -159,22 +159,32 @@ def _verdict_shown(table) -> pd.DataFrame:
         "health": [r.health or "-" for r in rows]})
 
 
-def finetune_notes(verdict, results) -> list:
-    """Where fine-tuning predicted a single class, or fell more than 0.05 below the same
-    model's linear probe on the task's primary metric: one sentence each, with the numbers
-    and the likely cause."""
+def verdict_notes(verdict, results) -> list:
+    """Where a trained model (fine-tuned or supervised) predicted a single class, or
+    fine-tuning fell more than 0.05 below the same model's linear probe on the task's
+    primary metric: one sentence each, with the numbers and the likely cause."""
     return _single_class_notes(results) + _below_probe_notes(verdict)
 
 
+_TRAINED = {"finetune": "Fine-tuning of {}", "supervised": "Supervised {}"}
+
+
 def _single_class_notes(results) -> list:
-    tuned = results[(results["protocol"].astype(str) == "finetune")] \
-        if "protocol" in results.columns else results[:0]
-    if "single_class" not in tuned.columns:
+    if not {"protocol", "single_class"} <= set(results.columns):
         return []
-    single = tuned[tuned["single_class"].astype("boolean").fillna(False).astype(bool)]
-    return [f"Fine-tuning of {model} on {task} predicted a single class on {len(rows)} "
-            "fold(s) (pred_counts in the result table)."
-            for (model, task), rows in single.groupby(["model", "task"], sort=True)]
+    trained = results[results["protocol"].astype(str).isin(list(_TRAINED))]
+    if "control" in trained.columns:
+        trained = trained[trained["control"].astype(str) == "none"]
+    notes = []
+    for (protocol, model, task), rows in trained.groupby(["protocol", "model", "task"],
+                                                         sort=True, observed=True):
+        single = rows["single_class"].astype("boolean").fillna(False).astype(bool)
+        if single.any():
+            notes.append(f"{_TRAINED[str(protocol)].format(model)} on {task} predicted a single "
+                         f"class on {int(single.sum())} of {len(rows)} fold(s): there its balanced "
+                         "accuracy is 0.5 whatever its AUROC (pred_counts in the result "
+                         "table).")
+    return notes
 
 
 def _below_probe_notes(verdict) -> list:
