@@ -109,34 +109,40 @@ def _batch(n_rois, n_timepoints, batch_size, device, seed=0):
     return {"bold": bold.to(device), "sc": a.to(device)}
 
 
-def _time_steps(step, args, cuda):
-    """Warm-up, then the timed steps: per-step wall and CPU seconds, last loss, base RSS."""
+def _measure(step, args, cuda, params):
+    """Warm-up, then the timed steps of ``step`` (returns the loss): the configuration's
+    figures. Memory: peak RSS and its rise over the RSS before the steps; on CUDA also
+    the peak allocated memory and its rise over what was allocated before the steps."""
     import torch
 
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
     if cuda:
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    base_alloc = torch.cuda.memory_allocated() if cuda else 0
     base_rss = _rss_mb()
     for _ in range(args.warmup):
         step()
+        sync()
     times, cpu, loss = [], [], None
     for _ in range(args.steps):
         t0, c0 = time.perf_counter(), _cpu_s()
         loss = step()
+        sync()
         times.append(time.perf_counter() - t0)
         cpu.append(_cpu_s() - c0)
-    return times, cpu, loss, base_rss
-
-
-def _summary(args, times, cpu, loss, base_rss, params):
     per_step = statistics.median(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"preset": args.preset, "branch": args.branch, "batch": args.batch,
-            "n_rois": _shape(args)[0], "threads": args.threads, "steps": args.steps,
-            "s_per_step": per_step, "s_per_step_all": times,
-            "samples_per_s": args.batch / per_step, "cpu_s_per_step": statistics.median(cpu),
-            "s_per_sample": per_step / args.batch, "loss": loss, "params": params,
-            "peak_rss_mb": peak, "base_rss_mb": base_rss, "rss_rise_mb": peak - base_rss}
+    result = {"preset": args.preset, "branch": args.branch, "batch": args.batch,
+              "n_rois": _shape(args)[0], "threads": args.threads, "steps": args.steps,
+              "s_per_step": per_step, "s_per_step_all": times,
+              "samples_per_s": args.batch / per_step, "cpu_s_per_step": statistics.median(cpu),
+              "s_per_sample": per_step / args.batch, "loss": loss, "params": params,
+              "peak_rss_mb": peak, "base_rss_mb": base_rss, "rss_rise_mb": peak - base_rss}
+    if cuda:
+        result.update(peak_alloc_mb=torch.cuda.max_memory_allocated() / 2**20,
+                      alloc_rise_mb=(torch.cuda.max_memory_allocated() - base_alloc) / 2**20)
+    return result
 
 
 def worker(args):
@@ -163,13 +169,9 @@ def worker(args):
             loss = fn(batch, generator=gen)
         loss.float().backward()
         opt.step()
-        if cuda:
-            torch.cuda.synchronize()
         return float(loss)
 
-    base_alloc = torch.cuda.memory_allocated() if cuda else 0
-    times, cpu, loss, base_rss = _time_steps(step, args, cuda)
-    result = _summary(args, times, cpu, loss, base_rss, model.param_counts()["total"])
+    result = _measure(step, args, cuda, model.param_counts()["total"])
     result.update(
         implementation="bsym",
         variant=_variant_name("bf16" if bf16 else "fp32", args.compile, args.attention),
@@ -177,11 +179,11 @@ def worker(args):
         attention=model.perceiver._impl(device) if model.has_fmri else None,
         device=torch.cuda.get_device_name(device) if cuda else _cpu_name())
     if cuda:
-        result.update(_cuda_figures(model, step, result["s_per_step"], base_alloc, device))
+        result.update(_cuda_flops(model, step, result["s_per_step"], device))
     print(json.dumps(result))
 
 
-def _cuda_figures(model, step, per_step, base_alloc, device):
+def _cuda_flops(model, step, per_step, device):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -191,9 +193,7 @@ def _cuda_figures(model, step, per_step, base_alloc, device):
     flops = counter.get_total_flops()
     name = torch.cuda.get_device_name(device)
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    return {"peak_alloc_mb": torch.cuda.max_memory_allocated() / 2**20,
-            "alloc_rise_mb": (torch.cuda.max_memory_allocated() - base_alloc) / 2**20,
-            "flops_per_step": flops, "tflops_per_s": flops / per_step / 1e12,
+    return {"flops_per_step": flops, "tflops_per_s": flops / per_step / 1e12,
             "mfu": flops / per_step / peak if peak else None}
 
 
@@ -262,21 +262,13 @@ def public_worker(args):
         loss = loss_of(model({**batch, "sc_mask": mask}), mask)
         loss.backward()
         opt.step()
-        if cuda:
-            torch.cuda.synchronize()
         return float(loss)
 
-    base_alloc = torch.cuda.memory_allocated() if cuda else 0
-    times, cpu, loss, base_rss = _time_steps(step, args, cuda)
-    result = _summary(args, times, cpu, loss, base_rss,
-                      sum(p.numel() for p in model.parameters()))
+    result = _measure(step, args, cuda, sum(p.numel() for p in model.parameters()))
     # its train.py runs float32, without autocast, on CUDA too
     result.update(implementation="public", variant="public", precision="fp32", compile=False,
                   attention=None, public_commit=_commit(args.public),
                   device=torch.cuda.get_device_name(device) if cuda else _cpu_name())
-    if cuda:
-        result.update(peak_alloc_mb=torch.cuda.max_memory_allocated() / 2**20,
-                      alloc_rise_mb=(torch.cuda.max_memory_allocated() - base_alloc) / 2**20)
     print(json.dumps(result))
 
 
